@@ -1,0 +1,73 @@
+"""Every error histoguard raises on purpose.
+
+    HistoguardError
+    ├── SlideError                  a slide file cannot be used; `.path` names it
+    │   ├── SlideNotFoundError      no file at that path
+    │   ├── UnsupportedFormatError  no back-end can read this kind of file
+    │   ├── CorruptSlideError       the file claims a format but its content is broken
+    │   ├── SlideTooLargeError      the dimensions exceed the configured pixel limit
+    │   ├── MissingMppError         no usable microns-per-pixel in the metadata
+    │   └── RegionReadError         one region failed to decode (the rest may be fine)
+    └── TilingError                 the tiling request cannot be met for this slide
+
+Messages always name the file and say what to do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HistoguardError(Exception):
+    """Base class of all errors raised by histoguard."""
+
+
+class SlideError(HistoguardError):
+    """A slide file cannot be used.
+
+    Args:
+        path: the slide file.
+        problem: what is wrong, in one clause.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
+        message = f"{self.path}: {problem}"
+        if fix:
+            message += f". {fix}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[SlideError], tuple[Path, str, str]]:
+        # Keep the exception picklable so it can cross process boundaries intact.
+        return (type(self), (self.path, self.problem, self.fix))
+
+
+class SlideNotFoundError(SlideError):
+    """No file exists at the given path."""
+
+
+class UnsupportedFormatError(SlideError):
+    """The file is not a format any installed back-end can read."""
+
+
+class CorruptSlideError(SlideError):
+    """The file claims a known format but its content is broken (empty, truncated, looping)."""
+
+
+class SlideTooLargeError(SlideError):
+    """The slide's declared dimensions exceed the configured pixel limit."""
+
+
+class MissingMppError(SlideError):
+    """The slide has no usable microns-per-pixel in its metadata and none was given."""
+
+
+class RegionReadError(SlideError):
+    """A region of an otherwise readable slide failed to decode."""
+
+
+class TilingError(HistoguardError):
+    """A tiling request cannot be met for a slide (for example it would need upsampling)."""
