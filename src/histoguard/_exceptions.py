@@ -8,7 +8,8 @@
     │   ├── SlideTooLargeError      the dimensions exceed the configured pixel limit
     │   ├── MissingMppError         no usable microns-per-pixel in the metadata
     │   └── RegionReadError         one region failed to decode (the rest may be fine)
-    └── TilingError                 the tiling request cannot be met for this slide
+    ├── TilingError                 the tiling request cannot be met for this slide
+    └── OutputError                 an output file is incomplete or not what was written
 
 Messages always name the file and say what to do about it.
 """
@@ -71,3 +72,7 @@ class RegionReadError(SlideError):
 
 class TilingError(HistoguardError):
     """A tiling request cannot be met for a slide (for example it would need upsampling)."""
+
+
+class OutputError(HistoguardError):
+    """An output file is missing, incomplete, or differs from what was written."""

@@ -1,0 +1,52 @@
+"""histoguard: whole-slide-image models that hold up across hospitals, and audits for any encoder.
+
+The public API is re-exported here; implementation modules are private.
+"""
+
+from histoguard._exceptions import (
+    CorruptSlideError,
+    HistoguardError,
+    MissingMppError,
+    OutputError,
+    RegionReadError,
+    SlideError,
+    SlideNotFoundError,
+    SlideTooLargeError,
+    TilingError,
+    UnsupportedFormatError,
+)
+from histoguard._version import __version__
+from histoguard.slide import (
+    SlideReader,
+    TileSpec,
+    TilingConfig,
+    TilingReport,
+    TissueParams,
+    open_slide,
+    read_coords_file,
+    tile_slide,
+    tile_slides,
+)
+
+__all__ = [
+    "CorruptSlideError",
+    "HistoguardError",
+    "MissingMppError",
+    "OutputError",
+    "RegionReadError",
+    "SlideError",
+    "SlideNotFoundError",
+    "SlideReader",
+    "SlideTooLargeError",
+    "TileSpec",
+    "TilingConfig",
+    "TilingError",
+    "TilingReport",
+    "TissueParams",
+    "UnsupportedFormatError",
+    "__version__",
+    "open_slide",
+    "read_coords_file",
+    "tile_slide",
+    "tile_slides",
+]

@@ -1,0 +1,99 @@
+"""Crash-safe output files: write to a temporary sibling, fsync, verify, then rename.
+
+A file that exists under its final name has always been completely written and verified; a
+killed run leaves only hidden temporaries, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+_TMP_MARK = ".tmp-"
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform supports opening directories.
+    with contextlib.suppress(OSError):
+        _fsync_path(directory)
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Give the caller a temporary path to write; publish it under ``final`` only if verified.
+
+    Args:
+        final: where the finished file must appear.
+        verify: called with the temporary path after fsync; it raises if the content is wrong.
+
+    Yields:
+        The temporary path (same directory, hidden name carrying this process id).
+
+    Raises:
+        Whatever the writer or ``verify`` raises; the temporary file is removed and ``final``
+        is left untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        _fsync_path(tmp)
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(final: Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` atomically, verified by reading it back."""
+
+    def verify(tmp: Path) -> None:
+        if tmp.read_bytes() != data:
+            raise OSError(f"{final}: read-back differs from what was written")
+
+    with atomic_output(final, verify=verify) as tmp:
+        tmp.write_bytes(data)
+
+
+def remove_stale_temporaries(directory: Path, prefix: str = "") -> int:
+    """Delete temporaries left in ``directory`` by processes that no longer run.
+
+    Args:
+        directory: output folder to clean.
+        prefix: only consider temporaries of files whose name starts with this.
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    for tmp in directory.glob(f".{prefix}*{_TMP_MARK}*"):
+        pid_text = tmp.name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else None
+        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+            continue  # another live writer (or this one) owns it
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

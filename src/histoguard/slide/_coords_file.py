@@ -1,0 +1,123 @@
+"""The per-slide tile file: ``coords`` plus QC scores and provenance, in HDF5.
+
+Layout (CLAM/TRIDENT users recognise it)::
+
+    /coords               (N, 2) int64   level-0 x, y of each tile's top-left corner
+    /tissue_fraction      (N,) float32   tissue-mask coverage of the tile, 0-1
+    /background_fraction  (N,) float32   near-white pixel fraction of the tile, 0-1
+    /blur_score           (N,) float32   variance of the Laplacian (0-255 grey scale)
+    attrs: mpp, tile_size, overlap, level, level0_tile_size, read_size, slide_mpp, slide_path,
+           histoguard_version, n_tiles, coords_sha256, config_json, ...
+
+The same attributes are also set on ``coords`` itself (with CLAM's ``patch_level`` and
+``patch_size``) because CLAM-style readers look there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoguard._atomic import atomic_output
+from histoguard._exceptions import OutputError
+
+QC_DATASETS = ("tissue_fraction", "background_fraction", "blur_score")
+
+
+@dataclass(frozen=True)
+class CoordsFile:
+    """A verified tile file's content: coords ``(N, 2)`` int64, QC arrays ``(N,)``, attributes."""
+
+    coords: np.ndarray
+    qc: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(coords: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(coords, dtype="<i8").tobytes()).hexdigest()
+
+
+def read_coords_file(path: Path) -> CoordsFile:
+    """Read and verify a tile file written by histoguard.
+
+    Raises:
+        OutputError: the file is unreadable, incomplete or its checksum does not match.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            coords = np.asarray(h5["coords"][:])
+            qc = {name: np.asarray(h5[name][:]) for name in QC_DATASETS if name in h5}
+            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+    except (OSError, KeyError, ValueError) as error:
+        raise OutputError(f"{path}: not a readable tile file ({error})") from error
+    n_tiles = attrs.get("n_tiles")
+    if coords.ndim != 2 or coords.shape[1] != 2 or coords.dtype != np.int64:
+        raise OutputError(
+            f"{path}: coords has shape {coords.shape} {coords.dtype}, not (N, 2) int64"
+        )
+    if n_tiles != len(coords):
+        raise OutputError(f"{path}: {len(coords)} coords but n_tiles says {n_tiles}")
+    if attrs.get("coords_sha256") != _sha256(coords):
+        raise OutputError(f"{path}: coords checksum does not match; the file is damaged")
+    for name, values in qc.items():
+        if values.shape != (len(coords),):
+            raise OutputError(f"{path}: {name} has shape {values.shape}, expected ({len(coords)},)")
+    return CoordsFile(coords=coords, qc=qc, attrs=attrs)
+
+
+def write_coords_file(
+    path: Path, coords: np.ndarray, qc: Mapping[str, np.ndarray], attrs: Mapping[str, Any]
+) -> CoordsFile:
+    """Write a tile file atomically and verify it before it appears under ``path``.
+
+    Args:
+        path: final ``<slide_stem>.h5`` path.
+        coords: ``(N, 2)`` int64 level-0 top-left corners.
+        qc: per-tile ``(N,)`` arrays named as in :data:`QC_DATASETS`.
+        attrs: provenance attributes (JSON-compatible scalars and strings).
+
+    Returns:
+        What was verified on disk.
+
+    Raises:
+        OutputError: the written file does not read back identical.
+    """
+    import h5py
+
+    coords = np.ascontiguousarray(coords, dtype=np.int64).reshape(-1, 2)
+    # HDF5 has no null: an unknown value (e.g. objective power) is left out rather than faked.
+    all_attrs = {k: v for k, v in attrs.items() if v is not None}
+    all_attrs |= {"n_tiles": len(coords), "coords_sha256": _sha256(coords)}
+    clam_attrs = {"patch_level": attrs.get("level", 0), "patch_size": attrs.get("read_size", 0)}
+
+    def verify(tmp: Path) -> None:
+        written = read_coords_file(tmp)
+        if not np.array_equal(written.coords, coords):
+            raise OutputError(f"{path}: coords read back differ from those written")
+
+    with atomic_output(path, verify=verify) as tmp, h5py.File(tmp, "w") as h5:
+        dataset = h5.create_dataset("coords", data=coords)
+        for name in QC_DATASETS:
+            if name in qc:
+                h5.create_dataset(name, data=np.asarray(qc[name], dtype=np.float32))
+        for key, value in all_attrs.items():
+            h5.attrs[key] = value
+            dataset.attrs[key] = value
+        for key, value in clam_attrs.items():
+            dataset.attrs[key] = value
+    return read_coords_file(path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,89 @@
+"""Opening a slide: preflight checks, then the registered back-ends in priority order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Imported for their registration side effect: each module registers one back-end.
+from histoguard.slide import _array_backend, _openslide_backend, _tiffslide_backend  # noqa: F401
+from histoguard._exceptions import SlideError, UnsupportedFormatError
+from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, preflight
+from histoguard.slide._reader import SlideReader
+from histoguard.slide._registry import BackendInfo, get_backend, list_backends
+
+
+def open_slide(
+    path: str | Path,
+    *,
+    backend: str | None = None,
+    mpp_override: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    require_mpp: bool = True,
+) -> SlideReader:
+    """Open a whole-slide image with the first back-end that can read it.
+
+    The file is first checked by a cheap preflight (existence, magic bytes, TIFF directory
+    chain, declared size), so hostile or broken files fail fast with a typed error before any
+    native library touches them.
+
+    Args:
+        path: the slide file.
+        backend: force one back-end by name (``"openslide"``, ``"tiffslide"``, ``"image"``);
+            by default they are tried in priority order.
+        mpp_override: micrometres per level-0 pixel, replacing the metadata.
+        max_pixels: largest level-0 width x height accepted (pixels).
+        require_mpp: raise :class:`MissingMppError` now if the slide has no usable mpp.
+
+    Returns:
+        An open :class:`SlideReader`; close it, or use it as a context manager.
+
+    Raises:
+        SlideNotFoundError, CorruptSlideError, UnsupportedFormatError, SlideTooLargeError,
+        MissingMppError: see :mod:`histoguard._exceptions`.
+    """
+    path = Path(path)
+    checked = preflight(path, max_pixels=max_pixels)
+    candidates: list[BackendInfo]
+    if backend is not None:
+        candidates = [get_backend(backend)]
+    else:
+        candidates = [info for info in list_backends() if checked.kind in info.kinds]
+    if not candidates:
+        raise UnsupportedFormatError(
+            path, f"no slide back-end reads {checked.kind} files", _formats_hint()
+        )
+    errors: list[SlideError] = []
+    for info in candidates:
+        try:
+            reader = info.reader(path, mpp_override=mpp_override)
+        except SlideError as error:
+            errors.append(error)
+            continue
+        if require_mpp:
+            try:
+                reader.mpp  # noqa: B018 - evaluated for its check
+            except SlideError:
+                reader.close()
+                raise
+        return reader
+    if len(errors) == 1:
+        raise errors[0]
+    tried = "; ".join(f"{info.name}: {err.problem}" for info, err in zip(candidates, errors))
+    raise type(errors[-1])(path, f"no back-end could open it ({tried})", errors[-1].fix)
+
+
+def slide_info(
+    path: str | Path, *, backend: str | None = None, mpp_override: float | None = None
+) -> dict[str, Any]:
+    """Open a slide (without requiring mpp) and return :meth:`SlideReader.summary`.
+
+    Raises:
+        SlideError: as :func:`open_slide`, except for a missing mpp, which shows as None.
+    """
+    with open_slide(path, backend=backend, mpp_override=mpp_override, require_mpp=False) as reader:
+        return reader.summary()
+
+
+def _formats_hint() -> str:
+    return "Supported: " + "; ".join(f"{info.name}: {info.formats}" for info in list_backends())

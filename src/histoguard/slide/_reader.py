@@ -1,0 +1,315 @@
+"""The one contract every slide back-end implements.
+
+All coordinates are level-0 pixels; all scales are micrometres per pixel (mpp) at level 0.
+Pixels come back as ``(height, width, 3)`` uint8 RGB numpy arrays; areas outside the slide, and
+transparent areas inside it, are white.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from PIL import Image
+
+from histoguard._exceptions import MissingMppError, RegionReadError, SlideError
+
+#: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
+#: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.
+PLAUSIBLE_MPP_RANGE: tuple[float, float] = (0.01, 50.0)
+
+#: Height of the bands in which thumbnails are read, in pixels of the level read.
+_THUMBNAIL_BAND_PX = 1024
+
+
+class SlideReader(ABC):
+    """A whole-slide image opened read-only through one back-end.
+
+    Subclasses implement the ``_open``/``_close`` pair, the metadata properties and ``_read``;
+    everything else (mpp resolution, bounds handling, thumbnails, error wrapping, pickling for
+    worker processes) lives here once.
+
+    Args:
+        path: the slide file.
+        mpp_override: micrometres per level-0 pixel to use instead of the metadata (needed when
+            the metadata has none).
+
+    Raises:
+        SlideError: a subclass saying why the file cannot be opened.
+    """
+
+    #: Registry name of the back-end, set by :func:`register_backend`.
+    backend_name: ClassVar[str] = ""
+
+    def __init__(self, path: str | Path, *, mpp_override: float | None = None) -> None:
+        if mpp_override is not None and not (math.isfinite(mpp_override) and mpp_override > 0):
+            raise ValueError(f"mpp_override must be a positive number, got {mpp_override!r}")
+        self.path = Path(path)
+        self.mpp_override = mpp_override
+        self._is_open = False
+        self._open()
+        self._is_open = True
+
+    # --- what a back-end provides -------------------------------------------------------------
+
+    @abstractmethod
+    def _open(self) -> None:
+        """Open the underlying handle; raise a :class:`SlideError` subclass on failure."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Release the underlying handle."""
+
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` in pixels of every pyramid level, level 0 first."""
+
+    @property
+    @abstractmethod
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Level-0 pixels per pixel of every level (1.0 for level 0)."""
+
+    @property
+    @abstractmethod
+    def properties(self) -> Mapping[str, str]:
+        """The back-end's raw metadata key/value pairs."""
+
+    @property
+    @abstractmethod
+    def metadata_mpp(self) -> float | None:
+        """Micrometres per level-0 pixel as stored in the file, or None when absent."""
+
+    @property
+    @abstractmethod
+    def objective_power(self) -> float | None:
+        """Scanning objective magnification (e.g. 20.0, 40.0), or None when unknown."""
+
+    @property
+    @abstractmethod
+    def vendor(self) -> str | None:
+        """Scanner vendor or format family (e.g. ``"aperio"``), or None when unknown."""
+
+    @property
+    @abstractmethod
+    def associated_image_names(self) -> tuple[str, ...]:
+        """Names of associated images (label, macro, thumbnail) stored in the file."""
+
+    @abstractmethod
+    def read_associated_image(self, name: str) -> np.ndarray:
+        """The associated image ``name`` as ``(H, W, 3)`` uint8 RGB."""
+
+    @abstractmethod
+    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        """Read a region; arguments already validated. Returns ``(height, width, 3)`` uint8."""
+
+    # --- the contract every caller uses -------------------------------------------------------
+
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(width, height)`` of level 0 in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def mpp(self) -> float:
+        """Micrometres per level-0 pixel: the override if given, else the metadata.
+
+        Raises:
+            MissingMppError: the metadata has no plausible mpp and no override was given.
+        """
+        if self.mpp_override is not None:
+            return self.mpp_override
+        mpp = self.metadata_mpp
+        if mpp is None:
+            raise MissingMppError(
+                self.path,
+                "the slide's metadata has no microns-per-pixel (mpp)",
+                "Pass the scan resolution with --mpp-override (Python: mpp_override=), "
+                "e.g. 0.25 for a 40x or 0.5 for a 20x scan",
+            )
+        low, high = PLAUSIBLE_MPP_RANGE
+        if not low <= mpp <= high:
+            raise MissingMppError(
+                self.path,
+                f"the metadata says {mpp:.4g} µm/px, which is a file-format default "
+                "(e.g. 72 dpi), not a microscope resolution",
+                "Pass the real scan resolution with --mpp-override (Python: mpp_override=)",
+            )
+        return mpp
+
+    @property
+    def has_mpp(self) -> bool:
+        """Whether :attr:`mpp` resolves without raising."""
+        try:
+            self.mpp  # noqa: B018 - evaluated for its check
+        except MissingMppError:
+            return False
+        return True
+
+    @property
+    def level_mpps(self) -> tuple[float, ...]:
+        """Micrometres per pixel of every level (raises like :attr:`mpp`)."""
+        mpp = self.mpp
+        return tuple(mpp * ds for ds in self.level_downsamples)
+
+    def read_region(self, x: int, y: int, width: int, height: int, level: int = 0) -> np.ndarray:
+        """Read pixels of one level.
+
+        Args:
+            x, y: top-left corner in level-0 pixel coordinates (may lie outside the slide).
+            width, height: size of the region in pixels of ``level``.
+            level: pyramid level to read from.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB; outside the slide is white.
+
+        Raises:
+            ValueError: non-positive size or a level that does not exist.
+            RegionReadError: the back-end failed to decode part of the region. After this the
+                reader is reopened, because OpenSlide handles stay in an error state.
+        """
+        if width <= 0 or height <= 0:
+            raise ValueError(f"region size must be positive, got {width}x{height}")
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"level {level} does not exist; {self.path} has {self.level_count}")
+        self._ensure_open()
+        try:
+            region = self._read(int(x), int(y), int(width), int(height), level)
+        except SlideError:
+            raise
+        except Exception as error:  # back-ends raise many unrelated types for a bad tile
+            self.reopen()
+            raise RegionReadError(
+                self.path,
+                f"cannot decode region x={x}, y={y}, {width}x{height} at level {level} "
+                f"({type(error).__name__}: {error})",
+                "The file is damaged in this area; re-export or re-scan the slide",
+            ) from error
+        return region
+
+    def best_level_for_downsample(self, downsample: float, *, tolerance: float = 0.01) -> int:
+        """The coarsest level whose downsample is at most ``downsample * (1 + tolerance)``.
+
+        Reading there and resizing down never upsamples by more than ``tolerance``.
+        """
+        limit = downsample * (1.0 + tolerance)
+        candidates = [i for i, ds in enumerate(self.level_downsamples) if ds <= limit]
+        return max(candidates, key=lambda i: self.level_downsamples[i]) if candidates else 0
+
+    def get_thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
+        """A downsampled view of the whole slide.
+
+        Reads the coarsest level that still has at least the requested resolution, in bands, so
+        memory stays bounded even for single-level slides.
+
+        Args:
+            max_size: longest side of the thumbnail in pixels.
+
+        Returns:
+            ``(thumbnail, downsample)``: ``(H, W, 3)`` uint8 RGB and the level-0 pixels per
+            thumbnail pixel (the same on both axes).
+        """
+        width0, height0 = self.dimensions
+        downsample = max(width0, height0) / max_size if max(width0, height0) > max_size else 1.0
+        out_w = max(1, round(width0 / downsample))
+        out_h = max(1, round(height0 / downsample))
+        level = self.best_level_for_downsample(downsample)
+        level_w, level_h = self.level_dimensions[level]
+        level_ds = self.level_downsamples[level]
+        bands = []
+        for top in range(0, level_h, _THUMBNAIL_BAND_PX):
+            band_h = min(_THUMBNAIL_BAND_PX, level_h - top)
+            band = self.read_region(0, round(top * level_ds), level_w, band_h, level)
+            target_h = max(1, round(band_h * out_h / level_h))
+            bands.append(resize(band, out_w, target_h))
+        thumbnail = np.concatenate(bands, axis=0)
+        return resize(thumbnail, out_w, out_h), width0 / out_w
+
+    def summary(self) -> dict[str, Any]:
+        """Key facts as JSON-compatible values (mpp is None when unknown)."""
+        return {
+            "path": str(self.path),
+            "backend": self.backend_name,
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_dimensions": [list(dims) for dims in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": self.mpp if self.has_mpp else None,
+            "metadata_mpp": self.metadata_mpp,
+            "objective_power": self.objective_power,
+            "associated_images": list(self.associated_image_names),
+        }
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file handle; :meth:`reopen` or any read opens it again."""
+        if self._is_open:
+            self._close()
+            self._is_open = False
+
+    def reopen(self) -> None:
+        """Close and open the handle again (clears back-end error states)."""
+        self.close()
+        self._open()
+        self._is_open = True
+
+    def clone(self) -> SlideReader:
+        """An independent reader of the same slide (for another thread or process)."""
+        twin = object.__new__(type(self))
+        twin.__setstate__(self.__getstate__())
+        return twin
+
+    def _ensure_open(self) -> None:
+        if not self._is_open:
+            self._open()
+            self._is_open = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Handles cannot cross processes: ship the recipe, reopen on arrival.
+        return {"path": self.path, "mpp_override": self.mpp_override}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], mpp_override=state["mpp_override"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, levels={self.level_count}, "
+            f"dimensions={self.dimensions})"
+        )
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 image; area averaging when shrinking, bicubic otherwise."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    shrinking = width <= image.shape[1] and height <= image.shape[0]
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize((width, height), method))
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite non-premultiplied ``(H, W, 4)`` uint8 RGBA onto white, giving ``(H, W, 3)``."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.float32) / 255.0
+    blended = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
+    out: np.ndarray = np.rint(blended).astype(np.uint8)
+    return out

@@ -1,0 +1,119 @@
+"""tiffslide back-end: OME-TIFF, SVS and other TIFF pyramids, JPEG2000 through imagecodecs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from histoguard._exceptions import CorruptSlideError
+from histoguard.slide._preflight import FileKind
+from histoguard.slide._reader import SlideReader
+from histoguard.slide._registry import register_backend
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+@register_backend(
+    "tiffslide",
+    priority=20,
+    kinds={FileKind.TIFF},
+    formats="OME-TIFF, SVS, tiled or stripped TIFF pyramids (JPEG, JPEG2000, LZW, ...)",
+)
+class TiffSlideReader(SlideReader):
+    """Reads TIFF-based slides through tiffslide (pure Python on tifffile + imagecodecs)."""
+
+    _handle: Any
+
+    def _open(self) -> None:
+        import tiffslide
+
+        try:
+            self._handle = tiffslide.TiffSlide(str(self.path))
+        except Exception as error:  # tifffile raises several unrelated types on bad files
+            raise CorruptSlideError(
+                self.path, f"tiffslide cannot open it ({error})", "Re-export or re-scan the slide"
+            ) from error
+
+    def _close(self) -> None:
+        self._handle.close()
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(float(ds) for ds in self._handle.level_downsamples)
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return {key: str(value) for key, value in self._handle.properties.items()}
+
+    @property
+    def metadata_mpp(self) -> float | None:
+        props = self._handle.properties
+        values = [
+            v
+            for v in (
+                _positive_float(props.get("tiffslide.mpp-x")),
+                _positive_float(props.get("tiffslide.mpp-y")),
+            )
+            if v is not None
+        ]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def objective_power(self) -> float | None:
+        return _positive_float(self._handle.properties.get("tiffslide.objective-power"))
+
+    @property
+    def vendor(self) -> str | None:
+        vendor = self._handle.properties.get("tiffslide.vendor")
+        return str(vendor) if vendor else None
+
+    @property
+    def associated_image_names(self) -> tuple[str, ...]:
+        return tuple(self._handle.associated_images.keys())
+
+    def read_associated_image(self, name: str) -> np.ndarray:
+        return np.asarray(self._handle.associated_images[name].convert("RGB"))
+
+    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        region = np.array(self._handle.read_region((x, y), level, (width, height), as_array=True))
+        if region.ndim == 2:
+            region = np.repeat(region[..., None], 3, axis=2)
+        if region.shape[2] == 4:
+            # tiffslide pads with zeros; only RGB(A) uint8 slides are supported downstream.
+            region = region[..., :3]
+        if region.dtype != np.uint8:
+            raise CorruptSlideError(
+                self.path,
+                f"pixels are {region.dtype}, not 8-bit RGB",
+                "Convert the slide to an 8-bit RGB pyramid (e.g. vips tiffsave --tile --pyramid)",
+            )
+        _whiten_padding(region, self._handle, x, y, level)
+        return np.ascontiguousarray(region)
+
+
+def _whiten_padding(region: np.ndarray, handle: Any, x: int, y: int, level: int) -> None:
+    """tiffslide pads out-of-slide areas with black; histoguard's contract says white."""
+    level_w, level_h = handle.level_dimensions[level]
+    # tiffslide documents this hook as the place its level-0 -> level mapping lives.
+    left, top = handle._read_region_loc_transform((x, y), level)
+    height, width = region.shape[:2]
+    x0, x1 = max(0, -left), min(width, level_w - left)
+    y0, y1 = max(0, -top), min(height, level_h - top)
+    if x0 == 0 and y0 == 0 and x1 == width and y1 == height:
+        return
+    inside = np.zeros((height, width), dtype=bool)
+    if x1 > x0 and y1 > y0:
+        inside[y0:y1, x0:x1] = True
+    region[~inside] = 255

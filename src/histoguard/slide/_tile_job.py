@@ -1,0 +1,427 @@
+"""Tiling slides into per-slide coordinate files: one slide, and a crash-safe resumable batch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
+from histoguard._exceptions import HistoguardError, OutputError
+from histoguard._version import __version__
+from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
+from histoguard.slide._geojson import tissue_geojson
+from histoguard.slide._open import open_slide
+from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
+from histoguard.slide._qc import background_fraction, blur_score
+from histoguard.slide._render import render_tiling_overview
+from histoguard.slide._tile_reader import read_tiles
+from histoguard.slide._tiling import TileSpec, tile_grid
+from histoguard.slide._tissue import TissueParams, detect_tissue
+
+#: File extensions picked up when a folder is given as input.
+SLIDE_EXTENSIONS = frozenset(
+    {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm"}
+    | {".qptiff", ".png", ".jpg", ".jpeg"}
+)
+SUMMARY_NAME = "tiling_summary.csv"
+CONFIG_NAME = "tiling_config.json"
+
+Status = Literal["done", "skipped", "failed"]
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TilingConfig:
+    """Everything that decides a tiling result. Saved next to the outputs as JSON.
+
+    Attributes:
+        mpp: target micrometres per pixel of the tiles.
+        tile_size: tile side in pixels at ``mpp``.
+        overlap: pixels (at ``mpp``) shared by neighbouring tiles.
+        min_tissue_fraction: keep tiles whose tissue-mask coverage is at least this (0-1).
+        thumbnail_size: longest side (pixels) of the thumbnail used for tissue detection.
+        backend: force a slide back-end by name; None tries them in priority order.
+        mpp_override: micrometres per level-0 pixel for slides whose metadata lacks it.
+        max_pixels: largest accepted level-0 width x height.
+        tissue: tissue-detection parameters.
+        threads: decoding threads per slide (does not change results).
+    """
+
+    mpp: float = 0.5
+    tile_size: int = 224
+    overlap: int = 0
+    min_tissue_fraction: float = 0.5
+    thumbnail_size: int = 2048
+    backend: str | None = None
+    mpp_override: float | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tissue: TissueParams = field(default_factory=TissueParams)
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            raise ValueError(
+                f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"
+            )
+        if self.thumbnail_size < 64:
+            raise ValueError(f"thumbnail_size must be at least 64, got {self.thumbnail_size}")
+
+    def result_key(self) -> str:
+        """JSON of the fields that change the output (not ``threads``), for resume checks."""
+        values = asdict(self)
+        values.pop("threads")
+        return json.dumps(values, sort_keys=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlideResult:
+    """What happened to one slide.
+
+    Attributes:
+        slide: the input path.
+        status: ``done`` (tiled now and verified), ``skipped`` (a verified output with the same
+            configuration already existed) or ``failed``.
+        output: the ``.h5`` tile file, None when failed.
+        n_tiles: tiles written.
+        n_unreadable: tiles on tissue that failed to decode and were left out.
+        flagged: True when some tiles were unreadable (the slide is damaged in places).
+        message: the error for failed slides, the first decode error for flagged ones.
+        seconds: wall time spent on this slide.
+    """
+
+    slide: Path
+    status: Status
+    output: Path | None = None
+    n_tiles: int = 0
+    n_unreadable: int = 0
+    flagged: bool = False
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TilingReport:
+    """The outcome of a batch, with the summary table's location."""
+
+    results: tuple[SlideResult, ...]
+    summary_path: Path
+
+    @property
+    def failed(self) -> tuple[SlideResult, ...]:
+        """Results with status ``failed``."""
+        return tuple(r for r in self.results if r.status == "failed")
+
+    def counts(self) -> dict[str, int]:
+        """Number of slides per status, plus ``flagged``."""
+        counts = {status: 0 for status in ("done", "skipped", "failed")}
+        for result in self.results:
+            counts[result.status] += 1
+        counts["flagged"] = sum(r.flagged for r in self.results)
+        return counts
+
+
+def output_paths(out_dir: Path, slide: Path) -> dict[str, Path]:
+    """Where a slide's outputs go: ``h5``, ``thumbnail`` (PNG) and ``geojson``."""
+    stem = slide.stem
+    return {
+        "h5": out_dir / f"{stem}.h5",
+        "thumbnail": out_dir / f"{stem}.thumbnail.png",
+        "geojson": out_dir / f"{stem}.tissue.geojson",
+    }
+
+
+def tile_slide(
+    slide: str | Path,
+    out_dir: str | Path,
+    config: TilingConfig | None = None,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> SlideResult:
+    """Detect tissue, tile it, score each tile, and write the slide's outputs atomically.
+
+    Writes ``<stem>.thumbnail.png`` and ``<stem>.tissue.geojson`` first and the ``<stem>.h5``
+    tile file last, so a verified ``.h5`` means the slide is finished.
+
+    Args:
+        slide: the slide file.
+        out_dir: output folder (created if needed).
+        config: tiling parameters; defaults to 224 px tiles at 0.5 µm/px.
+        on_progress: called as ``on_progress(tiles_read, tiles_total)``.
+
+    Returns:
+        The slide's :class:`SlideResult` (status ``done``).
+
+    Raises:
+        SlideError: the slide cannot be opened (see :func:`open_slide`).
+        TilingError: the requested resolution cannot be produced from this slide.
+    """
+    started = time.perf_counter()
+    config = config or TilingConfig()
+    slide, out_dir = Path(slide), Path(out_dir)
+    paths = output_paths(out_dir, slide)
+    with open_slide(
+        slide,
+        backend=config.backend,
+        mpp_override=config.mpp_override,
+        max_pixels=config.max_pixels,
+    ) as reader:
+        spec = TileSpec.for_slide(
+            slide_mpp=reader.mpp,
+            level_downsamples=reader.level_downsamples,
+            mpp=config.mpp,
+            tile_size=config.tile_size,
+            overlap=config.overlap,
+        )
+        thumbnail, thumb_downsample = reader.get_thumbnail(config.thumbnail_size)
+        tissue = detect_tissue(
+            thumbnail, downsample=thumb_downsample, mpp=reader.mpp, params=config.tissue
+        )
+        grid = tile_grid(reader.dimensions, spec)
+        fractions = tissue.tile_fractions(grid, spec.level0_tile_size)
+        on_tissue = (fractions >= config.min_tissue_fraction) & (fractions > 0)
+        candidates, candidate_fractions = grid[on_tissue], fractions[on_tissue]
+
+        ok = np.zeros(len(candidates), dtype=bool)
+        background = np.zeros(len(candidates), dtype=np.float32)
+        blur = np.zeros(len(candidates), dtype=np.float32)
+        first_error = ""
+        for done, read in enumerate(read_tiles(reader, spec, candidates, threads=config.threads)):
+            if read.tile is None:
+                first_error = first_error or str(read.error)
+            else:
+                ok[read.index] = True
+                background[read.index] = background_fraction(read.tile)
+                blur[read.index] = blur_score(read.tile)
+            if on_progress is not None:
+                on_progress(done + 1, len(candidates))
+
+        polygons = tissue.polygons()
+        overview = render_tiling_overview(
+            thumbnail, thumb_downsample, polygons, candidates[ok], spec.level0_tile_size
+        )
+        png = io.BytesIO()
+        overview.save(png, format="PNG")
+        write_bytes_atomic(paths["thumbnail"], png.getvalue())
+        geojson = json.dumps(tissue_geojson(polygons)).encode()
+        write_bytes_atomic(paths["geojson"], geojson)
+
+        n_unreadable = int((~ok).sum())
+        attrs: dict[str, Any] = {
+            **spec.to_dict(),
+            "slide_path": str(slide.resolve()),
+            "slide_stem": slide.stem,
+            "backend": reader.backend_name,
+            "vendor": reader.vendor,
+            "objective_power": reader.objective_power,
+            "mpp_source": "override" if config.mpp_override is not None else "metadata",
+            "level0_width": reader.dimensions[0],
+            "level0_height": reader.dimensions[1],
+            "tissue_area_fraction": tissue.area_fraction(),
+            "n_unreadable_tiles": n_unreadable,
+            "first_read_error": first_error,
+            "histoguard_version": __version__,
+            "config_json": config.result_key(),
+        }
+        write_coords_file(
+            paths["h5"],
+            candidates[ok],
+            {
+                "tissue_fraction": candidate_fractions[ok],
+                "background_fraction": background[ok],
+                "blur_score": blur[ok],
+            },
+            attrs,
+        )
+    return SlideResult(
+        slide=slide,
+        status="done",
+        output=paths["h5"],
+        n_tiles=int(ok.sum()),
+        n_unreadable=n_unreadable,
+        flagged=n_unreadable > 0,
+        message=first_error,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def finished_output(out_dir: Path, slide: Path, config: TilingConfig) -> CoordsFile | None:
+    """The slide's verified tile file if it exists and was made with the same configuration."""
+    path = output_paths(out_dir, slide)["h5"]
+    if not path.is_file():
+        return None
+    try:
+        existing = read_coords_file(path)
+    except OutputError:
+        return None
+    if existing.attrs.get("config_json") != config.result_key():
+        return None
+    if existing.attrs.get("slide_path") != str(slide.resolve()):
+        return None
+    return existing
+
+
+def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into slide paths (folders: files with a slide extension, sorted).
+
+    Paths that do not exist are kept so the batch reports them as failed.
+    """
+    slides: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir() and item.suffix.lower() != ".mrxs":
+            slides.extend(
+                sorted(
+                    p
+                    for p in item.iterdir()
+                    if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
+                )
+            )
+        else:
+            slides.append(item)
+    return slides
+
+
+def tile_slides(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    config: TilingConfig | None = None,
+    *,
+    show_progress: bool = True,
+) -> TilingReport:
+    """Tile many slides; one bad slide never stops the batch, and reruns resume.
+
+    For each slide: a verified output made with the same configuration is ``skipped``; otherwise
+    the slide is tiled (``done``) or its error recorded (``failed``). The summary table
+    ``tiling_summary.csv`` is rewritten atomically after every slide, and the resolved
+    configuration is saved as ``tiling_config.json``.
+
+    Args:
+        inputs: slide files and/or folders of slides.
+        out_dir: output folder.
+        config: tiling parameters.
+        show_progress: draw rich progress bars on the terminal.
+
+    Returns:
+        A :class:`TilingReport`; check ``report.failed``.
+    """
+    config = config or TilingConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
+    slides = find_slides(inputs)
+    results: list[SlideResult] = []
+    seen_stems: dict[str, Path] = {}
+    with _progress(show_progress) as progress:
+        slides_task = progress.add_task("slides", total=len(slides))
+        tiles_task = progress.add_task("tiles", total=None, visible=False)
+        for slide in slides:
+            progress.update(tiles_task, description=f"{slide.name}", completed=0, total=None)
+            if slide.stem in seen_stems:
+                result = SlideResult(
+                    slide=slide,
+                    status="failed",
+                    message=f"{slide}: has the same name as {seen_stems[slide.stem]}; outputs would "
+                    "collide. Rename one of them or tile them into different folders",
+                )
+            else:
+                seen_stems[slide.stem] = slide
+                result = _tile_one(slide, out_dir, config, progress, tiles_task)
+            results.append(result)
+            _write_summary(out_dir / SUMMARY_NAME, results)
+            progress.advance(slides_task)
+    return TilingReport(results=tuple(results), summary_path=out_dir / SUMMARY_NAME)
+
+
+def _tile_one(
+    slide: Path, out_dir: Path, config: TilingConfig, progress: Any, task: Any
+) -> SlideResult:
+    remove_stale_temporaries(out_dir, prefix=slide.stem)
+    existing = finished_output(out_dir, slide, config)
+    if existing is not None:
+        return SlideResult(
+            slide=slide,
+            status="skipped",
+            output=output_paths(out_dir, slide)["h5"],
+            n_tiles=len(existing.coords),
+            n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
+            flagged=int(existing.attrs.get("n_unreadable_tiles", 0)) > 0,
+            message=str(existing.attrs.get("first_read_error", "")),
+        )
+    started = time.perf_counter()
+
+    def on_progress(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total, visible=True)
+
+    try:
+        return tile_slide(slide, out_dir, config, on_progress=on_progress)
+    except HistoguardError as error:
+        message = str(error)
+    except Exception as error:  # a batch must survive anything one slide throws
+        message = f"{slide}: unexpected {type(error).__name__}: {error}"
+    return SlideResult(
+        slide=slide, status="failed", message=message, seconds=time.perf_counter() - started
+    )
+
+
+def _config_json(config: TilingConfig) -> str:
+    return json.dumps({"histoguard_version": __version__, **asdict(config)}, indent=2) + "\n"
+
+
+SUMMARY_COLUMNS = (
+    "slide",
+    "status",
+    "flagged",
+    "n_tiles",
+    "n_unreadable",
+    "seconds",
+    "output",
+    "message",
+)
+
+
+def _write_summary(path: Path, results: Sequence[SlideResult]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(SUMMARY_COLUMNS)
+    for r in results:
+        writer.writerow(
+            [
+                r.slide,
+                r.status,
+                r.flagged,
+                r.n_tiles,
+                r.n_unreadable,
+                f"{r.seconds:.2f}",
+                r.output or "",
+                r.message,
+            ]
+        )
+    write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )

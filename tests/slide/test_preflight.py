@@ -1,0 +1,371 @@
+"""Preflight must reject hostile or broken files with a typed error, fast, and pass real slides."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from histoguard._exceptions import (
+    CorruptSlideError,
+    SlideError,
+    SlideNotFoundError,
+    SlideTooLargeError,
+    UnsupportedFormatError,
+)
+from histoguard.slide._preflight import (
+    DEFAULT_MAX_PIXELS,
+    FileKind,
+    PreflightResult,
+    TiffPage,
+    preflight,
+)
+
+RGB = np.zeros((192, 256, 3), np.uint8)  # 4 x 3 tiles of 64 x 64
+
+
+def _write_tiff(path: Path, pages: int = 1, **kwargs: Any) -> Path:
+    """A small valid TIFF; by default tiled 64 x 64 RGB, `pages` identical images in one chain."""
+    options: dict[str, Any] = {"tile": (64, 64), "photometric": "rgb", **kwargs}
+    data = options.pop("data", RGB)
+    byteorder, bigtiff = options.pop("byteorder", "<"), options.pop("bigtiff", False)
+    with tifffile.TiffWriter(path, byteorder=byteorder, bigtiff=bigtiff) as writer:
+        for _ in range(pages):
+            writer.write(data, **options)
+    return path
+
+
+def _patch(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _patch_long(path: Path, page: int, code: int, value: int) -> None:
+    """Rewrite one tag entry of a little-endian classic TIFF as a single LONG `value`."""
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[page].tags[code].offset
+    _patch(path, entry, struct.pack("<HHII", code, 4, 1, value))
+
+
+def _next_ifd_pointer(path: Path, page: int) -> int:
+    """Where a little-endian classic TIFF stores page `page`'s next-IFD offset."""
+    with tifffile.TiffFile(path) as tif:
+        ifd = tif.pages[page].offset
+    with path.open("rb") as f:
+        f.seek(ifd)
+        (n,) = struct.unpack("<H", f.read(2))
+    return ifd + 2 + 12 * n
+
+
+def _ifd_offset(path: Path, page: int) -> int:
+    with tifffile.TiffFile(path) as tif:
+        return int(tif.pages[page].offset)
+
+
+def _raises(kind: type[SlideError], path: Path, **kwargs: int) -> str:
+    """Run preflight expecting exactly `kind`, quickly, with the file named in the message."""
+    start = time.perf_counter()
+    with pytest.raises(SlideError) as info:
+        preflight(path, **kwargs)
+    assert time.perf_counter() - start < 1.0
+    assert type(info.value) is kind, info.value
+    message = str(info.value)
+    assert path.name in message
+    return message
+
+
+# --- not a slide file at all ------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = _raises(SlideNotFoundError, tmp_path / "nope.svs")
+    assert "Check the path" in message
+
+
+def test_directory(tmp_path: Path) -> None:
+    (tmp_path / "slide").mkdir()
+    (tmp_path / "slide.mrxs").write_text("[GENERAL]\n")
+    message = _raises(SlideNotFoundError, tmp_path / "slide")
+    assert "slide.mrxs" in message  # points at the MIRAX index beside its data folder
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.svs"
+    path.touch()
+    message = _raises(CorruptSlideError, path)
+    assert "empty (0 bytes)" in message
+    assert "Re-copy or re-export" in message
+
+
+def test_text_named_svs(tmp_path: Path) -> None:
+    path = tmp_path / "slide.svs"
+    path.write_text("<html><body>403 Forbidden</body></html>\n")
+    message = _raises(CorruptSlideError, path)
+    assert "Aperio SVS" in message
+    assert "b'<html><b'" in message
+    assert "looks like text" in message
+
+
+def test_git_lfs_pointer(tmp_path: Path) -> None:
+    path = tmp_path / "slide.ndpi"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9\n")
+    assert "git lfs pull" in _raises(CorruptSlideError, path)
+
+
+def test_unknown_content_and_extension(tmp_path: Path) -> None:
+    path = tmp_path / "data.xyz"
+    path.write_bytes(b"\x00\x01\x02\x03" * 64)
+    message = _raises(UnsupportedFormatError, path)
+    assert "TIFF" in message
+    assert "DICOM" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("slide.mrxs", b"[GENERAL]\n", FileKind.MIRAX),
+        ("slide.vms", b"[Virtual Microscope Specimen]\n", FileKind.VMS),
+        ("slide.vmu", b"[Uncompressed Virtual Microscope Specimen]\n", FileKind.VMS),
+        ("x.dcm", bytes(128) + b"DICM" + bytes(16), FileKind.DICOM),
+        ("x.jpg", b"\xff\xd8\xff\xe0" + bytes(16), FileKind.JPEG),
+        ("x.svslide", b"SQLite format 3\0" + bytes(84), FileKind.SAKURA),
+        ("no_extension", b"\xff\xd8\xff\xe0" + bytes(16), FileKind.JPEG),  # content wins
+    ],
+)
+def test_other_kinds_are_sniffed(tmp_path: Path, name: str, content: bytes, kind: FileKind) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = preflight(path)
+    assert result == PreflightResult(path=path, kind=kind, size_bytes=len(content))
+
+
+def test_png_dimensions_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    ihdr = struct.pack(">I4sIIBBBBB", 13, b"IHDR", 2**31, 2**31, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + bytes(4))
+    assert "max_pixels=" in _raises(SlideTooLargeError, path)
+
+
+# --- valid TIFFs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "page"),
+    [
+        ({}, TiffPage(width=256, height=192, tiled=True, tile_width=64, tile_height=64,
+                      compression=1, samples_per_pixel=3)),
+        ({"byteorder": ">"}, TiffPage(width=256, height=192, tiled=True, tile_width=64,
+                                      tile_height=64, compression=1, samples_per_pixel=3)),
+        ({"bigtiff": True}, TiffPage(width=256, height=192, tiled=True, tile_width=64,
+                                     tile_height=64, compression=1, samples_per_pixel=3)),
+        ({"bigtiff": True, "byteorder": ">", "compression": "zlib"},
+         TiffPage(width=256, height=192, tiled=True, tile_width=64, tile_height=64,
+                  compression=8, samples_per_pixel=3)),
+        ({"tile": None, "rowsperstrip": 50}, TiffPage(width=256, height=192, tiled=False,
+                                                      tile_width=0, tile_height=0, compression=1,
+                                                      samples_per_pixel=3)),
+        # Separate planes: one tile table per sample, so 3 x 12 tiles.
+        ({"data": np.zeros((3, 192, 256), np.uint8), "planarconfig": "separate"},
+         TiffPage(width=256, height=192, tiled=True, tile_width=64, tile_height=64,
+                  compression=1, samples_per_pixel=3)),
+        ({"data": np.zeros((100, 70), np.uint16), "photometric": "minisblack", "tile": (16, 32)},
+         TiffPage(width=70, height=100, tiled=True, tile_width=32, tile_height=16,
+                  compression=1, samples_per_pixel=1)),
+    ],
+)  # fmt: skip
+def test_valid_tiff_passes(tmp_path: Path, kwargs: dict[str, Any], page: TiffPage) -> None:
+    path = _write_tiff(tmp_path / "ok.tif", pages=2, **kwargs)
+    start = time.perf_counter()
+    result = preflight(path)
+    assert time.perf_counter() - start < 1.0
+    assert result.kind is FileKind.TIFF
+    assert result.size_bytes == path.stat().st_size
+    assert result.tiff_pages == (page, page)
+
+
+def test_str_path_accepted(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "ok.tif")
+    assert preflight(str(path)).path == path
+
+
+# --- hostile TIFFs ------------------------------------------------------------------------------
+
+
+def test_huge_declared_size(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "huge.svs")
+    _patch_long(path, 0, 256, 2**31)
+    _patch_long(path, 0, 257, 2**31)
+    message = _raises(SlideTooLargeError, path)
+    assert "2147483648 x 2147483648" in message
+    assert str(DEFAULT_MAX_PIXELS) in message
+    assert "max_pixels=" in message
+
+
+def test_max_pixels_is_configurable(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "ok.tif")
+    _raises(SlideTooLargeError, path, max_pixels=256 * 192 - 1)
+    assert preflight(path, max_pixels=256 * 192).tiff_pages[0].width == 256
+
+
+def test_size_inconsistent_with_tile_count(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "liar.svs")
+    _patch_long(path, 0, 256, 4096)  # within the limit, but 64 x 3 tiles, not the 4 x 3 written
+    message = _raises(CorruptSlideError, path)
+    assert "needs 192 entries" in message
+    assert "lists 12" in message
+
+
+def test_zero_width(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "zero.tif")
+    _patch_long(path, 0, 256, 0)
+    assert "no image size" in _raises(CorruptSlideError, path)
+
+
+def test_no_directories(tmp_path: Path) -> None:
+    path = tmp_path / "bare.tif"
+    path.write_bytes(b"II*\0" + bytes(4) + bytes(64))
+    assert "no image directories" in _raises(CorruptSlideError, path)
+
+
+def test_ifd_loops_to_itself(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "loop.svs")
+    _patch(path, _next_ifd_pointer(path, 0), struct.pack("<I", _ifd_offset(path, 0)))
+    message = _raises(CorruptSlideError, path)
+    assert f"loops back to offset {_ifd_offset(path, 0)}" in message
+
+
+def test_ifd_loops_via_two_pages(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "loop2.svs", pages=2)
+    _patch(path, _next_ifd_pointer(path, 1), struct.pack("<I", _ifd_offset(path, 0)))
+    assert f"loops back to offset {_ifd_offset(path, 0)}" in _raises(CorruptSlideError, path)
+
+
+def test_too_many_ifds(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "many.tif", pages=3)
+    assert "max_ifds=" in _raises(CorruptSlideError, path, max_ifds=2)
+    assert len(preflight(path, max_ifds=3).tiff_pages) == 3
+
+
+def test_ifd_past_end_of_file(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "dangling.tif")
+    size = path.stat().st_size
+    _patch(path, 4, struct.pack("<I", size + 1000))
+    assert f"but the file has {size} bytes" in _raises(CorruptSlideError, path)
+
+
+def test_truncated_to_half(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "half.svs")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    message = _raises(CorruptSlideError, path)
+    assert "file is truncated" in message
+    assert f"the file has {len(data) // 2} bytes" in message
+
+
+def test_tile_offset_past_end(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "tile.tif")
+    with tifffile.TiffFile(path) as tif:
+        table = tif.pages[0].tags[324].valueoffset
+    _patch(path, table + 4 * 5, struct.pack("<I", 2**32 - 1))  # tile 5 points at byte ~4 GiB
+    assert "block 5 needs byte" in _raises(CorruptSlideError, path)
+
+
+def test_bigtiff_huge_tag_count(tmp_path: Path) -> None:
+    path = _write_tiff(tmp_path / "tags.tif", bigtiff=True)
+    _patch(path, _ifd_offset(path, 0), struct.pack("<Q", 2**40))
+    assert "declares 1099511627776 tags" in _raises(CorruptSlideError, path)
+
+
+# --- fuzzing ------------------------------------------------------------------------------------
+
+
+@cache
+def _valid_tiff_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for _ in range(2):
+            writer.write(RGB[:96, :128], tile=(32, 32), photometric="rgb")
+    return buffer.getvalue()
+
+
+_HEADERS = [b"II*\0", b"MM\0*", b"II+\0\x08\0\0\0", b"MM\0+\0\x08\0\0"]
+_fuzzed_bytes = st.one_of(
+    st.binary(max_size=512),
+    st.tuples(st.sampled_from(_HEADERS), st.binary(max_size=512)).map(b"".join),
+    # A valid two-page TIFF with a few bytes overwritten and maybe cut short: reaches deep checks.
+    st.tuples(
+        st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=8),
+        st.integers(1, 1 << 16),
+    ).map(lambda edits: _mutate(_valid_tiff_bytes(), *edits)),
+)
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]], keep: int) -> bytes:
+    buffer = bytearray(data)
+    for position, value in edits:
+        buffer[position % len(buffer)] = value
+    return bytes(buffer[:keep])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=_fuzzed_bytes)
+def test_random_bytes_only_raise_slide_errors(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    path = tmp_path_factory.getbasetemp() / "fuzz.svs"
+    path.write_bytes(content)
+    start = time.perf_counter()
+    try:
+        preflight(path)
+    except SlideError as error:  # anything else (struct.error, IndexError, ...) fails the test
+        assert error.path == path
+    assert time.perf_counter() - start < 1.0
+
+
+# --- real slides --------------------------------------------------------------------------------
+
+REAL = [
+    ("CMU-1-Small-Region.svs", FileKind.TIFF, (2220, 2967)),
+    ("tcga-cr-7395-01a-01-ts1.svs", FileKind.TIFF, (4443, 3567)),
+    ("openslide-fixtures/small.svs", FileKind.TIFF, (16, 16)),
+    ("openslide-fixtures/boxes.tiff", FileKind.TIFF, (300, 250)),
+    ("openslide-fixtures/boxes_0.dcm", FileKind.DICOM, None),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "dims"), REAL)
+def test_real_slide_passes(
+    wsi_dir: Path, name: str, kind: FileKind, dims: tuple[int, int] | None
+) -> None:
+    path = wsi_dir / name
+    start = time.perf_counter()
+    result = preflight(path)
+    assert time.perf_counter() - start < 1.0
+    assert result.kind is kind
+    assert result.size_bytes == path.stat().st_size
+    if dims is None:
+        assert result.tiff_pages == ()
+    else:
+        assert (result.tiff_pages[0].width, result.tiff_pages[0].height) == dims
+
+
+def test_real_tcga_pyramid(wsi_dir: Path) -> None:
+    pages = preflight(wsi_dir / "tcga-cr-7395-01a-01-ts1.svs").tiff_pages
+    levels = [(p.width, p.height) for p in pages if p.tiled]
+    assert levels == [(4443, 3567), (2221, 1783)]
+    assert {p.compression for p in pages if p.tiled} == {33005}  # Aperio JPEG 2000
+    assert (pages[0].tile_width, pages[0].tile_height) == (256, 256)
+
+
+def test_real_truncated_slide(wsi_dir: Path) -> None:
+    _raises(CorruptSlideError, wsi_dir / "broken" / "truncated.svs")
