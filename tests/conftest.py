@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from histoguard.slide import Rectangle, write_synthetic_slide
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Tissue of the ``known_slide``: level-0 pixels [512, 2560) x [512, 2048).
+KNOWN_TISSUE = Rectangle(x0=512, y0=512, x1=2560, y1=2048)
 
 
 def shared_data_dir() -> Path:
@@ -29,3 +34,10 @@ def shared_data() -> Path:
 def wsi_dir(shared_data: Path) -> Path:
     """The folder of real whole-slide images in the shared data."""
     return shared_data / "wsi"
+
+
+@pytest.fixture(scope="session")
+def known_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4096 x 3072 px at 0.25 µm/px, 3 levels (x1, x2, x4), JPEG tiles, one rectangle of tissue."""
+    path = tmp_path_factory.mktemp("slides") / "known.tiff"
+    return write_synthetic_slide(path, width=4096, height=3072, mpp=0.25, shapes=[KNOWN_TISSUE])

@@ -51,7 +51,7 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
         _fsync_path(tmp)
         if verify is not None:
             verify(tmp)
-        os.replace(tmp, final)
+        tmp.replace(final)
         _fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)

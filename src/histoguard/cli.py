@@ -82,25 +82,28 @@ def tile(
     ] = 2048,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Detect tissue and tile slides into DIR/<slide>.h5 (coords + tile QC), with a thumbnail
+    """Detect tissue and tile slides into OUT/<slide>.h5 (coords + tile QC), with a thumbnail
     PNG showing the tissue outline and tile grid, and the tissue as QuPath GeoJSON.
 
     Resumable: slides whose verified output exists with the same settings are skipped. Failures
-    are isolated per slide and listed in DIR/tiling_summary.csv; the exit code is 1 if any
+    are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
     slide failed.
     """
     from histoguard.slide import TilingConfig, tile_slides
 
-    config = TilingConfig(
-        mpp=mpp,
-        tile_size=tile_size,
-        overlap=overlap,
-        min_tissue_fraction=min_tissue,
-        mpp_override=mpp_override,
-        backend=backend,
-        threads=threads,
-        thumbnail_size=thumbnail_size,
-    )
+    try:
+        config = TilingConfig(
+            mpp=mpp,
+            tile_size=tile_size,
+            overlap=overlap,
+            min_tissue_fraction=min_tissue,
+            mpp_override=mpp_override,
+            backend=backend,
+            threads=threads,
+            thumbnail_size=thumbnail_size,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     report = tile_slides(slides, out, config, show_progress=not quiet)
     _print_report(report)
     if report.failed:

@@ -29,47 +29,14 @@ from histoguard.slide._preflight import (
     TiffPage,
     preflight,
 )
-
-RGB = np.zeros((192, 256, 3), np.uint8)  # 4 x 3 tiles of 64 x 64
-
-
-def _write_tiff(path: Path, pages: int = 1, **kwargs: Any) -> Path:
-    """A small valid TIFF; by default tiled 64 x 64 RGB, `pages` identical images in one chain."""
-    options: dict[str, Any] = {"tile": (64, 64), "photometric": "rgb", **kwargs}
-    data = options.pop("data", RGB)
-    byteorder, bigtiff = options.pop("byteorder", "<"), options.pop("bigtiff", False)
-    with tifffile.TiffWriter(path, byteorder=byteorder, bigtiff=bigtiff) as writer:
-        for _ in range(pages):
-            writer.write(data, **options)
-    return path
-
-
-def _patch(path: Path, offset: int, data: bytes) -> None:
-    with path.open("r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def _patch_long(path: Path, page: int, code: int, value: int) -> None:
-    """Rewrite one tag entry of a little-endian classic TIFF as a single LONG `value`."""
-    with tifffile.TiffFile(path) as tif:
-        entry = tif.pages[page].tags[code].offset
-    _patch(path, entry, struct.pack("<HHII", code, 4, 1, value))
-
-
-def _next_ifd_pointer(path: Path, page: int) -> int:
-    """Where a little-endian classic TIFF stores page `page`'s next-IFD offset."""
-    with tifffile.TiffFile(path) as tif:
-        ifd = tif.pages[page].offset
-    with path.open("rb") as f:
-        f.seek(ifd)
-        (n,) = struct.unpack("<H", f.read(2))
-    return ifd + 2 + 12 * n
-
-
-def _ifd_offset(path: Path, page: int) -> int:
-    with tifffile.TiffFile(path) as tif:
-        return int(tif.pages[page].offset)
+from tests.slide.tiff_surgery import (
+    RGB,
+    ifd_offset,
+    next_ifd_pointer,
+    patch,
+    patch_long,
+    write_tiff,
+)
 
 
 def _raises(kind: type[SlideError], path: Path, **kwargs: int) -> str:
@@ -184,7 +151,7 @@ def test_png_dimensions_are_checked(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_valid_tiff_passes(tmp_path: Path, kwargs: dict[str, Any], page: TiffPage) -> None:
-    path = _write_tiff(tmp_path / "ok.tif", pages=2, **kwargs)
+    path = write_tiff(tmp_path / "ok.tif", pages=2, **kwargs)
     start = time.perf_counter()
     result = preflight(path)
     assert time.perf_counter() - start < 1.0
@@ -194,7 +161,7 @@ def test_valid_tiff_passes(tmp_path: Path, kwargs: dict[str, Any], page: TiffPag
 
 
 def test_str_path_accepted(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "ok.tif")
+    path = write_tiff(tmp_path / "ok.tif")
     assert preflight(str(path)).path == path
 
 
@@ -202,9 +169,9 @@ def test_str_path_accepted(tmp_path: Path) -> None:
 
 
 def test_huge_declared_size(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "huge.svs")
-    _patch_long(path, 0, 256, 2**31)
-    _patch_long(path, 0, 257, 2**31)
+    path = write_tiff(tmp_path / "huge.svs")
+    patch_long(path, 0, 256, 2**31)
+    patch_long(path, 0, 257, 2**31)
     message = _raises(SlideTooLargeError, path)
     assert "2147483648 x 2147483648" in message
     assert str(DEFAULT_MAX_PIXELS) in message
@@ -212,22 +179,22 @@ def test_huge_declared_size(tmp_path: Path) -> None:
 
 
 def test_max_pixels_is_configurable(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "ok.tif")
+    path = write_tiff(tmp_path / "ok.tif")
     _raises(SlideTooLargeError, path, max_pixels=256 * 192 - 1)
     assert preflight(path, max_pixels=256 * 192).tiff_pages[0].width == 256
 
 
 def test_size_inconsistent_with_tile_count(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "liar.svs")
-    _patch_long(path, 0, 256, 4096)  # within the limit, but 64 x 3 tiles, not the 4 x 3 written
+    path = write_tiff(tmp_path / "liar.svs")
+    patch_long(path, 0, 256, 4096)  # within the limit, but 64 x 3 tiles, not the 4 x 3 written
     message = _raises(CorruptSlideError, path)
     assert "needs 192 entries" in message
     assert "lists 12" in message
 
 
 def test_zero_width(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "zero.tif")
-    _patch_long(path, 0, 256, 0)
+    path = write_tiff(tmp_path / "zero.tif")
+    patch_long(path, 0, 256, 0)
     assert "no image size" in _raises(CorruptSlideError, path)
 
 
@@ -238,33 +205,33 @@ def test_no_directories(tmp_path: Path) -> None:
 
 
 def test_ifd_loops_to_itself(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "loop.svs")
-    _patch(path, _next_ifd_pointer(path, 0), struct.pack("<I", _ifd_offset(path, 0)))
+    path = write_tiff(tmp_path / "loop.svs")
+    patch(path, next_ifd_pointer(path, 0), struct.pack("<I", ifd_offset(path, 0)))
     message = _raises(CorruptSlideError, path)
-    assert f"loops back to offset {_ifd_offset(path, 0)}" in message
+    assert f"loops back to offset {ifd_offset(path, 0)}" in message
 
 
 def test_ifd_loops_via_two_pages(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "loop2.svs", pages=2)
-    _patch(path, _next_ifd_pointer(path, 1), struct.pack("<I", _ifd_offset(path, 0)))
-    assert f"loops back to offset {_ifd_offset(path, 0)}" in _raises(CorruptSlideError, path)
+    path = write_tiff(tmp_path / "loop2.svs", pages=2)
+    patch(path, next_ifd_pointer(path, 1), struct.pack("<I", ifd_offset(path, 0)))
+    assert f"loops back to offset {ifd_offset(path, 0)}" in _raises(CorruptSlideError, path)
 
 
 def test_too_many_ifds(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "many.tif", pages=3)
+    path = write_tiff(tmp_path / "many.tif", pages=3)
     assert "max_ifds=" in _raises(CorruptSlideError, path, max_ifds=2)
     assert len(preflight(path, max_ifds=3).tiff_pages) == 3
 
 
 def test_ifd_past_end_of_file(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "dangling.tif")
+    path = write_tiff(tmp_path / "dangling.tif")
     size = path.stat().st_size
-    _patch(path, 4, struct.pack("<I", size + 1000))
+    patch(path, 4, struct.pack("<I", size + 1000))
     assert f"but the file has {size} bytes" in _raises(CorruptSlideError, path)
 
 
 def test_truncated_to_half(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "half.svs")
+    path = write_tiff(tmp_path / "half.svs")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     message = _raises(CorruptSlideError, path)
@@ -273,16 +240,16 @@ def test_truncated_to_half(tmp_path: Path) -> None:
 
 
 def test_tile_offset_past_end(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "tile.tif")
+    path = write_tiff(tmp_path / "tile.tif")
     with tifffile.TiffFile(path) as tif:
         table = tif.pages[0].tags[324].valueoffset
-    _patch(path, table + 4 * 5, struct.pack("<I", 2**32 - 1))  # tile 5 points at byte ~4 GiB
+    patch(path, table + 4 * 5, struct.pack("<I", 2**32 - 1))  # tile 5 points at byte ~4 GiB
     assert "block 5 needs byte" in _raises(CorruptSlideError, path)
 
 
 def test_bigtiff_huge_tag_count(tmp_path: Path) -> None:
-    path = _write_tiff(tmp_path / "tags.tif", bigtiff=True)
-    _patch(path, _ifd_offset(path, 0), struct.pack("<Q", 2**40))
+    path = write_tiff(tmp_path / "tags.tif", bigtiff=True)
+    patch(path, ifd_offset(path, 0), struct.pack("<Q", 2**40))
     assert "declares 1099511627776 tags" in _raises(CorruptSlideError, path)
 
 

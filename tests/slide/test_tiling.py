@@ -17,7 +17,9 @@ PYRAMID = (1.0, 4.0, 16.0, 32.0)
 
 
 def test_reads_level_one_when_target_is_twice_the_base_resolution() -> None:
-    spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=(1.0, 2.0, 4.0), mpp=0.5, tile_size=224)
+    spec = TileSpec.for_slide(
+        slide_mpp=0.25, level_downsamples=(1.0, 2.0, 4.0), mpp=0.5, tile_size=224
+    )
     assert (spec.level, spec.read_size, spec.level0_tile_size) == (1, 224, 448)
     assert spec.level0_stride == 448.0
     assert not spec.needs_resize
@@ -25,7 +27,9 @@ def test_reads_level_one_when_target_is_twice_the_base_resolution() -> None:
 
 def test_reads_finer_level_and_resizes_between_levels() -> None:
     # 1.0 µm/px on a 0.25 µm/px slide with levels x1, x2, x8: read level 1 (0.5 µm/px), halve.
-    spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=(1.0, 2.0, 8.0), mpp=1.0, tile_size=256)
+    spec = TileSpec.for_slide(
+        slide_mpp=0.25, level_downsamples=(1.0, 2.0, 8.0), mpp=1.0, tile_size=256
+    )
     assert (spec.level, spec.read_size, spec.level0_tile_size) == (1, 512, 1024)
     assert spec.needs_resize
 
@@ -97,14 +101,21 @@ def test_spec_properties(
     overlap = int(tile_size * overlap_fraction)
     mpp = slide_mpp * ratio
     spec = TileSpec.for_slide(
-        slide_mpp=slide_mpp, level_downsamples=downsamples, mpp=mpp, tile_size=tile_size, overlap=overlap
+        slide_mpp=slide_mpp,
+        level_downsamples=downsamples,
+        mpp=mpp,
+        tile_size=tile_size,
+        overlap=overlap,
     )
     limit = ratio * (1 + DEFAULT_MPP_TOLERANCE)
     # The chosen level is fine enough, and no coarser level would have been.
     assert downsamples[spec.level] <= limit
     assert all(ds > limit or ds <= downsamples[spec.level] for ds in downsamples)
     # Read size and footprint describe the same physical extent, to rounding.
-    assert abs(spec.read_size * spec.level_downsample - tile_size * ratio) <= spec.level_downsample / 2 + 1e-6
+    assert (
+        abs(spec.read_size * spec.level_downsample - tile_size * ratio)
+        <= spec.level_downsample / 2 + 1e-6
+    )
     assert abs(spec.level0_tile_size - tile_size * ratio) <= 0.5 + 1e-9
     # Never upsample beyond the tolerance.
     assert spec.read_size >= math.floor(tile_size / (1 + DEFAULT_MPP_TOLERANCE))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from histoguard._exceptions import SlideError, UnsupportedFormatError
+
 # Imported for their registration side effect: each module registers one back-end.
 from histoguard.slide import _array_backend, _openslide_backend, _tiffslide_backend  # noqa: F401
-from histoguard._exceptions import SlideError, UnsupportedFormatError
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, preflight
 from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import BackendInfo, get_backend, list_backends
@@ -69,7 +70,9 @@ def open_slide(
         return reader
     if len(errors) == 1:
         raise errors[0]
-    tried = "; ".join(f"{info.name}: {err.problem}" for info, err in zip(candidates, errors))
+    tried = "; ".join(
+        f"{info.name}: {err.problem}" for info, err in zip(candidates, errors, strict=True)
+    )
     raise type(errors[-1])(path, f"no back-end could open it ({tried})", errors[-1].fix)
 
 

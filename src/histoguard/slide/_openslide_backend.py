@@ -23,8 +23,8 @@ def _float_or_none(value: str | None) -> float | None:
 @register_backend(
     "openslide",
     priority=10,
-    kinds={FileKind.TIFF, FileKind.DICOM, FileKind.MIRAX, FileKind.VMS},
-    formats="SVS, NDPI, MRXS, SCN, BIF, VMS, generic tiled TIFF, DICOM WSI",
+    kinds={FileKind.TIFF, FileKind.DICOM, FileKind.MIRAX, FileKind.VMS, FileKind.SAKURA},
+    formats="SVS, NDPI, MRXS, SCN, BIF, VMS, Sakura, generic tiled TIFF, DICOM WSI",
 )
 class OpenSlideReader(SlideReader):
     """Reads slides through openslide-python (the library ships in ``openslide-bin``)."""

@@ -177,11 +177,11 @@ class SlideReader(ABC):
             RegionReadError: the back-end failed to decode part of the region. After this the
                 reader is reopened, because OpenSlide handles stay in an error state.
         """
+        self._ensure_open()
         if width <= 0 or height <= 0:
             raise ValueError(f"region size must be positive, got {width}x{height}")
         if not 0 <= level < self.level_count:
             raise ValueError(f"level {level} does not exist; {self.path} has {self.level_count}")
-        self._ensure_open()
         try:
             region = self._read(int(x), int(y), int(width), int(height), level)
         except SlideError:
@@ -218,6 +218,7 @@ class SlideReader(ABC):
             ``(thumbnail, downsample)``: ``(H, W, 3)`` uint8 RGB and the level-0 pixels per
             thumbnail pixel (the same on both axes).
         """
+        self._ensure_open()
         width0, height0 = self.dimensions
         downsample = max(width0, height0) / max_size if max(width0, height0) > max_size else 1.0
         out_w = max(1, round(width0 / downsample))

@@ -21,6 +21,7 @@ from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
 from histoguard.slide._qc import background_fraction, blur_score
+from histoguard.slide._registry import get_backend
 from histoguard.slide._render import render_tiling_overview
 from histoguard.slide._tile_reader import read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
@@ -67,6 +68,17 @@ class TilingConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        if not self.mpp > 0 or (self.mpp_override is not None and not self.mpp_override > 0):
+            raise ValueError(
+                f"mpp and mpp_override must be positive, got {self.mpp}, {self.mpp_override}"
+            )
+        if self.tile_size < 1 or not 0 <= self.overlap < self.tile_size:
+            raise ValueError(
+                "need tile_size >= 1 and 0 <= overlap < tile_size, "
+                f"got {self.tile_size}, {self.overlap}"
+            )
+        if self.backend is not None:
+            get_backend(self.backend)  # raises with the list of known back-ends
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
             raise ValueError(
                 f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"
@@ -327,8 +339,8 @@ def tile_slides(
                 result = SlideResult(
                     slide=slide,
                     status="failed",
-                    message=f"{slide}: has the same name as {seen_stems[slide.stem]}; outputs would "
-                    "collide. Rename one of them or tile them into different folders",
+                    message=f"{slide}: has the same name as {seen_stems[slide.stem]}; outputs "
+                    "would collide. Rename one of them or tile them into different folders",
                 )
             else:
                 seen_stems[slide.stem] = slide

@@ -78,7 +78,7 @@ def _read_band(
     ds = spec.level_downsample
     x_first, y = (int(v) for v in coords[band[0]])
     if len(band) > 1:
-        span = int(round((int(coords[band[-1], 0]) - x_first) / ds)) + spec.read_size
+        span = round((int(coords[band[-1], 0]) - x_first) / ds) + spec.read_size
         try:
             region = reader.read_region(x_first, y, span, spec.read_size, spec.level)
         except RegionReadError:
@@ -86,7 +86,7 @@ def _read_band(
         else:
             reads = []
             for index in band:
-                left = int(round((int(coords[index, 0]) - x_first) / ds))
+                left = round((int(coords[index, 0]) - x_first) / ds)
                 piece = region[:, left : left + spec.read_size]
                 reads.append(
                     TileRead(int(index), resize(piece, spec.tile_size, spec.tile_size), None)

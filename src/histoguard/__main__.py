@@ -1,0 +1,5 @@
+"""``python -m histoguard``: the same as the ``histoguard`` command."""
+
+from histoguard.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Render the CLI reference (docs/cli.md) from the commands' own ``--help``.
+
+Run ``python -m histoguard.cli_docs > docs/cli.md`` (``make docs``); a test fails when the file
+is out of date.
+"""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from histoguard.cli import app
+
+#: Commands documented, in order.
+COMMANDS = ("tile", "info", "demo")
+
+#: Fixed terminal settings so the rendering is the same on every machine.
+_HELP_ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+
+_HEADER = """# CLI reference
+
+Generated from the commands' own `--help` by `python -m histoguard.cli_docs > docs/cli.md`
+(`make docs`); a test keeps it in sync. Every command is one call into the Python library:
+`tile` is `histoguard.tile_slides`, `info` is `histoguard.slide.slide_info`, `demo` is
+`histoguard._demo.run_demo`.
+"""
+
+
+def _help(args: list[str]) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env=_HELP_ENV, prog_name="histoguard")
+    if result.exit_code != 0:
+        raise RuntimeError(f"histoguard {' '.join(args)} --help failed: {result.output}")
+    return "\n".join(line.rstrip() for line in result.output.strip().splitlines())
+
+
+def render_cli_reference() -> str:
+    """The markdown reference of ``histoguard`` and each of its commands."""
+    parts = [_HEADER, "## `histoguard`\n", f"```\n{_help([])}\n```\n"]
+    for command in COMMANDS:
+        parts += [f"## `histoguard {command}`\n", f"```\n{_help([command])}\n```\n"]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render_cli_reference(), end="")

@@ -1,0 +1,42 @@
+"""Outputs appear complete and verified, or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from histoguard._atomic import atomic_output, remove_stale_temporaries, write_bytes_atomic
+
+
+def test_write_bytes_atomic(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.txt"
+    write_bytes_atomic(target, b"hello")
+    assert target.read_bytes() == b"hello"
+    assert [p.name for p in target.parent.iterdir()] == ["a.txt"]
+
+
+def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+
+    def reject(_: Path) -> None:
+        raise ValueError("bad content")
+
+    with (
+        pytest.raises(ValueError, match="bad content"),
+        atomic_output(target, verify=reject) as tmp,
+    ):
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / ".x.h5.tmp-999999999-abcd1234"
+    alive = tmp_path / f".y.h5.tmp-{os.getppid()}-abcd1234"
+    dead.write_bytes(b"")
+    alive.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not dead.exists() and alive.exists()
