@@ -31,11 +31,15 @@ def tissue_geojson(
         A JSON-serialisable dict; each geometry is ``[exterior, *holes]``, rings closed, [x, y]
         floats rounded to 2 decimals.
     """
-    classification = {"name": name, "color": [int(c) for c in color]}
+    rgb = [int(c) for c in color]
     features = [
         _feature(
             [poly.exterior, *poly.holes],
-            {"objectType": "annotation", "classification": classification, "isLocked": False},
+            {
+                "objectType": "annotation",
+                "classification": {"name": name, "color": list(rgb)},
+                "isLocked": False,
+            },
         )
         for poly in polygons
     ]
@@ -50,7 +54,8 @@ def tile_geojson(
     Args:
         coords: (N, 2) level-0 (x, y) top-left corners.
         size0: tile side in level-0 pixels, > 0.
-        values: measurement name → (N,) values; each tile gets ``{name: float}``.
+        values: measurement name → (N,) values; each tile gets ``{name: float}``, with None
+            for a non-finite value (strict JSON has no NaN; QuPath reads a missing value as NaN).
 
     Returns:
         A JSON-serialisable dict with ``"objectType": "tile"`` and ``"measurements"`` properties.
@@ -78,7 +83,7 @@ def tile_geojson(
                 [square + corner],
                 {
                     "objectType": "tile",
-                    "measurements": {k: float(col[i]) for k, col in columns.items()},
+                    "measurements": {k: _number(col[i]) for k, col in columns.items()},
                 },
             )
             for i, corner in enumerate(xy)
@@ -88,9 +93,13 @@ def tile_geojson(
 
 def _feature(rings: Sequence[np.ndarray], properties: dict[str, Any]) -> dict[str, Any]:
     """One Polygon Feature; numpy values become plain rounded floats for json."""
-    coordinates = [np.round(ring, 2).tolist() for ring in rings]
+    coordinates = [(np.round(ring, 2) + 0.0).tolist() for ring in rings]  # + 0.0: no "-0.0"
     return {
         "type": "Feature",
         "geometry": {"type": "Polygon", "coordinates": coordinates},
         "properties": properties,
     }
+
+
+def _number(value: np.float64) -> float | None:
+    return float(value) if np.isfinite(value) else None

@@ -12,6 +12,9 @@ from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, rgba_to_rgb
 from histoguard.slide._registry import register_backend
 
+#: Decoded-tile cache shared by a reader and its clones, in bytes (OpenSlide's own is 32 MiB).
+SHARED_CACHE_BYTES = 128 * 1024 * 1024
+
 
 def _float_or_none(value: str | None) -> float | None:
     try:
@@ -30,6 +33,7 @@ class OpenSlideReader(SlideReader):
     """Reads slides through openslide-python (the library ships in ``openslide-bin``)."""
 
     _handle: Any
+    _cache: Any = None
 
     def _open(self) -> None:
         import openslide
@@ -44,6 +48,25 @@ class OpenSlideReader(SlideReader):
             raise CorruptSlideError(
                 self.path, f"OpenSlide cannot open it ({error})", "Re-export or re-scan the slide"
             ) from error
+        if self._cache is not None:
+            self._handle.set_cache(self._cache)
+
+    def clone(self) -> SlideReader:
+        """A reader with its own handle that shares this one's decoded-tile cache.
+
+        Threads reading neighbouring tiles need the same source tiles; with one shared cache
+        each is decoded once instead of once per thread.
+        """
+        import openslide
+
+        if self._cache is None:
+            self._cache = openslide.OpenSlideCache(SHARED_CACHE_BYTES)
+            self._handle.set_cache(self._cache)
+        twin = super().clone()
+        assert isinstance(twin, OpenSlideReader)
+        twin._cache = self._cache
+        twin._handle.set_cache(self._cache)
+        return twin
 
     def _close(self) -> None:
         self._handle.close()

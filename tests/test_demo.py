@@ -1,0 +1,40 @@
+"""`histoguard demo` runs offline and says what it ran on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from histoguard._demo import run_demo
+from histoguard.cli import app
+from histoguard.slide import read_coords_file
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_without_real_data_uses_a_generated_slide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTOGUARD_TEST_DATA", str(tmp_path / "absent"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["demo", "--out", "demo", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "generated pyramidal TIFF" in result.output
+    tiles = read_coords_file(tmp_path / "demo" / "tiles" / "generated-slide.h5")
+    assert len(tiles.coords) > 50
+    assert (tmp_path / "demo" / "tiles" / "generated-slide.thumbnail.png").is_file()
+    assert str(Path("demo") / "tiles" / "generated-slide.tissue.geojson") in result.output
+
+
+@pytest.mark.integration
+def test_demo_prefers_the_real_slide(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTOGUARD_TEST_DATA", str(shared_data))
+    result = run_demo(tmp_path, show_progress=False)
+    assert result.source == "real"
+    assert result.slides[0].name == "CMU-1-Small-Region.svs"
+    assert [r.status for r in result.report.results] == ["done"]
+    assert result.report.results[0].n_tiles > 20
