@@ -22,7 +22,7 @@ from histoguard.slide._reader import SlideReader, resize
 from histoguard.slide._tiling import TileSpec
 
 #: Longest region read in one call, in pixels of the level read.
-MAX_BAND_PX = 4096
+MAX_BAND_PX = 2048
 
 
 @dataclass(frozen=True)
