@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 from histoguard.slide._tissue import Polygon
 
 TISSUE_OUTLINE_RGB = (0, 170, 60)
-TILE_RGBA = (30, 90, 255, 110)
+TILE_OUTLINE_RGBA = (20, 70, 230, 200)
+TILE_FILL_RGBA = (20, 70, 230, 45)
 
 
 def render_tiling_overview(
@@ -37,7 +38,9 @@ def render_tiling_overview(
     draw = ImageDraw.Draw(overlay)
     side = tile_size0 / downsample
     for x, y in np.asarray(coords, dtype=np.float64) / downsample:
-        draw.rectangle((x, y, x + side, y + side), outline=TILE_RGBA, width=1)
+        draw.rectangle(
+            (x, y, x + side, y + side), fill=TILE_FILL_RGBA, outline=TILE_OUTLINE_RGBA, width=1
+        )
     line_width = max(2, round(max(base.size) / 600))
     for polygon in polygons:
         for ring in (polygon.exterior, *polygon.holes):

@@ -259,7 +259,7 @@ def tile_slide(
         n_tiles=int(ok.sum()),
         n_unreadable=n_unreadable,
         flagged=n_unreadable > 0,
-        message=first_error,
+        message=first_error or ("" if ok.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
     )
 
