@@ -86,8 +86,8 @@ def main() -> None:
         f"{'case':<44} {'tiles':>6} {'naive tiles/s':>14} {'histoguard tiles/s':>19} {'ratio':>6}"
     )
     with open_slide(args.slide, mpp_override=args.mpp_override) as slide:
-        thumbnail, downsample = slide.get_thumbnail(2048)
-        tissue = detect_tissue(thumbnail, downsample=downsample, mpp=slide.mpp)
+        thumbnail = slide.get_thumbnail(2048)
+        tissue = detect_tissue(thumbnail.image, downsample=thumbnail.downsample, mpp=slide.mpp)
         for mpp in (args.mpp_override * 2, args.mpp_override):
             spec = TileSpec.for_slide(
                 slide_mpp=slide.mpp,

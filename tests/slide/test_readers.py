@@ -39,9 +39,10 @@ def test_contract_on_a_generated_pyramid(known_slide: Path, backend: str) -> Non
         # Outside the slide is white, whatever the back-end pads with.
         outside = slide.read_region(4096 - 16, 3072 - 16, 32, 32, level=0)
         assert np.all(outside[16:, :] == 255) and np.all(outside[:, 16:] == 255)
-        thumbnail, downsample = slide.get_thumbnail(512)
-        assert thumbnail.shape == (384, 512, 3)
-        assert downsample == pytest.approx(8.0)
+        thumbnail = slide.get_thumbnail(512)
+        assert thumbnail.image.shape == (384, 512, 3)
+        assert thumbnail.downsample == pytest.approx(8.0)
+        assert not thumbnail.unreadable.any() and thumbnail.first_error == ""
 
 
 def test_backends_agree_at_level_zero(known_slide: Path) -> None:

@@ -202,3 +202,22 @@ def test_real_slides_tile_on_tissue(
         width, height = h5.attrs["level0_width"], h5.attrs["level0_height"]
     covered = result.n_tiles * tiles.attrs["level0_tile_size"] ** 2 / (width * height)
     assert covered < 0.9
+
+
+def test_damage_on_a_single_level_slide_is_isolated_not_fatal(tmp_path: Path) -> None:
+    # With no pyramid, the thumbnail itself must be read from the damaged level.
+    from histoguard.slide import open_slide, write_synthetic_slide
+
+    slide_path = write_synthetic_slide(
+        tmp_path / "flat.tiff", width=4096, height=3072, mpp=0.25, shapes=[KNOWN_TISSUE], levels=1
+    )
+    corrupt_tiles(slide_path, page=0, tiles=[16 * 4 + 4])  # level-0 [1024, 1280)²
+    with open_slide(slide_path) as slide:
+        thumbnail = slide.get_thumbnail(1024)  # downsample 4: the damage is 64 x 64 px
+    rows, cols = np.nonzero(thumbnail.unreadable)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (256, 320, 256, 320)
+    assert "flat.tiff" in thumbnail.first_error
+    config = TilingConfig(mpp=0.25, tile_size=256, min_tissue_fraction=0.5)
+    result = tile_slides([slide_path], tmp_path / "out", config, show_progress=False).results[0]
+    assert (result.status, result.flagged, result.n_unreadable) == ("done", True, 1)
+    assert result.n_tiles == 8 * 6 - 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -22,8 +23,27 @@ from histoguard._exceptions import MissingMppError, RegionReadError, SlideError
 #: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.
 PLAUSIBLE_MPP_RANGE: tuple[float, float] = (0.01, 50.0)
 
-#: Height of the bands in which thumbnails are read, in pixels of the level read.
-_THUMBNAIL_BAND_PX = 1024
+#: Side of the blocks in which thumbnails are read, in pixels of the level read; damaged
+#: blocks are split down to the smaller size to isolate the damage.
+_THUMBNAIL_BLOCK_PX = 2048
+_THUMBNAIL_MIN_BLOCK_PX = 256
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A whole-slide overview.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        downsample: level-0 pixels per thumbnail pixel (the same on both axes).
+        unreadable: ``(H, W)`` bool, True where the slide failed to decode (white in ``image``).
+        first_error: the first decode error, empty when everything was read.
+    """
+
+    image: np.ndarray
+    downsample: float
+    unreadable: np.ndarray
+    first_error: str = ""
 
 
 class SlideReader(ABC):
@@ -205,18 +225,19 @@ class SlideReader(ABC):
         candidates = [i for i, ds in enumerate(self.level_downsamples) if ds <= limit]
         return max(candidates, key=lambda i: self.level_downsamples[i]) if candidates else 0
 
-    def get_thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
-        """A downsampled view of the whole slide.
+    def get_thumbnail(self, max_size: int = 2048) -> Thumbnail:
+        """A downsampled view of the whole slide, robust to damaged regions.
 
-        Reads the coarsest level that still has at least the requested resolution, in bands, so
-        memory stays bounded even for single-level slides.
+        Reads the coarsest level that still has at least the requested resolution, in blocks,
+        so memory stays bounded even for single-level slides. A block that fails to decode is
+        split until the damage is isolated (down to 256 px); what stays unreadable is white in
+        the image and marked in :attr:`Thumbnail.unreadable`, never silently passed as glass.
 
         Args:
             max_size: longest side of the thumbnail in pixels.
 
         Returns:
-            ``(thumbnail, downsample)``: ``(H, W, 3)`` uint8 RGB and the level-0 pixels per
-            thumbnail pixel (the same on both axes).
+            A :class:`Thumbnail`.
         """
         self._ensure_open()
         width0, height0 = self.dimensions
@@ -225,15 +246,61 @@ class SlideReader(ABC):
         out_h = max(1, round(height0 / downsample))
         level = self.best_level_for_downsample(downsample)
         level_w, level_h = self.level_dimensions[level]
+        image = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
+        unreadable = np.zeros((out_h, out_w), dtype=bool)
+        errors: list[str] = []
+        scale = (out_w / level_w, out_h / level_h)
+        for top in range(0, level_h, _THUMBNAIL_BLOCK_PX):
+            for left in range(0, level_w, _THUMBNAIL_BLOCK_PX):
+                box = (
+                    left,
+                    top,
+                    min(left + _THUMBNAIL_BLOCK_PX, level_w),
+                    min(top + _THUMBNAIL_BLOCK_PX, level_h),
+                )
+                self._thumbnail_block(level, box, scale, image, unreadable, errors)
+        return Thumbnail(
+            image=image,
+            downsample=width0 / out_w,
+            unreadable=unreadable,
+            first_error=errors[0] if errors else "",
+        )
+
+    def _thumbnail_block(
+        self,
+        level: int,
+        box: tuple[int, int, int, int],
+        scale: tuple[float, float],
+        image: np.ndarray,
+        unreadable: np.ndarray,
+        errors: list[str],
+    ) -> None:
+        """Read level pixels ``box`` = (x0, y0, x1, y1) into their place in the thumbnail."""
+        x0, y0, x1, y1 = box
+        ox0, ox1 = round(x0 * scale[0]), round(x1 * scale[0])
+        oy0, oy1 = round(y0 * scale[1]), round(y1 * scale[1])
+        if ox1 <= ox0 or oy1 <= oy0:
+            return
         level_ds = self.level_downsamples[level]
-        bands = []
-        for top in range(0, level_h, _THUMBNAIL_BAND_PX):
-            band_h = min(_THUMBNAIL_BAND_PX, level_h - top)
-            band = self.read_region(0, round(top * level_ds), level_w, band_h, level)
-            target_h = max(1, round(band_h * out_h / level_h))
-            bands.append(resize(band, out_w, target_h))
-        thumbnail = np.concatenate(bands, axis=0)
-        return resize(thumbnail, out_w, out_h), width0 / out_w
+        try:
+            block = self.read_region(
+                round(x0 * level_ds), round(y0 * level_ds), x1 - x0, y1 - y0, level
+            )
+        except RegionReadError as error:
+            if min(x1 - x0, y1 - y0) > _THUMBNAIL_MIN_BLOCK_PX:
+                xm, ym = (x0 + x1) // 2, (y0 + y1) // 2
+                for part in (
+                    (x0, y0, xm, ym),
+                    (xm, y0, x1, ym),
+                    (x0, ym, xm, y1),
+                    (xm, ym, x1, y1),
+                ):
+                    self._thumbnail_block(level, part, scale, image, unreadable, errors)
+                return
+            unreadable[oy0:oy1, ox0:ox1] = True
+            errors.append(str(error))
+            return
+        image[oy0:oy1, ox0:ox1] = resize(block, ox1 - ox0, oy1 - oy0)
 
     def summary(self) -> dict[str, Any]:
         """Key facts as JSON-compatible values (mpp is None when unknown)."""

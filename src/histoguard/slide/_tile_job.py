@@ -21,11 +21,12 @@ from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
 from histoguard.slide._qc import background_fraction, blur_score
+from histoguard.slide._reader import SlideReader, Thumbnail
 from histoguard.slide._registry import get_backend
 from histoguard.slide._render import render_tiling_overview
 from histoguard.slide._tile_reader import read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
-from histoguard.slide._tissue import TissueParams, detect_tissue
+from histoguard.slide._tissue import TissueMask, TissueParams, detect_tissue
 
 #: File extensions picked up when a folder is given as input.
 SLIDE_EXTENSIONS = frozenset(
@@ -192,32 +193,23 @@ def tile_slide(
             tile_size=config.tile_size,
             overlap=config.overlap,
         )
-        thumbnail, thumb_downsample = reader.get_thumbnail(config.thumbnail_size)
+        thumbnail = reader.get_thumbnail(config.thumbnail_size)
         tissue = detect_tissue(
-            thumbnail, downsample=thumb_downsample, mpp=reader.mpp, params=config.tissue
+            thumbnail.image, downsample=thumbnail.downsample, mpp=reader.mpp, params=config.tissue
         )
-        grid = tile_grid(reader.dimensions, spec)
-        fractions = tissue.tile_fractions(grid, spec.level0_tile_size)
-        on_tissue = (fractions >= config.min_tissue_fraction) & (fractions > 0)
-        candidates, candidate_fractions = grid[on_tissue], fractions[on_tissue]
-
-        ok = np.zeros(len(candidates), dtype=bool)
-        background = np.zeros(len(candidates), dtype=np.float32)
-        blur = np.zeros(len(candidates), dtype=np.float32)
-        first_error = ""
-        for done, read in enumerate(read_tiles(reader, spec, candidates, threads=config.threads)):
-            if read.tile is None:
-                first_error = first_error or str(read.error)
-            else:
-                ok[read.index] = True
-                background[read.index] = background_fraction(read.tile)
-                blur[read.index] = blur_score(read.tile)
-            if on_progress is not None:
-                on_progress(done + 1, len(candidates))
+        candidates, fractions, undetermined = _candidate_tiles(
+            reader.dimensions, spec, tissue, thumbnail, config.min_tissue_fraction
+        )
+        scores = _read_and_score(reader, spec, candidates, config.threads, on_progress)
+        readable = ~np.isnan(scores.background_fraction)
+        # Tiles from damaged thumbnail areas had no tissue check: their own pixels decide.
+        looks_like_tissue = scores.background_fraction <= 1.0 - config.min_tissue_fraction
+        keep = readable & (~undetermined | looks_like_tissue)
+        first_error = thumbnail.first_error or scores.first_error
 
         polygons = tissue.polygons()
         overview = render_tiling_overview(
-            thumbnail, thumb_downsample, polygons, candidates[ok], spec.level0_tile_size
+            thumbnail.image, thumbnail.downsample, polygons, candidates[keep], spec.level0_tile_size
         )
         png = io.BytesIO()
         overview.save(png, format="PNG")
@@ -225,7 +217,7 @@ def tile_slide(
         geojson = json.dumps(tissue_geojson(polygons)).encode()
         write_bytes_atomic(paths["geojson"], geojson)
 
-        n_unreadable = int((~ok).sum())
+        n_unreadable = int((~readable).sum())
         attrs: dict[str, Any] = {
             **spec.to_dict(),
             "slide_path": str(slide.resolve()),
@@ -242,26 +234,77 @@ def tile_slide(
             "histoguard_version": __version__,
             "config_json": config.result_key(),
         }
-        write_coords_file(
-            paths["h5"],
-            candidates[ok],
-            {
-                "tissue_fraction": candidate_fractions[ok],
-                "background_fraction": background[ok],
-                "blur_score": blur[ok],
-            },
-            attrs,
-        )
+        qc = {
+            "tissue_fraction": fractions[keep],
+            "background_fraction": scores.background_fraction[keep],
+            "blur_score": scores.blur_score[keep],
+        }
+        write_coords_file(paths["h5"], candidates[keep], qc, attrs)
     return SlideResult(
         slide=slide,
         status="done",
         output=paths["h5"],
-        n_tiles=int(ok.sum()),
+        n_tiles=int(keep.sum()),
         n_unreadable=n_unreadable,
-        flagged=n_unreadable > 0,
-        message=first_error or ("" if ok.any() else "no tiles on tissue at these settings"),
+        flagged=bool(n_unreadable or thumbnail.first_error),
+        message=first_error or ("" if keep.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
     )
+
+
+def _candidate_tiles(
+    dimensions: tuple[int, int],
+    spec: TileSpec,
+    tissue: TissueMask,
+    thumbnail: Thumbnail,
+    min_tissue_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tiles worth reading: on detected tissue, or touching an area the thumbnail could not read.
+
+    Returns:
+        ``(coords (N, 2) int64, tissue fractions (N,), undetermined (N,) bool)``; undetermined
+        tiles lie in damaged thumbnail areas, where the mask says nothing.
+    """
+    grid = tile_grid(dimensions, spec)
+    fractions = tissue.tile_fractions(grid, spec.level0_tile_size)
+    on_tissue = (fractions >= min_tissue_fraction) & (fractions > 0)
+    undetermined = np.zeros(len(grid), dtype=bool)
+    if thumbnail.unreadable.any():
+        damaged = TissueMask(mask=thumbnail.unreadable, downsample=thumbnail.downsample)
+        undetermined = ~on_tissue & (damaged.tile_fractions(grid, spec.level0_tile_size) > 0)
+    chosen = on_tissue | undetermined
+    return grid[chosen], fractions[chosen], undetermined[chosen]
+
+
+@dataclass
+class _TileScores:
+    """Per-tile QC, ``(N,)`` float32 each, NaN where the tile could not be decoded."""
+
+    background_fraction: np.ndarray
+    blur_score: np.ndarray
+    first_error: str = ""
+
+
+def _read_and_score(
+    reader: SlideReader,
+    spec: TileSpec,
+    coords: np.ndarray,
+    threads: int,
+    on_progress: ProgressCallback | None,
+) -> _TileScores:
+    scores = _TileScores(
+        background_fraction=np.full(len(coords), np.nan, dtype=np.float32),
+        blur_score=np.full(len(coords), np.nan, dtype=np.float32),
+    )
+    for done, read in enumerate(read_tiles(reader, spec, coords, threads=threads)):
+        if read.tile is None:
+            scores.first_error = scores.first_error or str(read.error)
+        else:
+            scores.background_fraction[read.index] = background_fraction(read.tile)
+            scores.blur_score[read.index] = blur_score(read.tile)
+        if on_progress is not None:
+            on_progress(done + 1, len(coords))
+    return scores
 
 
 def finished_output(out_dir: Path, slide: Path, config: TilingConfig) -> CoordsFile | None:
