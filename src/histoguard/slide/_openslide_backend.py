@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from histoguard._exceptions import CorruptSlideError, UnsupportedFormatError
+from histoguard.slide._openslide_like import OpenSlideLikeReader
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, rgba_to_rgb
 from histoguard.slide._registry import register_backend
@@ -16,23 +16,16 @@ from histoguard.slide._registry import register_backend
 SHARED_CACHE_BYTES = 128 * 1024 * 1024
 
 
-def _float_or_none(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 @register_backend(
     "openslide",
     priority=10,
     kinds={FileKind.TIFF, FileKind.DICOM, FileKind.MIRAX, FileKind.VMS, FileKind.SAKURA},
     formats="SVS, NDPI, MRXS, SCN, BIF, VMS, Sakura, generic tiled TIFF, DICOM WSI",
 )
-class OpenSlideReader(SlideReader):
+class OpenSlideReader(OpenSlideLikeReader):
     """Reads slides through openslide-python (the library ships in ``openslide-bin``)."""
 
-    _handle: Any
+    _prefix = "openslide"
     _cache: Any = None
 
     def _open(self) -> None:
@@ -67,41 +60,6 @@ class OpenSlideReader(SlideReader):
         twin._cache = self._cache
         twin._handle.set_cache(self._cache)
         return twin
-
-    def _close(self) -> None:
-        self._handle.close()
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(ds) for ds in self._handle.level_downsamples)
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return dict(self._handle.properties)
-
-    @property
-    def metadata_mpp(self) -> float | None:
-        mpp_x = _float_or_none(self._handle.properties.get("openslide.mpp-x"))
-        mpp_y = _float_or_none(self._handle.properties.get("openslide.mpp-y"))
-        values = [v for v in (mpp_x, mpp_y) if v is not None and v > 0]
-        return sum(values) / len(values) if values else None
-
-    @property
-    def objective_power(self) -> float | None:
-        return _float_or_none(self._handle.properties.get("openslide.objective-power"))
-
-    @property
-    def vendor(self) -> str | None:
-        vendor = self._handle.properties.get("openslide.vendor")
-        return str(vendor) if vendor else None
-
-    @property
-    def associated_image_names(self) -> tuple[str, ...]:
-        return tuple(self._handle.associated_images.keys())
 
     def read_associated_image(self, name: str) -> np.ndarray:
         return rgba_to_rgb(np.asarray(self._handle.associated_images[name].convert("RGBA")))

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from histoguard._exceptions import CorruptSlideError
+from histoguard.slide._openslide_like import OpenSlideLikeReader
 from histoguard.slide._preflight import FileKind
-from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import register_backend
-
-
-def _positive_float(value: object) -> float | None:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
 
 
 @register_backend(
@@ -27,10 +18,10 @@ def _positive_float(value: object) -> float | None:
     kinds={FileKind.TIFF},
     formats="OME-TIFF, SVS, tiled or stripped TIFF pyramids (JPEG, JPEG2000, LZW, ...)",
 )
-class TiffSlideReader(SlideReader):
+class TiffSlideReader(OpenSlideLikeReader):
     """Reads TIFF-based slides through tiffslide (pure Python on tifffile + imagecodecs)."""
 
-    _handle: Any
+    _prefix = "tiffslide"
 
     def _open(self) -> None:
         import tiffslide
@@ -41,47 +32,6 @@ class TiffSlideReader(SlideReader):
             raise CorruptSlideError(
                 self.path, f"tiffslide cannot open it ({error})", "Re-export or re-scan the slide"
             ) from error
-
-    def _close(self) -> None:
-        self._handle.close()
-
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(ds) for ds in self._handle.level_downsamples)
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return {key: str(value) for key, value in self._handle.properties.items()}
-
-    @property
-    def metadata_mpp(self) -> float | None:
-        props = self._handle.properties
-        values = [
-            v
-            for v in (
-                _positive_float(props.get("tiffslide.mpp-x")),
-                _positive_float(props.get("tiffslide.mpp-y")),
-            )
-            if v is not None
-        ]
-        return sum(values) / len(values) if values else None
-
-    @property
-    def objective_power(self) -> float | None:
-        return _positive_float(self._handle.properties.get("tiffslide.objective-power"))
-
-    @property
-    def vendor(self) -> str | None:
-        vendor = self._handle.properties.get("tiffslide.vendor")
-        return str(vendor) if vendor else None
-
-    @property
-    def associated_image_names(self) -> tuple[str, ...]:
-        return tuple(self._handle.associated_images.keys())
 
     def read_associated_image(self, name: str) -> np.ndarray:
         return np.asarray(self._handle.associated_images[name].convert("RGB"))
