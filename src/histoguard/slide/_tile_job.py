@@ -207,15 +207,7 @@ def tile_slide(
         keep = readable & (~undetermined | looks_like_tissue)
         first_error = thumbnail.first_error or scores.first_error
 
-        polygons = tissue.polygons()
-        overview = render_tiling_overview(
-            thumbnail.image, thumbnail.downsample, polygons, candidates[keep], spec.level0_tile_size
-        )
-        png = io.BytesIO()
-        overview.save(png, format="PNG")
-        write_bytes_atomic(paths["thumbnail"], png.getvalue())
-        geojson = json.dumps(tissue_geojson(polygons)).encode()
-        write_bytes_atomic(paths["geojson"], geojson)
+        _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size)
 
         n_unreadable = int((~readable).sum())
         attrs: dict[str, Any] = {
@@ -250,6 +242,20 @@ def tile_slide(
         message=first_error or ("" if keep.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_pictures(
+    paths: dict[str, Path], thumbnail: Thumbnail, tissue: TissueMask, coords: np.ndarray, size0: int
+) -> None:
+    """The overview PNG and the tissue GeoJSON, each written atomically."""
+    polygons = tissue.polygons()
+    overview = render_tiling_overview(
+        thumbnail.image, thumbnail.downsample, polygons, coords, size0
+    )
+    png = io.BytesIO()
+    overview.save(png, format="PNG")
+    write_bytes_atomic(paths["thumbnail"], png.getvalue())
+    write_bytes_atomic(paths["geojson"], json.dumps(tissue_geojson(polygons)).encode())
 
 
 def _candidate_tiles(
@@ -406,7 +412,7 @@ def _tile_one(
             output=output_paths(out_dir, slide)["h5"],
             n_tiles=len(existing.coords),
             n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
-            flagged=int(existing.attrs.get("n_unreadable_tiles", 0)) > 0,
+            flagged=bool(existing.attrs.get("first_read_error")),
             message=str(existing.attrs.get("first_read_error", "")),
         )
     started = time.perf_counter()
