@@ -9,7 +9,11 @@
     │   ├── MissingMppError         no usable microns-per-pixel in the metadata
     │   └── RegionReadError         one region failed to decode (the rest may be fine)
     ├── TilingError                 the tiling request cannot be met for this slide
-    └── OutputError                 an output file is incomplete or not what was written
+    ├── OutputError                 an output file is incomplete or not what was written
+    └── EncoderError                an encoder cannot be built or loaded
+        ├── UnknownEncoderError     no encoder registered under that name
+        └── WeightsError            a weights file is missing, corrupt or does not fit
+            └── UnsafeWeightsError  a pickled checkpoint, refused without explicit consent
 
 Messages always name the file and say what to do about it.
 """
@@ -76,3 +80,22 @@ class TilingError(HistoguardError):
 
 class OutputError(HistoguardError):
     """An output file is missing, incomplete, or differs from what was written."""
+
+
+class EncoderError(HistoguardError):
+    """An encoder cannot be built or loaded."""
+
+
+class UnknownEncoderError(EncoderError, KeyError):
+    """No encoder is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(EncoderError):
+    """A weights file is missing, corrupt, or does not fit the encoder."""
+
+
+class UnsafeWeightsError(WeightsError):
+    """A pickled checkpoint, refused unless the user explicitly allows pickle loading."""

@@ -1,0 +1,1 @@
+"""Adapters for encoders users bring (placeholder until they land)."""

@@ -1,0 +1,1 @@
+"""Feature extraction: tiles through an encoder into per-slide feature files."""
