@@ -205,7 +205,7 @@ class Encoder:
                     out = self.module(batch)
             else:
                 out = self.module(batch)
-        features = out.float().cpu().numpy()
+        features: np.ndarray = out.float().cpu().numpy()
         if features.shape != (len(tiles), self.embed_dim):
             raise EncoderError(
                 f"encoder {self.info.name!r} returned shape {features.shape}, "
