@@ -3,6 +3,7 @@
 The public API is re-exported here; implementation modules are private.
 """
 
+from histoguard._batch import BatchReport, SlideResult
 from histoguard._exceptions import (
     CorruptSlideError,
     HistoguardError,
@@ -20,7 +21,6 @@ from histoguard.slide import (
     SlideReader,
     TileSpec,
     TilingConfig,
-    TilingReport,
     TissueParams,
     open_slide,
     read_coords_file,
@@ -29,6 +29,7 @@ from histoguard.slide import (
 )
 
 __all__ = [
+    "BatchReport",
     "CorruptSlideError",
     "HistoguardError",
     "MissingMppError",
@@ -37,11 +38,11 @@ __all__ = [
     "SlideError",
     "SlideNotFoundError",
     "SlideReader",
+    "SlideResult",
     "SlideTooLargeError",
     "TileSpec",
     "TilingConfig",
     "TilingError",
-    "TilingReport",
     "TissueParams",
     "UnsupportedFormatError",
     "__version__",

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Literal
 
 from histoguard._atomic import atomic_output
-from histoguard.slide import Ellipse, TilingConfig, TilingReport, tile_slides, write_synthetic_slide
+from histoguard._batch import BatchReport
+from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
 
 #: The real slide the demo prefers, inside the shared data folder.
@@ -26,7 +27,7 @@ class DemoResult:
     source: Literal["given", "real", "generated"]
     slides: tuple[Path, ...]
     out_dir: Path
-    report: TilingReport
+    report: BatchReport
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """Per slide stem: the ``h5``, ``thumbnail`` and ``geojson`` paths."""

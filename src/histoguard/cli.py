@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from histoguard.slide import TilingReport
+    from histoguard._batch import BatchReport
 
 from histoguard._version import __version__
 
@@ -174,7 +174,7 @@ def demo(
         raise typer.Exit(code=1)
 
 
-def _print_report(report: TilingReport) -> None:
+def _print_report(report: BatchReport) -> None:
     counts = report.counts()
     typer.echo(
         f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed, "

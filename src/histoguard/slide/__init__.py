@@ -11,14 +11,7 @@ from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, FileKind, PreflightR
 from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import BackendInfo, get_backend, list_backends, register_backend
 from histoguard.slide._synthetic import Ellipse, Rectangle, write_synthetic_slide
-from histoguard.slide._tile_job import (
-    SlideResult,
-    TilingConfig,
-    TilingReport,
-    find_slides,
-    tile_slide,
-    tile_slides,
-)
+from histoguard.slide._tile_job import TilingConfig, find_slides, tile_slide, tile_slides
 from histoguard.slide._tile_reader import TileRead, read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
 from histoguard.slide._tissue import Polygon, TissueMask, TissueParams, detect_tissue, pen_mask
@@ -35,11 +28,9 @@ __all__ = [
     "PreflightResult",
     "Rectangle",
     "SlideReader",
-    "SlideResult",
     "TileRead",
     "TileSpec",
     "TilingConfig",
-    "TilingReport",
     "TissueMask",
     "TissueParams",
     "detect_tissue",

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard._exceptions import HistoguardError, OutputError
+from histoguard._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard._exceptions import OutputError
 from histoguard._version import __version__
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tissue_geojson
@@ -35,9 +35,6 @@ SLIDE_EXTENSIONS = frozenset(
 )
 SUMMARY_NAME = "tiling_summary.csv"
 CONFIG_NAME = "tiling_config.json"
-
-Status = Literal["done", "skipped", "failed"]
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,53 +89,6 @@ class TilingConfig:
         values = asdict(self)
         values.pop("threads")
         return json.dumps(values, sort_keys=True)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SlideResult:
-    """What happened to one slide.
-
-    Attributes:
-        slide: the input path.
-        status: ``done`` (tiled now and verified), ``skipped`` (a verified output with the same
-            configuration already existed) or ``failed``.
-        output: the ``.h5`` tile file, None when failed.
-        n_tiles: tiles written.
-        n_unreadable: tiles on tissue that failed to decode and were left out.
-        flagged: True when some tiles were unreadable (the slide is damaged in places).
-        message: the error for failed slides, the first decode error for flagged ones.
-        seconds: wall time spent on this slide.
-    """
-
-    slide: Path
-    status: Status
-    output: Path | None = None
-    n_tiles: int = 0
-    n_unreadable: int = 0
-    flagged: bool = False
-    message: str = ""
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class TilingReport:
-    """The outcome of a batch, with the summary table's location."""
-
-    results: tuple[SlideResult, ...]
-    summary_path: Path
-
-    @property
-    def failed(self) -> tuple[SlideResult, ...]:
-        """Results with status ``failed``."""
-        return tuple(r for r in self.results if r.status == "failed")
-
-    def counts(self) -> dict[str, int]:
-        """Number of slides per status, plus ``flagged``."""
-        counts = {status: 0 for status in ("done", "skipped", "failed")}
-        for result in self.results:
-            counts[result.status] += 1
-        counts["flagged"] = sum(r.flagged for r in self.results)
-        return counts
 
 
 def output_paths(out_dir: Path, slide: Path) -> dict[str, Path]:
@@ -355,7 +305,7 @@ def tile_slides(
     config: TilingConfig | None = None,
     *,
     show_progress: bool = True,
-) -> TilingReport:
+) -> BatchReport:
     """Tile many slides; one bad slide never stops the batch, and reruns resume.
 
     For each slide: a verified output made with the same configuration is ``skipped``; otherwise
@@ -370,119 +320,36 @@ def tile_slides(
         show_progress: draw rich progress bars on the terminal.
 
     Returns:
-        A :class:`TilingReport`; check ``report.failed``.
+        A :class:`BatchReport`; check ``report.failed``.
     """
     config = config or TilingConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
-    slides = find_slides(inputs)
-    results: list[SlideResult] = []
-    seen_stems: dict[str, Path] = {}
-    with _progress(show_progress) as progress:
-        slides_task = progress.add_task("slides", total=len(slides))
-        tiles_task = progress.add_task("tiles", total=None, visible=False)
-        for slide in slides:
-            progress.update(tiles_task, description=f"{slide.name}", completed=0, total=None)
-            if slide.stem in seen_stems:
-                result = SlideResult(
-                    slide=slide,
-                    status="failed",
-                    message=f"{slide}: has the same name as {seen_stems[slide.stem]}; outputs "
-                    "would collide. Rename one of them or tile them into different folders",
-                )
-            else:
-                seen_stems[slide.stem] = slide
-                result = _tile_one(slide, out_dir, config, progress, tiles_task)
-            results.append(result)
-            _write_summary(out_dir / SUMMARY_NAME, results)
-            progress.advance(slides_task)
-    return TilingReport(results=tuple(results), summary_path=out_dir / SUMMARY_NAME)
+
+    def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
+        return _tile_one(slide, out_dir, config, on_progress)
+
+    return run_batch(find_slides(inputs), out_dir / SUMMARY_NAME, job, show_progress=show_progress)
 
 
 def _tile_one(
-    slide: Path, out_dir: Path, config: TilingConfig, progress: Any, task: Any
+    slide: Path, out_dir: Path, config: TilingConfig, on_progress: ProgressCallback
 ) -> SlideResult:
     remove_stale_temporaries(out_dir, prefix=slide.stem)
     existing = finished_output(out_dir, slide, config)
-    if existing is not None:
-        return SlideResult(
-            slide=slide,
-            status="skipped",
-            output=output_paths(out_dir, slide)["h5"],
-            n_tiles=len(existing.coords),
-            n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
-            flagged=bool(existing.attrs.get("first_read_error")),
-            message=str(existing.attrs.get("first_read_error", "")),
-        )
-    started = time.perf_counter()
-
-    def on_progress(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total, visible=True)
-
-    try:
+    if existing is None:
         return tile_slide(slide, out_dir, config, on_progress=on_progress)
-    except HistoguardError as error:
-        message = str(error)
-    except Exception as error:  # a batch must survive anything one slide throws
-        message = f"{slide}: unexpected {type(error).__name__}: {error}"
     return SlideResult(
-        slide=slide, status="failed", message=message, seconds=time.perf_counter() - started
+        slide=slide,
+        status="skipped",
+        output=output_paths(out_dir, slide)["h5"],
+        n_tiles=len(existing.coords),
+        n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
+        flagged=bool(existing.attrs.get("first_read_error")),
+        message=str(existing.attrs.get("first_read_error", "")),
     )
 
 
 def _config_json(config: TilingConfig) -> str:
     return json.dumps({"histoguard_version": __version__, **asdict(config)}, indent=2) + "\n"
-
-
-SUMMARY_COLUMNS = (
-    "slide",
-    "status",
-    "flagged",
-    "n_tiles",
-    "n_unreadable",
-    "seconds",
-    "output",
-    "message",
-)
-
-
-def _write_summary(path: Path, results: Sequence[SlideResult]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(SUMMARY_COLUMNS)
-    for r in results:
-        writer.writerow(
-            [
-                r.slide,
-                r.status,
-                r.flagged,
-                r.n_tiles,
-                r.n_unreadable,
-                f"{r.seconds:.2f}",
-                r.output or "",
-                r.message,
-            ]
-        )
-    write_bytes_atomic(path, buffer.getvalue().encode())
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )

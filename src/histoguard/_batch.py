@@ -1,0 +1,179 @@
+"""Running one job over many slides: failures isolated per slide, a summary after every slide.
+
+Shared by tiling and feature extraction. Each job supplies a function that processes one slide
+(and decides itself whether existing output lets it skip); this module does the rest: progress
+bars, name collisions, error isolation, and the atomically rewritten summary table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from histoguard._atomic import write_bytes_atomic
+from histoguard._exceptions import HistoguardError
+
+Status = Literal["done", "skipped", "failed"]
+ProgressCallback = Callable[[int, int], None]
+SlideJob = Callable[[Path, ProgressCallback], "SlideResult"]
+
+SUMMARY_COLUMNS = (
+    "slide", "status", "flagged", "n_tiles", "n_unreadable", "seconds", "output", "message"
+)  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlideResult:
+    """What happened to one slide.
+
+    Attributes:
+        slide: the input path.
+        status: ``done`` (processed now and verified), ``skipped`` (verified output with the
+            same settings already existed) or ``failed``.
+        output: the slide's main output file, None when failed.
+        n_tiles: tiles in the output.
+        n_unreadable: tiles that failed to decode and were left out.
+        flagged: True when the slide is damaged in places (some tiles unreadable).
+        message: the error for failed slides, the first decode error for flagged ones.
+        seconds: wall time spent on this slide.
+    """
+
+    slide: Path
+    status: Status
+    output: Path | None = None
+    n_tiles: int = 0
+    n_unreadable: int = 0
+    flagged: bool = False
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """The outcome of a batch, with the summary table's location."""
+
+    results: tuple[SlideResult, ...]
+    summary_path: Path
+
+    @property
+    def failed(self) -> tuple[SlideResult, ...]:
+        """Results with status ``failed``."""
+        return tuple(r for r in self.results if r.status == "failed")
+
+    def counts(self) -> dict[str, int]:
+        """Number of slides per status, plus ``flagged``."""
+        counts = {status: 0 for status in ("done", "skipped", "failed")}
+        for result in self.results:
+            counts[result.status] += 1
+        counts["flagged"] = sum(r.flagged for r in self.results)
+        return counts
+
+
+def failed_result(slide: Path, error: BaseException, started: float) -> SlideResult:
+    """A ``failed`` result whose message names the slide and the error."""
+    message = (
+        str(error)
+        if isinstance(error, HistoguardError)
+        else (f"{slide}: unexpected {type(error).__name__}: {error}")
+    )
+    return SlideResult(
+        slide=slide, status="failed", message=message, seconds=time.perf_counter() - started
+    )
+
+
+def name_collisions(slides: Iterable[Path]) -> dict[Path, SlideResult]:
+    """Failed results for slides whose stem repeats an earlier one (outputs would collide)."""
+    seen: dict[str, Path] = {}
+    clashes: dict[Path, SlideResult] = {}
+    for slide in slides:
+        if slide.stem in seen:
+            clashes[slide] = SlideResult(
+                slide=slide,
+                status="failed",
+                message=f"{slide}: has the same name as {seen[slide.stem]}; outputs would "
+                "collide. Rename one of them or process them into different folders",
+            )
+        else:
+            seen[slide.stem] = slide
+    return clashes
+
+
+def run_batch(
+    slides: Sequence[Path],
+    summary_path: Path,
+    job: SlideJob,
+    *,
+    show_progress: bool = True,
+    unit: str = "tiles",
+) -> BatchReport:
+    """Run ``job`` on every slide in turn; one slide's failure never stops the others.
+
+    Args:
+        slides: inputs, processed in order.
+        summary_path: CSV rewritten atomically after every slide.
+        job: ``job(slide, on_progress) -> SlideResult``; exceptions become ``failed`` results.
+        show_progress: draw rich progress bars (slides, and ``unit`` within a slide).
+        unit: what the inner progress bar counts.
+    """
+    results: list[SlideResult] = []
+    clashes = name_collisions(slides)
+    with progress_bars(show_progress) as progress:
+        slides_task = progress.add_task("slides", total=len(slides))
+        inner = progress.add_task(unit, total=None, visible=False)
+        for slide in slides:
+            progress.update(inner, description=slide.name, completed=0, total=None)
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(inner, completed=done, total=total, visible=True)
+
+            started = time.perf_counter()
+            if slide in clashes:
+                result = clashes[slide]
+            else:
+                try:
+                    result = job(slide, on_progress)
+                except Exception as error:  # a batch must survive anything one slide throws
+                    result = failed_result(slide, error, started)
+            results.append(result)
+            write_summary(summary_path, results)
+            progress.advance(slides_task)
+    return BatchReport(results=tuple(results), summary_path=summary_path)
+
+
+def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
+    """Write the batch summary table (CSV, one row per slide) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(SUMMARY_COLUMNS)
+    for r in results:
+        writer.writerow(
+            [r.slide, r.status, r.flagged, r.n_tiles, r.n_unreadable, f"{r.seconds:.2f}",
+             r.output or "", r.message]
+        )  # fmt: skip
+    write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def progress_bars(enabled: bool) -> Any:
+    """A rich Progress with description, bar, count, elapsed and remaining time columns."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
