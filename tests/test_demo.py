@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from histoguard._demo import run_demo
 from histoguard.cli import app
+from histoguard.features import read_feature_file
 from histoguard.slide import read_coords_file
 
 
@@ -26,6 +28,9 @@ def test_demo_without_real_data_uses_a_generated_slide(
     assert len(tiles.coords) > 50
     assert (tmp_path / "demo" / "tiles" / "generated-slide.thumbnail.png").is_file()
     assert str(Path("demo") / "tiles" / "generated-slide.tissue.geojson") in result.output
+    features = read_feature_file(tmp_path / "demo" / "features" / "generated-slide.h5")
+    assert np.array_equal(features.coords, tiles.coords)
+    assert features.attrs["encoder"] == "hg-handcrafted"
 
 
 @pytest.mark.integration
@@ -38,3 +43,4 @@ def test_demo_prefers_the_real_slide(
     assert result.slides[0].name == "CMU-1-Small-Region.svs"
     assert [r.status for r in result.report.results] == ["done"]
     assert result.report.results[0].n_tiles > 20
+    assert [r.status for r in result.features_report.results] == ["done"]

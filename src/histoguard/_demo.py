@@ -1,6 +1,6 @@
 """``histoguard demo``: the whole current pipeline, offline, on a real slide when one is at hand.
 
-Today the pipeline is slide -> tissue -> tiles; later stages append themselves here.
+Today the pipeline is slide -> tissue -> tiles -> features; later stages append themselves here.
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ from typing import Literal
 
 from histoguard._atomic import atomic_output
 from histoguard._batch import BatchReport
+from histoguard.features import ExtractionConfig, extract_features
+from histoguard.features._extract import feature_path
 from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
+
+#: The encoder the demo uses: built in, deterministic, no weights to fetch.
+DEMO_ENCODER = "hg-handcrafted"
 
 #: The real slide the demo prefers, inside the shared data folder.
 REAL_DEMO_SLIDE = Path("wsi") / "CMU-1-Small-Region.svs"
@@ -28,10 +33,20 @@ class DemoResult:
     slides: tuple[Path, ...]
     out_dir: Path
     report: BatchReport
+    features_report: BatchReport
 
     def outputs(self) -> dict[str, dict[str, Path]]:
-        """Per slide stem: the ``h5``, ``thumbnail`` and ``geojson`` paths."""
-        return {slide.stem: output_paths(self.out_dir / "tiles", slide) for slide in self.slides}
+        """Per slide stem: paths of ``tiles`` (h5), ``thumbnail``, ``geojson``, ``features``."""
+        outputs = {}
+        for slide in self.slides:
+            paths = output_paths(self.out_dir / "tiles", slide)
+            outputs[slide.stem] = {
+                "tiles": paths["h5"],
+                "thumbnail": paths["thumbnail"],
+                "geojson": paths["geojson"],
+                "features": feature_path(self.out_dir / "features", slide),
+            }
+        return outputs
 
 
 def find_real_slide() -> Path | None:
@@ -50,7 +65,9 @@ def run_demo(
     slides: Sequence[str | Path] = (),
     show_progress: bool = True,
 ) -> DemoResult:
-    """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles.
+    """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles,
+    then features from the built-in hand-crafted encoder (colour in optical-density/HED space and
+    texture; it needs no weights and no training).
 
     Args:
         out_dir: where everything is written (``tiles/`` holds the per-slide outputs).
@@ -79,5 +96,13 @@ def run_demo(
             with atomic_output(generated) as tmp:
                 write_synthetic_slide(tmp, width=6144, height=4608, mpp=0.25, shapes=shapes)
         chosen = (generated,)
-    report = tile_slides(chosen, out / "tiles", TilingConfig(), show_progress=show_progress)
-    return DemoResult(source=source, slides=chosen, out_dir=out, report=report)
+    tiling = TilingConfig()
+    report = tile_slides(chosen, out / "tiles", tiling, show_progress=show_progress)
+    tiled = [r.slide for r in report.results if r.status != "failed"]
+    extraction = ExtractionConfig(
+        encoder=DEMO_ENCODER, tiling=tiling, tiles_dir=out / "tiles", readers=0
+    )
+    features = extract_features(tiled, out / "features", extraction, show_progress=show_progress)
+    return DemoResult(
+        source=source, slides=chosen, out_dir=out, report=report, features_report=features
+    )

@@ -111,6 +111,128 @@ def tile(
 
 
 @app.command()
+def extract(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Slide files, folders of slides, or folders of tile images (one slide each).",
+            show_default=False,
+        ),
+    ],
+    encoder: Annotated[str, typer.Option(help="Encoder name; `histoguard encoders` lists them.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Local weights file or model directory for the encoder.")
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Accept a pickled checkpoint (.pt/.pth/.bin). Pickles can run code; even with "
+            "this flag they load with torch.load(weights_only=True).",
+        ),
+    ] = False,
+    tiles_dir: Annotated[
+        Path | None,
+        typer.Option(help="Reuse `histoguard tile` output from this folder instead of tiling."),
+    ] = None,
+    mpp: Annotated[float, typer.Option(help="Tile resolution when tiling, µm/px.", min=0.0)] = 0.5,
+    tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)] = 224,
+    min_tissue: Annotated[
+        float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
+    ] = 0.5,
+    mpp_override: MppOverride = None,
+    backend: Backend = None,
+    stain_normalize: Annotated[
+        str | None, typer.Option(help="Normalise stains before encoding: macenko or reinhard.")
+    ] = None,
+    stain_reference: Annotated[
+        Path | None, typer.Option(help="Reference H&E image for --stain-normalize.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per encoder call.", min=1)] = 64,
+    readers: Annotated[
+        int, typer.Option(help="Reader processes per slide (0: read in the main process).", min=0)
+    ] = 2,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Run on a local Dask cluster of N worker processes (one slide per task)."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on an existing Dask scheduler, e.g. tcp://host:8786 (Slurm: dask-jobqueue)."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Extract tile features into OUT/<slide>.h5 (features N×D float32, coords, provenance).
+
+    Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
+    isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
+    any slide failed.
+    """
+    from histoguard.features import ExtractionConfig, extract_features
+    from histoguard.slide import TilingConfig
+
+    try:
+        config = ExtractionConfig(
+            encoder=encoder,
+            weights=weights,
+            allow_pickle=allow_pickle,
+            tiling=TilingConfig(
+                mpp=mpp,
+                tile_size=tile_size,
+                min_tissue_fraction=min_tissue,
+                mpp_override=mpp_override,
+                backend=backend,
+            ),
+            tiles_dir=tiles_dir,
+            stain_normalize=stain_normalize,
+            stain_reference=stain_reference,
+            batch_size=batch_size,
+            readers=readers,
+            device=device,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    report = extract_features(
+        inputs, out, config, scheduler=scheduler, dask_workers=workers, show_progress=not quiet
+    )
+    _print_report(report)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def encoders(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the registered encoders with their embedding size, input size and licence."""
+    from histoguard.encoders import list_encoders
+
+    infos = [info.to_dict() for info in list_encoders()]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "dim", "input", "weights", "licence", "description")
+    for info in infos:
+        needs = (
+            "needs file" + (" (gated)" if info["gated"] else "") if info["needs_weights"] else "-"
+        )
+        table.add_row(
+            info["name"], str(info["embed_dim"]), str(info["input_size"]), needs,
+            info["licence"], info["description"],
+        )  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
 def info(
     slide: Annotated[Path, typer.Argument(help="A slide file.", show_default=False)],
     mpp_override: MppOverride = None,
@@ -151,12 +273,13 @@ def demo(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Run the whole current pipeline offline (tissue detection and tiling at 0.5 µm/px).
+    """Run the whole current pipeline offline: tissue detection, tiling at 0.5 µm/px, and
+    features from the built-in hand-crafted encoder.
 
     Uses the real CMU-1 sample slide from the shared data when present ($HISTOGUARD_TEST_DATA
     or ../shared/data), otherwise a generated pyramidal TIFF; says which one ran.
     """
-    from histoguard._demo import run_demo
+    from histoguard._demo import DEMO_ENCODER, run_demo
 
     result = run_demo(out, slides=slides or (), show_progress=not quiet)
     label = {
@@ -165,12 +288,15 @@ def demo(
         "generated": "a generated pyramidal TIFF (no real slide found)",
     }[result.source]
     typer.echo(f"Demo ran on {label}: {', '.join(str(s) for s in result.slides)}")
+    typer.echo("Tiling:")
     _print_report(result.report)
+    typer.echo(f"Features ({DEMO_ENCODER}):")
+    _print_report(result.features_report)
     for stem, paths in result.outputs().items():
         typer.echo(f"{stem}:")
         for kind, path in paths.items():
             typer.echo(f"  {kind:<10} {path}")
-    if result.report.failed:
+    if result.report.failed or result.features_report.failed:
         raise typer.Exit(code=1)
 
 

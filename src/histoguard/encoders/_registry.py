@@ -183,6 +183,8 @@ class Encoder:
 
         if tiles.ndim != 4 or tiles.shape[3] != 3 or tiles.dtype != np.uint8:
             raise ValueError(f"expected (B, H, W, 3) uint8 tiles, got {tiles.shape} {tiles.dtype}")
+        if not tiles.flags.writeable:  # torch.from_numpy warns on read-only memory
+            tiles = tiles.copy()
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
         size = self.info.input_size
         if batch.shape[2] != size or batch.shape[3] != size:
@@ -243,4 +245,6 @@ def load_encoder(
     if path is not None and not path.exists():
         raise WeightsError(f"{path}: no such weights file or directory")
     module = info.factory(path, allow_pickle=allow_pickle)
+    # Adapters learn the real metadata (embed_dim, input size, normalisation) from the file.
+    info = getattr(module, "encoder_info", None) or info
     return Encoder(info, module, device=device)

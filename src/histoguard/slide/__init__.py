@@ -11,6 +11,7 @@ from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, FileKind, PreflightR
 from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import BackendInfo, get_backend, list_backends, register_backend
 from histoguard.slide._synthetic import Ellipse, Rectangle, write_synthetic_slide
+from histoguard.slide._tile_folder import TILE_IMAGE_EXTENSIONS, TileFolder, is_tile_folder
 from histoguard.slide._tile_job import TilingConfig, find_slides, tile_slide, tile_slides
 from histoguard.slide._tile_reader import TileRead, read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
@@ -18,6 +19,7 @@ from histoguard.slide._tissue import Polygon, TissueMask, TissueParams, detect_t
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "TILE_IMAGE_EXTENSIONS",
     "ArraySlide",
     "BackendInfo",
     "CoordsFile",
@@ -28,6 +30,7 @@ __all__ = [
     "PreflightResult",
     "Rectangle",
     "SlideReader",
+    "TileFolder",
     "TileRead",
     "TileSpec",
     "TilingConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "detect_tissue",
     "find_slides",
     "get_backend",
+    "is_tile_folder",
     "list_backends",
     "open_slide",
     "pen_mask",

@@ -15,7 +15,6 @@ The same attributes are also set on ``coords`` itself (with CLAM's ``patch_level
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from histoguard._atomic import atomic_output
 from histoguard._exceptions import OutputError
+from histoguard._hdf5 import plain, sha256_of
 
 QC_DATASETS = ("tissue_fraction", "background_fraction", "blur_score")
 
@@ -39,7 +39,7 @@ class CoordsFile:
 
 
 def _sha256(coords: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(coords, dtype="<i8").tobytes()).hexdigest()
+    return sha256_of(np.asarray(coords, dtype="<i8"))
 
 
 def read_coords_file(path: Path) -> CoordsFile:
@@ -54,7 +54,7 @@ def read_coords_file(path: Path) -> CoordsFile:
         with h5py.File(path, "r") as h5:
             coords = np.asarray(h5["coords"][:])
             qc = {name: np.asarray(h5[name][:]) for name in QC_DATASETS if name in h5}
-            attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+            attrs = {key: plain(value) for key, value in h5.attrs.items()}
     except (OSError, KeyError, ValueError) as error:
         raise OutputError(f"{path}: not a readable tile file ({error})") from error
     n_tiles = attrs.get("n_tiles")
@@ -113,11 +113,3 @@ def write_coords_file(
         for key, value in clam_attrs.items():
             dataset.attrs[key] = value
     return read_coords_file(path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -1,0 +1,126 @@
+"""Feature-extraction pipeline efficiency: end-to-end tiles/s over the encoder's own tiles/s.
+
+For each encoder, in the same run:
+- encoder only: tiles already decoded and in memory, ``Encoder.encode`` on batches of the same
+  size as the pipeline uses;
+- pipeline: ``extract_slide`` on the real slide, reusing its tiling output (reading, decoding,
+  preprocessing, encoding and the verified write all included).
+The ratio is pipeline / encoder-only; 1.0 means the encoder never waited for tiles. Then the
+local Dask path with 2 workers on several copies of the slide.
+
+    python benchmarks/bench_extract.py [--slide PATH] [--encoders hg-cnn hg-d4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histoguard.encoders import load_encoder
+from histoguard.features import ExtractionConfig, extract_features, extract_slide
+from histoguard.slide import TilingConfig, open_slide, read_coords_file, read_tiles, tile_slides
+from histoguard.slide._tiling import TileSpec
+
+DEFAULT_SLIDE = (
+    Path(
+        os.environ.get(
+            "HISTOGUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+        )
+    )
+    / "wsi"
+    / "tcga-cr-7395-01a-01-ts1.svs"
+)
+
+
+def encoder_only_rate(name: str, weights: Path | None, tiles: np.ndarray, batch_size: int) -> float:
+    """Tiles/s of the encoder alone on in-memory tiles (one warm-up batch excluded)."""
+    encoder = load_encoder(name, weights=weights)
+    encoder.encode(tiles[:batch_size])
+    started = time.perf_counter()
+    for i in range(0, len(tiles), batch_size):
+        encoder.encode(tiles[i : i + batch_size])
+    return len(tiles) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--slide", type=Path, default=DEFAULT_SLIDE)
+    parser.add_argument("--mpp-override", type=float, default=0.25)
+    parser.add_argument("--mpp", type=float, default=0.25)
+    parser.add_argument("--encoders", nargs="+", default=["hg-cnn", "hg-d4"])
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="for a single encoder needing weights"
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--readers", type=int, default=2)
+    parser.add_argument("--dask-copies", type=int, default=4)
+    args = parser.parse_args()
+
+    print(
+        f"slide {args.slide.name}, {args.mpp} µm/px, 224 px; "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); batch {args.batch_size}, "
+        f"{args.readers} reader processes"
+    )
+    tiling = TilingConfig(mpp=args.mpp, tile_size=224, mpp_override=args.mpp_override)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        tile_slides([args.slide], tmp / "tiles", tiling, show_progress=False)
+        tiles_file = read_coords_file(tmp / "tiles" / f"{args.slide.stem}.h5")
+        spec = TileSpec(**{k: tiles_file.attrs[k] for k in TileSpec.__dataclass_fields__})
+        with open_slide(args.slide, mpp_override=args.mpp_override) as slide:
+            reads = sorted(read_tiles(slide, spec, tiles_file.coords), key=lambda r: r.index)
+        tiles = np.stack([r.tile for r in reads if r.tile is not None])
+        print(
+            f"{'encoder':<16} {'tiles':>6} {'encoder-only tiles/s':>21} "
+            f"{'pipeline tiles/s':>17} {'ratio':>6}"
+        )
+        for name in args.encoders:
+            alone = encoder_only_rate(name, args.weights, tiles, args.batch_size)
+            config = ExtractionConfig(
+                encoder=name, weights=args.weights, tiling=tiling, tiles_dir=tmp / "tiles",
+                batch_size=args.batch_size, readers=args.readers,
+            )  # fmt: skip
+            encoder = load_encoder(name, weights=args.weights)
+            out = tmp / f"features-{name}"
+            started = time.perf_counter()
+            result = extract_slide(args.slide, out, config, encoder=encoder)
+            pipeline = result.n_tiles / (time.perf_counter() - started)
+            print(
+                f"{name:<16} {len(tiles):>6} {alone:>21.1f} "
+                f"{pipeline:>17.1f} {pipeline / alone:>6.2f}"
+            )
+
+        copies = []
+        for i in range(args.dask_copies):
+            copies.append(tmp / "copies" / f"copy{i}{args.slide.suffix}")
+            copies[-1].parent.mkdir(exist_ok=True)
+            shutil.copy(args.slide, copies[-1])
+        name = args.encoders[0]
+        config = ExtractionConfig(
+            encoder=name, weights=args.weights, tiling=tiling, batch_size=args.batch_size
+        )
+        started = time.perf_counter()
+        report = extract_features(copies, tmp / "dask", config, dask_workers=2, show_progress=False)
+        wall = time.perf_counter() - started
+        n_tiles = sum(r.n_tiles for r in report.results)
+        busy = sum(r.seconds for r in report.results)
+        print(
+            f"dask, 2 local workers, {name}: {len(copies)} slides, {n_tiles} tiles in {wall:.1f} s "
+            f"= {n_tiles / wall:.1f} tiles/s including cluster start-up and on-the-fly tiling "
+            f"({n_tiles / busy * 2:.1f} tiles/s over task time)"
+        )
+
+
+if __name__ == "__main__":
+    main()

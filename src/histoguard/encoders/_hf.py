@@ -1,0 +1,286 @@
+"""Hugging Face ``transformers`` vision models from a local saved-model directory.
+
+Nothing is downloaded: ``weights`` is a directory written by ``save_pretrained`` (config.json
+plus model.safetensors). The embedding is the CLS token of ``last_hidden_state``, as the model
+cards of Phikon and Phikon-v2 prescribe; the pooler, where a model has one, is not used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histoguard._exceptions import EncoderError, UnsafeWeightsError, WeightsError
+from histoguard.encoders._onnx import as_positive_int, as_triple
+from histoguard.encoders._registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderFactory,
+    EncoderInfo,
+    get_encoder_info,
+    register_encoder,
+)
+from histoguard.encoders._weights import PICKLE_SUFFIXES, check_safetensors
+
+#: Input side used when neither the processor nor the model config states one.
+DEFAULT_INPUT_SIZE = 224
+
+#: Parameters a checkpoint may lack without harm: the CLS embedding never goes through them.
+_UNUSED_PREFIXES = ("pooler.",)
+
+
+class HFClsEncoder(torch.nn.Module):
+    """``(B, 3, S, S)`` normalised tiles -> ``(B, hidden_size)`` CLS token of the last layer.
+
+    Args:
+        model: a ``transformers`` vision backbone whose output has ``last_hidden_state``
+            ``(B, tokens, hidden_size)`` with the CLS token first.
+        info: the metadata this module was loaded with (exposed as ``encoder_info``).
+    """
+
+    def __init__(self, model: torch.nn.Module, info: EncoderInfo) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder_info = info
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.model(pixel_values=pixel_values).last_hidden_state
+        return hidden[:, 0]
+
+
+def hf_info(directory: Path) -> EncoderInfo:
+    """The concrete ``hf-auto`` metadata of a saved-model directory.
+
+    ``embed_dim`` is config.json's ``hidden_size``. ``input_size`` is what the image processor
+    feeds the model (preprocessor_config.json: the centre-crop size when it crops, else its
+    resize size), falling back to config.json's ``image_size``, then 224; the processor wins
+    because DINOv2-style configs state the position-embedding grid (518) rather than the tile
+    size the model was trained and evaluated on (224). ``mean``/``std`` are the processor's
+    ``image_mean``/``image_std``, ImageNet statistics when absent.
+
+    Raises:
+        WeightsError: not a saved-model directory, or config.json lacks a usable hidden_size.
+    """
+    directory = Path(directory)
+    config = _read_json(directory / "config.json", required=True)
+    processor = _read_json(directory / "preprocessor_config.json", required=False)
+    try:
+        hidden = as_positive_int(config.get("hidden_size"))
+    except ValueError as exc:
+        raise WeightsError(f"{directory / 'config.json'}: hidden_size: {exc}") from exc
+    base = get_encoder_info("hf-auto")
+    return EncoderInfo(
+        name=base.name,
+        embed_dim=hidden,
+        input_size=_input_size(directory, config, processor),
+        mean=_triple(directory, processor, "image_mean", IMAGENET_MEAN),
+        std=_triple(directory, processor, "image_std", IMAGENET_STD),
+        licence=base.licence,
+        needs_weights=True,
+        description=f"transformers {config.get('model_type', 'model')} from {directory}",
+        factory=base.factory,
+    )
+
+
+def load_hf_encoder(
+    directory: str | Path, *, allow_pickle: bool = False, device: str = "cpu"
+) -> Encoder:
+    """Load a saved-model directory as an :class:`Encoder` with metadata from its files.
+
+    Args:
+        directory: written by ``save_pretrained``; safetensors weights unless ``allow_pickle``.
+        allow_pickle: accept a directory holding only ``pytorch_model.bin`` (loaded by
+            ``transformers`` with ``weights_only=True``).
+        device: torch device string for the module.
+
+    Raises:
+        WeightsError: not a saved-model directory, corrupt or incomplete weights.
+        UnsafeWeightsError: only pickled weights and no ``allow_pickle``.
+        EncoderError: ``transformers`` is not installed or cannot build the model.
+    """
+    directory = Path(directory)
+    info = hf_info(directory)
+    return Encoder(info, load_hf_module(directory, info, allow_pickle=allow_pickle), device)
+
+
+def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) -> HFClsEncoder:
+    """Build the CLS-token module of a saved-model directory and check its width.
+
+    Raises:
+        WeightsError: not a saved-model directory, weights missing, corrupt or not fitting
+            the config, or a hidden size other than ``info.embed_dim``.
+        UnsafeWeightsError: only pickled weights and no ``allow_pickle``.
+        EncoderError: ``transformers`` is not installed or cannot build the model.
+    """
+    directory = Path(directory)
+    use_safetensors = _check_weight_files(directory, allow_pickle=allow_pickle)
+    try:
+        from transformers import AutoModel
+    except ImportError as exc:
+        raise EncoderError(
+            f"encoder {info.name!r} needs transformers: pip install histoguard[transformers]"
+        ) from exc
+    try:
+        model, loading = AutoModel.from_pretrained(
+            str(directory),
+            local_files_only=True,  # never reach the hub
+            trust_remote_code=False,  # a directory's custom modelling code would run as Python
+            use_safetensors=use_safetensors,
+            weights_only=True,  # applies when allow_pickle lets a pytorch_model.bin through
+            dtype=torch.float32,  # tiles arrive as float32; a bf16 checkpoint is upcast
+            output_loading_info=True,
+        )
+    except Exception as exc:  # OSError, ValueError, UnpicklingError...: all "cannot load"
+        raise WeightsError(f"{directory}: transformers cannot load this model ({exc})") from exc
+    _check_loading(directory, loading)
+    hidden = getattr(model.config, "hidden_size", None)
+    if hidden != info.embed_dim:
+        raise WeightsError(
+            f"{directory}: model has hidden size {hidden}, but {info.name!r} produces "
+            f"{info.embed_dim}-dimensional embeddings; is this the right directory?"
+        )
+    return HFClsEncoder(model.eval(), info)
+
+
+def _check_weight_files(directory: Path, *, allow_pickle: bool) -> bool:
+    # Decide the weight format before transformers does, so a pickle-only directory is refused
+    # with histoguard's message and every safetensors header is validated first.
+    if not (directory / "config.json").is_file():
+        raise WeightsError(
+            f"{directory}: not a saved-model directory (expected config.json and "
+            "model.safetensors, as written by save_pretrained)"
+        )
+    safetensors = sorted(directory.glob("*.safetensors"))
+    for file in safetensors:
+        check_safetensors(file)
+    if safetensors:
+        return True
+    pickles = sorted(p for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if not pickles:
+        raise WeightsError(f"{directory}: no weights file (expected model.safetensors)")
+    if not allow_pickle:
+        raise UnsafeWeightsError(
+            f"{pickles[0]}: this directory holds only pickled weights, and loading a pickle can "
+            "run arbitrary code. Re-save the model with save_pretrained(safe_serialization=True) "
+            "or, if you trust its source, pass --allow-pickle (Python: allow_pickle=True)"
+        )
+    return False
+
+
+def _check_loading(directory: Path, loading: dict[str, Any]) -> None:
+    # transformers fills absent parameters with random values and only logs it; a backbone
+    # with random layers would give plausible-looking but meaningless embeddings.
+    missing = sorted(
+        key for key in loading.get("missing_keys", ()) if not key.startswith(_UNUSED_PREFIXES)
+    )
+    mismatched = sorted(str(k) for k in loading.get("mismatched_keys", ()))
+    if missing or mismatched:
+        detail = ", ".join((missing + mismatched)[:5])
+        raise WeightsError(
+            f"{directory}: the weights do not fit the config ({len(missing)} missing, "
+            f"{len(mismatched)} mis-shaped parameters: {detail})"
+        )
+
+
+def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise WeightsError(
+                f"{path.parent}: not a saved-model directory (no config.json; save the model "
+                "with save_pretrained and pass the directory)"
+            )
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def _input_size(directory: Path, config: dict[str, Any], processor: dict[str, Any]) -> int:
+    candidates = []
+    if processor.get("do_center_crop", True):
+        candidates.append(processor.get("crop_size"))
+    candidates += [processor.get("size"), config.get("image_size")]
+    for value in candidates:
+        side = _side(value)
+        if side is not None:
+            return side
+    return DEFAULT_INPUT_SIZE
+
+
+def _side(value: Any) -> int | None:
+    # Sizes appear as 224, [224, 224], {"height": 224, "width": 224} or {"shortest_edge": 224}.
+    if isinstance(value, dict):
+        value = value.get("height", value.get("shortest_edge"))
+    elif isinstance(value, list | tuple) and value:
+        value = value[0]
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _triple(
+    directory: Path, processor: dict[str, Any], key: str, default: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    if processor.get(key) is None:
+        return default
+    try:
+        return as_triple(processor[key])
+    except ValueError as exc:
+        raise WeightsError(f"{directory / 'preprocessor_config.json'}: {key}: {exc}") from exc
+
+
+def _preset_factory(name: str) -> EncoderFactory:
+    def factory(weights: Path | None, *, allow_pickle: bool) -> torch.nn.Module:
+        info = get_encoder_info(name)
+        if weights is None:
+            raise WeightsError(f"encoder {name!r} needs weights: {info.weights_hint}")
+        return load_hf_module(weights, info, allow_pickle=allow_pickle)
+
+    return factory
+
+
+@register_encoder(
+    "hf-auto",
+    # Placeholders: the real values come from the directory (hf_info / load_hf_encoder).
+    embed_dim=0,
+    input_size=DEFAULT_INPUT_SIZE,
+    needs_weights=True,
+    description="transformers vision model from a save_pretrained directory (CLS token); "
+    "size and normalisation are read from the directory",
+    weights_hint="Pass the directory written by save_pretrained (config.json, model.safetensors).",
+)
+def _hf_auto(weights: Path | None, *, allow_pickle: bool) -> torch.nn.Module:
+    if weights is None:
+        raise WeightsError("encoder 'hf-auto' needs weights: pass the saved-model directory")
+    return load_hf_module(weights, hf_info(weights), allow_pickle=allow_pickle)
+
+
+register_encoder(
+    "phikon",
+    embed_dim=768,
+    input_size=224,
+    licence="Owkin non-commercial",
+    needs_weights=True,
+    citation="Filiot et al., Scaling Self-Supervised Learning for Histopathology with Masked "
+    "Image Modeling, medRxiv 2023",
+    description="Phikon (Owkin): ViT-B/16, iBOT on TCGA; CLS token",
+    weights_hint="Save owkin/phikon with save_pretrained and pass the directory.",
+)(_preset_factory("phikon"))
+
+register_encoder(
+    "phikon-v2",
+    embed_dim=1024,
+    input_size=224,
+    licence="Owkin non-commercial",
+    needs_weights=True,
+    citation="Filiot et al., Phikon-v2, A large and public feature extractor for biomarker "
+    "prediction, arXiv:2409.09173, 2024",
+    description="Phikon-v2 (Owkin): ViT-L/16, DINOv2 architecture; CLS token",
+    weights_hint="Save owkin/phikon-v2 with save_pretrained and pass the directory.",
+)(_preset_factory("phikon-v2"))

@@ -1,0 +1,355 @@
+"""Feature extraction: tiles of each slide through an encoder into ``<slide_stem>.h5``.
+
+Reading overlaps inference: reader processes (a torch ``DataLoader``; each process opens the slide
+itself) decode, optionally stain-normalise, and queue batches - a bounded prefetch of two batches
+per reader - while the main process runs the encoder. On a Dask cluster each slide is one task,
+each worker loads the encoder once, and reading happens in threads inside the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
+from histoguard._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard._version import __version__
+from histoguard.encoders import Encoder, load_encoder
+from histoguard.features._feature_file import feature_file_done, write_feature_file
+from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
+from histoguard.slide._tile_folder import TileFolder
+from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
+
+SUMMARY_NAME = "extraction_summary.csv"
+CONFIG_NAME = "extraction_config.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractionConfig:
+    """Everything that decides an extraction result. Saved next to the outputs as JSON.
+
+    Attributes:
+        encoder: registry name (``histoguard encoders`` lists them).
+        weights: local weights file or model directory for the encoder.
+        allow_pickle: accept a pickled checkpoint (loaded with ``weights_only=True``).
+        tiling: how slides are tiled when no tiling output is reused.
+        tiles_dir: folder of existing ``<slide_stem>.h5`` tile files to reuse; slides without
+            one there are tiled on the fly into ``<out>/tiles``.
+        stain_normalize: ``"macenko"`` or ``"reinhard"`` to normalise tiles before encoding.
+        stain_reference: the reference image for stain normalisation.
+        batch_size: tiles per encoder call.
+        readers: reader processes per slide (0 reads in the main process).
+        device: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    """
+
+    encoder: str
+    weights: Path | None = None
+    allow_pickle: bool = False
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    tiles_dir: Path | None = None
+    stain_normalize: str | None = None
+    stain_reference: Path | None = None
+    batch_size: int = 64
+    readers: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.readers < 0:
+            raise ValueError(
+                f"need batch_size >= 1 and readers >= 0, got {self.batch_size}, {self.readers}"
+            )
+        if (self.stain_normalize is None) != (self.stain_reference is None):
+            raise ValueError("stain_normalize and stain_reference must be given together")
+
+    def result_key(self, weights_sha256: str) -> str:
+        """JSON of what changes the features (not batch size, readers or device)."""
+        values = asdict(self)
+        for volatile in ("batch_size", "readers", "device", "tiles_dir", "allow_pickle"):
+            values.pop(volatile)
+        values["weights"] = weights_sha256
+        return json.dumps(values, sort_keys=True, default=str)
+
+
+class _TileSource(Protocol):
+    """Where a slide's tiles come from: a slide with a tile plan, or a folder of tile images."""
+
+    coords: np.ndarray
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Tiles ``indices`` -> (indices read, (B, S, S, 3) uint8 tiles, error messages)."""
+        ...
+
+
+class _SlideTiles:
+    """Tiles of a slide at planned coordinates; opens its own reader in whichever process reads."""
+
+    def __init__(
+        self, slide: Path, spec: TileSpec, coords: np.ndarray, tiling: TilingConfig
+    ) -> None:
+        self.slide, self.spec, self.coords, self.tiling = slide, spec, coords, tiling
+        self._reader: Any = None
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if self._reader is None:
+            self._reader = open_slide(
+                self.slide, backend=self.tiling.backend, mpp_override=self.tiling.mpp_override
+            )
+        ok, tiles, errors = [], [], []
+        reads = read_tiles(
+            self._reader, self.spec, self.coords[indices], threads=self.tiling.threads
+        )
+        for read in sorted(reads, key=lambda r: r.index):
+            if read.tile is None:
+                errors.append(str(read.error))
+            else:
+                ok.append(indices[read.index])
+                tiles.append(read.tile)
+        size = self.spec.tile_size
+        stacked = np.stack(tiles) if tiles else np.zeros((0, size, size, 3), np.uint8)
+        return np.asarray(ok, dtype=np.int64), stacked, errors
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_reader"} | {"_reader": None}
+
+
+class _FolderTiles:
+    """A folder of tile images as one slide; coordinates are ``(index, 0)``."""
+
+    def __init__(self, folder: TileFolder, size: int) -> None:
+        self.folder, self.size = folder, size
+        self.coords = folder.coords()
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        tiles, failures = self.folder.read([int(i) for i in indices], size=self.size)
+        bad = {index for index, _ in failures}
+        ok = np.asarray([i for i in indices if int(i) not in bad], dtype=np.int64)
+        return ok, tiles, [message for _, message in failures]
+
+
+class _Batches:
+    """Map-style dataset over consecutive index batches; each item is read where it is asked for."""
+
+    def __init__(
+        self,
+        source: _TileSource,
+        batch_size: int,
+        transform: Callable[[np.ndarray], np.ndarray] | None,
+    ) -> None:
+        self.source, self.transform = source, transform
+        n = len(source.coords)
+        self.batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        ok, tiles, errors = self.source.read(self.batches[i])
+        if self.transform is not None and len(tiles):
+            tiles = self.transform(tiles)
+        return ok, tiles, errors
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def _iterate(dataset: _Batches, readers: int) -> Any:
+    if readers == 0 or len(dataset) <= 1:
+        return (dataset[i] for i in range(len(dataset)))
+    from torch.utils.data import DataLoader
+
+    # batch_size=None: the dataset already yields whole batches; prefetch is bounded per reader.
+    return DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=None,
+        shuffle=False,
+        num_workers=min(readers, len(dataset)),
+        prefetch_factor=2,
+        collate_fn=_identity,
+    )
+
+
+def _stain_transform(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray] | None:
+    if config.stain_normalize is None or config.stain_reference is None:
+        return None
+    from PIL import Image
+
+    from histoguard.stain import stain_normalizer
+
+    with Image.open(config.stain_reference) as image:
+        reference = np.asarray(image.convert("RGB"))
+    return stain_normalizer(config.stain_normalize, reference).transform
+
+
+def feature_path(out_dir: Path, slide: Path) -> Path:
+    """Where a slide's features go: ``<out_dir>/<slide_stem>.h5``."""
+    return out_dir / f"{slide.stem}.h5"
+
+
+def _plan(
+    slide: Path, out_dir: Path, config: ExtractionConfig
+) -> tuple[_TileSource, dict[str, Any]]:
+    """The slide's tiles (reusing or making tiling output) and their provenance attributes."""
+    if slide.is_dir() and slide.suffix.lower() != ".mrxs":
+        folder = TileFolder.open(slide)
+        return _FolderTiles(folder, config.tiling.tile_size), {"tile_size": config.tiling.tile_size}
+    tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
+    tile_file = output_paths(tiles_dir, slide)["h5"]
+    existing = (
+        finished_output(tiles_dir, slide, config.tiling) if config.tiles_dir is None else None
+    )
+    if config.tiles_dir is None and existing is None:
+        tile_slide(slide, tiles_dir, config.tiling)
+    tiles = read_coords_file(tile_file)
+    spec_fields = {name: tiles.attrs[name] for name in TileSpec.__dataclass_fields__}
+    spec = TileSpec(**spec_fields)
+    attrs = {**spec.to_dict(), "tiles_file": str(tile_file)}
+    return _SlideTiles(slide, spec, tiles.coords, config.tiling), attrs
+
+
+def extract_slide(
+    slide: str | Path,
+    out_dir: str | Path,
+    config: ExtractionConfig,
+    *,
+    encoder: Encoder | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> SlideResult:
+    """Extract one slide's (or tile folder's) features into ``<out_dir>/<slide_stem>.h5``.
+
+    Skips the slide when a verified feature file made with the same settings exists.
+
+    Args:
+        slide: a slide file, or a folder of tile images.
+        out_dir: output folder.
+        config: extraction settings.
+        encoder: an already loaded encoder (else loaded from ``config``).
+        on_progress: called as ``on_progress(tiles_done, tiles_total)``.
+
+    Raises:
+        SlideError, TilingError, EncoderError: the slide or the encoder cannot be used.
+    """
+    from histoguard.encoders._weights import sha256_file
+
+    started = time.perf_counter()
+    slide, out_dir = Path(slide), Path(out_dir)
+    out_path = feature_path(out_dir, slide)
+    remove_stale_temporaries(out_dir, prefix=slide.stem)
+    weights_sha = sha256_file(config.weights) if config.weights and config.weights.is_file() else ""
+    key = config.result_key(weights_sha)
+    expect = {"config_json": key, "slide_path": str(slide.resolve())}
+    if feature_file_done(out_path, expect=expect):
+        return SlideResult(slide=slide, status="skipped", output=out_path)
+    encoder = encoder or load_encoder(
+        config.encoder,
+        weights=config.weights,
+        allow_pickle=config.allow_pickle,
+        device=config.device,
+    )
+    source, tile_attrs = _plan(slide, out_dir, config)
+    dataset = _Batches(source, config.batch_size, _stain_transform(config))
+    n_tiles = len(source.coords)
+    features = np.zeros((n_tiles, encoder.embed_dim), dtype=np.float32)
+    read_ok = np.zeros(n_tiles, dtype=bool)
+    errors: list[str] = []
+    done = 0
+    for indices, tiles, batch_errors in _iterate(dataset, config.readers):
+        if len(tiles):
+            features[indices] = encoder.encode(tiles)
+            read_ok[indices] = True
+        errors += batch_errors
+        done += len(indices) + len(batch_errors)
+        if on_progress is not None:
+            on_progress(done, n_tiles)
+    tile_names = getattr(getattr(source, "folder", None), "names", None)
+    attrs = {
+        **tile_attrs,
+        "encoder": encoder.info.name,
+        "embed_dim": encoder.embed_dim,
+        "weights_sha256": weights_sha,
+        "stain_normalize": config.stain_normalize or "",
+        "slide_path": str(slide.resolve()),
+        "n_unreadable_tiles": int((~read_ok).sum()),
+        "first_read_error": errors[0] if errors else "",
+        "histoguard_version": __version__,
+        "config_json": key,
+    }
+    names = [tile_names[i] for i in np.flatnonzero(read_ok)] if tile_names else None
+    write_feature_file(out_path, features[read_ok], source.coords[read_ok], attrs, tile_names=names)
+    return SlideResult(
+        slide=slide,
+        status="done",
+        output=out_path,
+        n_tiles=int(read_ok.sum()),
+        n_unreadable=int((~read_ok).sum()),
+        flagged=bool(errors),
+        message=errors[0] if errors else "",
+        seconds=time.perf_counter() - started,
+    )
+
+
+def extract_features(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    config: ExtractionConfig,
+    *,
+    scheduler: str | None = None,
+    dask_workers: int | None = None,
+    show_progress: bool = True,
+) -> BatchReport:
+    """Extract features for many slides (or tile folders); failures isolated, reruns resume.
+
+    Args:
+        inputs: slide files, folders of slides, or folders of tile images.
+        out_dir: output folder; ``<slide_stem>.h5`` per slide, ``extraction_summary.csv``.
+        config: extraction settings.
+        scheduler: address of a running Dask scheduler (``tcp://host:8786``); slides become
+            tasks on its workers.
+        dask_workers: run a local Dask cluster with this many worker processes.
+        show_progress: draw rich progress bars.
+
+    Returns:
+        A :class:`BatchReport`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(
+        {"histoguard_version": __version__, **asdict(config)}, indent=2, default=str
+    )
+    write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())
+    slides = _expand_inputs(inputs)
+    if scheduler is not None or dask_workers:
+        from histoguard.features._dask import run_on_dask
+
+        return run_on_dask(
+            slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
+            summary_path=out_dir / SUMMARY_NAME, show_progress=show_progress,
+        )  # fmt: skip
+    encoder = load_encoder(
+        config.encoder,
+        weights=config.weights,
+        allow_pickle=config.allow_pickle,
+        device=config.device,
+    )
+
+    def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
+        return extract_slide(slide, out_dir, config, encoder=encoder, on_progress=on_progress)
+
+    return run_batch(slides, out_dir / SUMMARY_NAME, job, show_progress=show_progress)
+
+
+def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Slide files stay; a folder of tile images is one slide; other folders expand to slides."""
+    from histoguard.slide import find_slides
+    from histoguard.slide._tile_folder import is_tile_folder
+
+    slides: list[Path] = []
+    for item in map(Path, inputs):
+        slides.extend([item] if is_tile_folder(item) else find_slides([item]))
+    return slides

@@ -1,0 +1,312 @@
+"""The per-slide feature file: one embedding per tile, in HDF5, verified by a checksum.
+
+histoguard's layout (CLAM/TRIDENT readers recognise it)::
+
+    /features    (N, D) float32   one embedding per tile
+    /coords      (N, 2) int64     level-0 x, y of each tile's top-left corner; for a tile
+                                  folder ``(index, 0)``
+    /tile_names  (N,) UTF-8       optional: the tile image of each row (tile folders)
+    attrs: the caller's provenance, plus n_tiles, embed_dim, content_sha256, histoguard_version
+
+The attributes are also set on ``coords`` (with CLAM's ``patch_level``/``patch_size`` when the
+caller gives ``level``/``read_size``), because CLAM-style readers look there.
+
+:func:`read_feature_file` also reads feature files made by other tools, which carry no checksum:
+CLAM and TRIDENT (``features`` + ``coords``), the ``feats`` + ``coords`` variant, and ``features``
+with a per-tile ``metadata`` dataset instead of coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoguard._atomic import atomic_output
+from histoguard._exceptions import OutputError
+from histoguard._hdf5 import plain, sha256_of
+from histoguard._version import __version__
+
+#: Attributes the writer sets itself; the caller's values for these names are replaced.
+WRITER_ATTRS = ("n_tiles", "embed_dim", "content_sha256", "histoguard_version")
+
+# Attributes only TRIDENT writes on ``coords``; CLAM writes patch_level/patch_size/downsample.
+_TRIDENT_COORD_ATTRS = frozenset({"patch_size_level0", "target_magnification"})
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureFile:
+    """A feature file's content.
+
+    Attributes:
+        features: ``(N, D)`` float32, one row per tile.
+        coords: ``(N, 2)`` int64 level-0 x, y per row; None when the file has none.
+        attrs: the file's attributes (for other tools' files, the root's merged over those on
+            ``coords`` and ``features``).
+        tile_names: tile image of each row (tile folders; a foreign file's per-tile string
+            ``metadata``), or None.
+        source_format: ``"histoguard"`` (checksum verified), ``"trident"``, ``"clam"``,
+            ``"feats"`` (``feats`` + ``coords``), ``"metadata"`` (``features`` + ``metadata``)
+            or ``"features"`` (a bare ``features`` dataset).
+    """
+
+    features: np.ndarray
+    coords: np.ndarray | None
+    attrs: dict[str, Any]
+    tile_names: tuple[str, ...] | None = None
+    source_format: str = "histoguard"
+
+
+def _content_sha256(
+    features: np.ndarray, coords: np.ndarray, tile_names: Sequence[str] | None
+) -> str:
+    parts: list[np.ndarray | bytes] = [
+        np.asarray(features, dtype="<f4"),
+        np.asarray(coords, dtype="<i8"),
+    ]
+    if tile_names is not None:
+        # The names identify the rows of a tile folder (its coords are only indices), so a
+        # damaged name must fail the checksum too. NUL cannot occur in a file name.
+        parts.append("\0".join(tile_names).encode())
+    return sha256_of(*parts)
+
+
+def write_feature_file(
+    path: Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    attrs: Mapping[str, Any],
+    *,
+    tile_names: Sequence[str] | None = None,
+) -> FeatureFile:
+    """Write a feature file atomically; it appears under ``path`` only once verified.
+
+    Args:
+        path: final ``<slide_stem>.h5`` path.
+        features: ``(N, D)`` embeddings, stored as float32.
+        coords: ``(N, 2)`` integer level-0 x, y (tile folders: ``(index, 0)``).
+        attrs: provenance (HDF5-compatible scalars, strings, small arrays); None values are
+            left out because HDF5 has no null. :data:`WRITER_ATTRS` are set by the writer.
+        tile_names: optional ``N`` tile image names, stored as UTF-8 strings.
+
+    Returns:
+        What was verified on disk.
+
+    Raises:
+        ValueError: the arrays do not have the shapes above or disagree on ``N``.
+        OutputError: the written file does not read back identical.
+    """
+    import h5py
+
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    coords = np.ascontiguousarray(coords)
+    if features.ndim != 2:
+        raise ValueError(f"{path}: features must be (N, D), got shape {features.shape}")
+    if coords.shape != (len(features), 2) or not np.issubdtype(coords.dtype, np.integer):
+        raise ValueError(
+            f"{path}: coords must be ({len(features)}, 2) integers to match features, "
+            f"got {coords.shape} {coords.dtype}"
+        )
+    coords = coords.astype(np.int64, copy=False)
+    names = None if tile_names is None else tuple(str(name) for name in tile_names)
+    if names is not None and len(names) != len(features):
+        raise ValueError(f"{path}: {len(names)} tile names for {len(features)} feature rows")
+
+    all_attrs = {k: v for k, v in attrs.items() if v is not None}
+    all_attrs |= {
+        "n_tiles": len(features),
+        "embed_dim": features.shape[1],
+        "content_sha256": _content_sha256(features, coords, names),
+        "histoguard_version": __version__,
+    }
+    clam_attrs = {
+        clam: attrs[ours]
+        for clam, ours in (("patch_level", "level"), ("patch_size", "read_size"))
+        if attrs.get(ours) is not None
+    }
+
+    def verify(tmp: Path) -> None:
+        written = read_feature_file(tmp)
+        same = (
+            np.array_equal(written.features, features, equal_nan=True)
+            and written.coords is not None
+            and np.array_equal(written.coords, coords)
+            and written.tile_names == names
+        )
+        if not same:
+            raise OutputError(f"{path}: feature file read back differs from what was written")
+
+    with atomic_output(path, verify=verify) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=features)
+        coords_dataset = h5.create_dataset("coords", data=coords)
+        if names is not None:
+            h5.create_dataset("tile_names", data=names, dtype=h5py.string_dtype("utf-8"))
+        for key, value in all_attrs.items():
+            h5.attrs[key] = value
+            coords_dataset.attrs[key] = value
+        for key, value in clam_attrs.items():
+            coords_dataset.attrs[key] = value
+    return read_feature_file(path)
+
+
+def read_feature_file(path: Path) -> FeatureFile:
+    """Read a feature file: histoguard's (verified) or another tool's (see the module docs).
+
+    Args:
+        path: an ``.h5`` feature file.
+
+    Returns:
+        The features (float32), coords (int64, or None), attributes and format name.
+
+    Raises:
+        OutputError: the file is unreadable, has no ``features``/``feats`` dataset, its arrays
+            have the wrong shapes or disagree on the number of tiles, or (histoguard files) a
+            writer attribute or the checksum does not match.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            found = {
+                name: (item.shape, item.dtype)
+                for name, item in h5.items()
+                if isinstance(item, h5py.Dataset)
+            }
+            feature_name = next((n for n in ("features", "feats") if n in found), None)
+            if feature_name is None:
+                raise OutputError(
+                    f"{path}: no 'features' or 'feats' dataset; found {_describe(found)}"
+                )
+            features = np.asarray(h5[feature_name][:])
+            coords = np.asarray(h5["coords"][:]) if "coords" in found else None
+            names = _strings(h5["tile_names"]) if "tile_names" in found else None
+            metadata = _strings(h5["metadata"]) if "metadata" in found else None
+            root_attrs = {key: plain(value) for key, value in h5.attrs.items()}
+            foreign_attrs = {
+                key: plain(value)
+                for name in (feature_name, "coords")
+                if name in found
+                for key, value in h5[name].attrs.items()
+            }
+    except OutputError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise OutputError(f"{path}: not a readable feature file ({error})") from error
+
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
+        raise OutputError(
+            f"{path}: {feature_name} has shape {features.shape} {features.dtype}, "
+            "expected (N, D) numbers"
+        )
+    n_tiles = len(features)
+    if coords is not None and (coords.ndim != 2 or coords.shape != (n_tiles, 2)):
+        raise OutputError(
+            f"{path}: coords has shape {coords.shape} but {feature_name} has {features.shape}; "
+            f"expected ({n_tiles}, 2)"
+        )
+    if names is not None and len(names) != n_tiles:
+        raise OutputError(f"{path}: {len(names)} tile_names for {n_tiles} feature rows")
+
+    if "content_sha256" in root_attrs or "histoguard_version" in root_attrs:
+        return _verified(path, features, coords, names, root_attrs)
+
+    if coords is not None:
+        coords = _integer_coords(path, coords)
+        source_format = "feats" if feature_name == "feats" else "clam"
+        if source_format == "clam" and _TRIDENT_COORD_ATTRS & foreign_attrs.keys():
+            source_format = "trident"
+    elif metadata is not None:
+        source_format = "metadata"
+        # Per-tile strings (the real example holds tile image names) say which tile a row is.
+        if names is None and len(metadata) == n_tiles:
+            names = metadata
+    else:
+        source_format = "features"
+    return FeatureFile(
+        features=features.astype(np.float32, copy=False),
+        coords=coords,
+        attrs={**foreign_attrs, **root_attrs},
+        tile_names=names,
+        source_format=source_format,
+    )
+
+
+def feature_file_done(path: Path, *, expect: Mapping[str, Any]) -> bool:
+    """Whether ``path`` is a finished histoguard feature file made with the expected settings.
+
+    Used to resume: a run skips a slide whose output passes this check.
+
+    Args:
+        path: the feature file.
+        expect: attributes the file must carry with equal values; a None value means the
+            attribute must be absent (the writer leaves None out).
+
+    Returns:
+        True iff the file exists, is a histoguard feature file whose checksum verifies, and
+        every ``expect`` item matches; False otherwise (never raises for a damaged file).
+    """
+    if not path.is_file():
+        return False
+    try:
+        existing = read_feature_file(path)
+    except OutputError:
+        return False
+    if existing.source_format != "histoguard":
+        return False
+    return all(_same(existing.attrs.get(key), value) for key, value in expect.items())
+
+
+def _verified(
+    path: Path,
+    features: np.ndarray,
+    coords: np.ndarray | None,
+    names: tuple[str, ...] | None,
+    attrs: dict[str, Any],
+) -> FeatureFile:
+    """Check a file that claims histoguard's layout against its writer attributes."""
+    if features.dtype != np.float32:
+        raise OutputError(f"{path}: features are {features.dtype}, histoguard writes float32")
+    if coords is None or coords.dtype != np.int64:
+        found = "no coords" if coords is None else f"coords of type {coords.dtype}"
+        raise OutputError(f"{path}: {found}; histoguard writes (N, 2) int64 coords")
+    for key, expected in (("n_tiles", len(features)), ("embed_dim", features.shape[1])):
+        if attrs.get(key) != expected:
+            raise OutputError(f"{path}: attribute {key} is {attrs.get(key)}, data has {expected}")
+    if attrs.get("content_sha256") != _content_sha256(features, coords, names):
+        raise OutputError(f"{path}: content checksum does not match; the file is damaged")
+    return FeatureFile(features=features, coords=coords, attrs=attrs, tile_names=names)
+
+
+def _integer_coords(path: Path, coords: np.ndarray) -> np.ndarray:
+    """Another tool's coords as int64; float coords are accepted only when whole numbers."""
+    if np.issubdtype(coords.dtype, np.integer):
+        return coords.astype(np.int64, copy=False)
+    if np.issubdtype(coords.dtype, np.floating) and np.array_equal(coords, np.round(coords)):
+        return coords.astype(np.int64)
+    raise OutputError(f"{path}: coords are {coords.dtype} and not whole pixel positions")
+
+
+def _strings(dataset: Any) -> tuple[str, ...] | None:
+    """A 1-D string dataset as a tuple of str; None for anything else."""
+    import h5py
+
+    if dataset.ndim != 1 or h5py.check_string_dtype(dataset.dtype) is None:
+        return None
+    return tuple(str(s) for s in dataset.asstr()[:])
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    if expected is None:
+        return actual is None
+    if isinstance(actual, np.ndarray) or isinstance(expected, (np.ndarray, list, tuple)):
+        return bool(np.array_equal(np.asarray(actual), np.asarray(expected)))
+    return bool(actual == expected)
+
+
+def _describe(found: Mapping[str, tuple[tuple[int, ...], Any]]) -> str:
+    if not found:
+        return "no datasets"
+    return ", ".join(f"{name} {shape} {dtype}" for name, (shape, dtype) in sorted(found.items()))

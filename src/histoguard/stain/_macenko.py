@@ -1,0 +1,225 @@
+"""Macenko stain normalisation: per-tile H&E stain vectors mapped onto a reference's.
+
+Macenko et al., "A method for normalizing histology slides for quantitative analysis", ISBI 2009.
+For each tile: optical density (OD) of the stained pixels (OD >= beta in every channel), the plane
+of their two main directions (eigenvectors of the uncentred second-moment matrix, i.e. the SVD
+of the OD), the extreme angles in that plane (alpha-th and (100 - alpha)-th percentiles) as the
+haematoxylin and eosin vectors, then per-pixel concentrations by least squares. Concentrations
+are rescaled so their 99th percentile matches the reference's and recombined with the
+reference's stain vectors.
+
+Everything is numpy, vectorised over a batch of tiles (in chunks that bound memory), and
+deterministic: eigenvector signs are fixed, no randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from histoguard.stain._optical_density import (
+    DEFAULT_BETA,
+    DEFAULT_IO,
+    as_tile_batch,
+    od_to_rgb,
+    rgb_to_od,
+    stained,
+)
+
+#: Tiles with a smaller fraction of stained pixels keep the reference's stains and scale.
+DEFAULT_MIN_STAINED_FRACTION = 0.01
+
+# Estimated H and E vectors closer than this (cosine) are one stain seen twice: unusable.
+_MAX_STAIN_COSINE = 0.99
+# Stain OD vectors are physically non-negative; allow this much estimation noise below zero.
+_MIN_STAIN_COMPONENT = -0.1
+# Pixels per chunk: bounds the float64 working arrays to roughly 100 MB.
+_CHUNK_PIXELS = 1 << 21
+_CONCENTRATION_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True, eq=False)
+class MacenkoNormalizer:
+    """A Macenko normaliser fitted to a reference; build it with :meth:`fit`.
+
+    Attributes:
+        stain_matrix: ``(2, 3)`` reference unit OD vectors (R, G, B), haematoxylin then eosin.
+        max_concentrations: ``(2,)`` reference 99th-percentile H and E concentrations over its
+            stained pixels.
+        beta: OD threshold for a stained pixel.
+        alpha: angular percentile (percent) for the extreme stain directions.
+        io: background intensity for the OD conversion.
+        min_stained_fraction: tiles with fewer stained pixels (fraction of the tile) are not
+            estimated; they keep the reference's stain matrix and concentration scale, so near
+            empty tiles stay as they are instead of being blown up or turned into NaN.
+    """
+
+    stain_matrix: np.ndarray
+    max_concentrations: np.ndarray
+    beta: float = DEFAULT_BETA
+    alpha: float = 1.0
+    io: float = DEFAULT_IO
+    min_stained_fraction: float = DEFAULT_MIN_STAINED_FRACTION
+
+    @classmethod
+    def fit(
+        cls,
+        reference: np.ndarray,
+        *,
+        beta: float = DEFAULT_BETA,
+        alpha: float = 1.0,
+        io: float = DEFAULT_IO,
+        min_stained_fraction: float = DEFAULT_MIN_STAINED_FRACTION,
+    ) -> MacenkoNormalizer:
+        """Estimate the reference's stain matrix and concentration scale.
+
+        Args:
+            reference: ``(H, W, 3)`` uint8 RGB H&E image, or ``(B, H, W, 3)`` tiles whose
+                pixels are pooled.
+            beta, alpha, io, min_stained_fraction: see the class attributes.
+
+        Raises:
+            ValueError: bad shape or dtype, or the reference has too little stained tissue or no
+                two distinct stains to estimate.
+        """
+        if not 0 <= alpha < 50:
+            raise ValueError(f"alpha must be a percentile in [0, 50), got {alpha}")
+        batch, _ = as_tile_batch(reference)
+        od = rgb_to_od(batch, io).reshape(1, -1, 3)
+        mask = stained(od, beta)
+        stains, ok = _estimate_stains(od, mask, alpha, min_stained_fraction)
+        if not ok[0]:
+            raise ValueError(
+                f"cannot estimate two stains from the reference ({mask.mean():.1%} of pixels "
+                f"stained at OD >= {beta}); use an H&E image with plenty of tissue"
+            )
+        concentrations = _concentrations(od, stains)
+        max_c = _max_concentrations(concentrations, mask)[0]
+        return cls(
+            stain_matrix=_frozen(stains[0]),
+            max_concentrations=_frozen(max_c),
+            beta=beta,
+            alpha=alpha,
+            io=io,
+            min_stained_fraction=min_stained_fraction,
+        )
+
+    def transform(self, tiles: np.ndarray) -> np.ndarray:
+        """Normalise tiles to the reference's stain appearance.
+
+        Args:
+            tiles: ``(B, H, W, 3)`` or ``(H, W, 3)`` uint8 RGB.
+
+        Returns:
+            The same shape, uint8. Each tile's stains are estimated on its own, so the result
+            of a tile does not depend on the rest of the batch.
+
+        Raises:
+            ValueError: bad shape or dtype.
+        """
+        batch, single = as_tile_batch(tiles)
+        out = np.empty_like(batch)
+        pixels = max(1, batch.shape[1] * batch.shape[2])
+        step = max(1, _CHUNK_PIXELS // pixels)
+        for start in range(0, len(batch), step):
+            out[start : start + step] = self._transform_chunk(batch[start : start + step])
+        return out[0] if single else out
+
+    def _transform_chunk(self, tiles: np.ndarray) -> np.ndarray:
+        od = rgb_to_od(tiles, self.io).reshape(len(tiles), -1, 3)
+        mask = stained(od, self.beta)
+        stains, ok = _estimate_stains(od, mask, self.alpha, self.min_stained_fraction)
+        stains = np.where(ok[:, None, None], stains, self.stain_matrix)
+        concentrations = _concentrations(od, stains)
+        max_c = np.where(ok[:, None], _max_concentrations(concentrations, mask), 1.0)
+        # Fallback tiles were decomposed with the reference's own stains: leave their scale.
+        reference_c = np.where(ok[:, None], self.max_concentrations, 1.0)
+        scale = reference_c / np.maximum(max_c, 1e-6)
+        normalised_od = (concentrations * scale[:, None, :]) @ self.stain_matrix
+        return od_to_rgb(normalised_od, self.io).reshape(tiles.shape)
+
+
+def _estimate_stains(
+    od: np.ndarray, mask: np.ndarray, alpha: float, min_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-tile H and E unit OD vectors.
+
+    Args:
+        od: ``(B, P, 3)`` optical density of each tile's pixels.
+        mask: ``(B, P)`` stained pixels.
+        alpha: angular percentile.
+        min_fraction: least fraction of stained pixels to estimate from.
+
+    Returns:
+        ``(B, 2, 3)`` stain matrices (rows H, E) and ``(B,)`` bool: estimate usable. Unusable
+        rows hold finite placeholders.
+    """
+    n_stained = mask.sum(axis=1)
+    weighted = np.where(mask[..., None], od, 0.0).astype(np.float64)
+    # Uncentred second moment: the stain plane passes through the origin of OD space.
+    moments = weighted.transpose(0, 2, 1) @ weighted / np.maximum(n_stained, 1)[:, None, None]
+    _, vectors = np.linalg.eigh(moments)  # ascending eigenvalues
+    first, second = vectors[:, :, 2], vectors[:, :, 1]
+    # Orient the main direction along the mean stained OD so every stained pixel projects
+    # positively on it; angles then stay inside (-pi/2, pi/2), away from arctan2's wrap-around.
+    mean_od = weighted.sum(axis=1)
+    first *= np.where(np.einsum("bc,bc->b", mean_od, first) < 0, -1.0, 1.0)[:, None]
+    angles = np.arctan2(weighted @ second[:, :, None], weighted @ first[:, :, None])[..., 0]
+    low = _masked_percentile(angles, mask, alpha)
+    high = _masked_percentile(angles, mask, 100.0 - alpha)
+
+    def direction(angle: np.ndarray) -> np.ndarray:
+        vector: np.ndarray = np.cos(angle)[:, None] * first + np.sin(angle)[:, None] * second
+        return vector
+
+    v_low, v_high = direction(low), direction(high)
+    # Haematoxylin absorbs red more than eosin does: the vector with larger red OD is H.
+    h_first = (v_low[:, 0] >= v_high[:, 0])[:, None]
+    stains = np.stack([np.where(h_first, v_low, v_high), np.where(h_first, v_high, v_low)], 1)
+
+    enough = n_stained >= max(3.0, min_fraction * od.shape[1])
+    finite = np.isfinite(stains).all(axis=(1, 2))
+    distinct = np.abs(np.einsum("bc,bc->b", stains[:, 0], stains[:, 1])) < _MAX_STAIN_COSINE
+    physical = stains.min(axis=(1, 2)) >= _MIN_STAIN_COMPONENT
+    ok = enough & finite & distinct & physical
+    return np.where(ok[:, None, None], stains, 0.0), ok
+
+
+def _concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
+    """Least-squares H and E concentrations: ``(B, P, 3)`` OD, ``(B, 2, 3)`` -> ``(B, P, 2)``."""
+    inverse = np.linalg.pinv(stains.astype(np.float64))  # (B, 3, 2)
+    out: np.ndarray = od.astype(np.float64) @ inverse
+    return out
+
+
+def _max_concentrations(concentrations: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(B, 2)`` 99th percentile of each stain's concentration over the stained pixels."""
+    return np.stack(
+        [
+            _masked_percentile(concentrations[..., k], mask, _CONCENTRATION_PERCENTILE)
+            for k in range(2)
+        ],
+        axis=1,
+    )
+
+
+def _masked_percentile(values: np.ndarray, mask: np.ndarray, q: float) -> np.ndarray:
+    """``(B,)`` q-th percentile (numpy's linear method) of each row's masked values; 0 if none."""
+    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
+    last = np.maximum(mask.sum(axis=1) - 1, 0)
+    position = q / 100.0 * last
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, last)
+    lo = np.take_along_axis(ordered, below[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(ordered, above[:, None], axis=1)[:, 0]
+    with np.errstate(invalid="ignore"):  # rows with nothing masked: inf - inf, replaced below
+        result = lo + (hi - lo) * (position - below)
+    out: np.ndarray = np.where(mask.any(axis=1) & np.isfinite(result), result, 0.0)
+    return out
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    copy = np.array(array, dtype=np.float64)
+    copy.setflags(write=False)
+    return copy

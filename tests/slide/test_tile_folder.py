@@ -1,0 +1,155 @@
+"""A folder of tile images read as one slide: listing, per-tile decode errors, the folder rule."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from histoguard import SlideNotFoundError, UnsupportedFormatError
+from histoguard.slide._tile_folder import TileFolder, is_tile_folder
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path) -> Path:
+    """a.png 32x32, b.jpg 64x64, c.png 48x40 RGBA, d.png truncated, e.png text, + non-tiles."""
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    Image.fromarray(np.full((32, 32, 3), (200, 40, 90), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "b.jpg", quality=95)
+    rgba = np.zeros((40, 48, 4), np.uint8)
+    rgba[..., 0] = 255
+    rgba[:20, :, 3] = 255  # top half opaque red, bottom half fully transparent
+    Image.fromarray(rgba).save(folder / "c.png")
+    full = _png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    (folder / "d.png").write_bytes(full[: len(full) // 2])
+    (folder / "e.png").write_text("this is not an image\n")
+    (folder / "notes.txt").write_text("ignored\n")
+    (folder / "._a.png").write_bytes(b"\0\5\26\7 macOS resource fork")  # hidden: ignored
+    (folder / "sub").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "sub" / "x.png")  # not searched
+    return folder
+
+
+def test_lists_only_its_own_visible_tile_images_sorted(mixed_folder: Path) -> None:
+    folder = TileFolder.open(mixed_folder)
+    assert folder.names == ("a.png", "b.jpg", "c.png", "d.png", "e.png")
+    assert len(folder) == 5
+
+
+def test_coords_are_index_and_zero(mixed_folder: Path) -> None:
+    coords = TileFolder.open(mixed_folder).coords()
+    assert coords.dtype == np.int64
+    assert coords.tolist() == [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0]]
+
+
+def test_reads_good_tiles_and_reports_each_bad_one(mixed_folder: Path) -> None:
+    folder = TileFolder.open(mixed_folder)
+    tiles, failures = folder.read([4, 0, 1, 2, 3], size=32)
+    assert tiles.shape == (3, 32, 32, 3) and tiles.dtype == np.uint8
+    assert [index for index, _ in failures] == [4, 3]
+    assert "e.png" in failures[0][1] and "d.png" in failures[1][1]
+    np.testing.assert_array_equal(tiles[0], np.full((32, 32, 3), (200, 40, 90), np.uint8))
+    assert abs(int(tiles[1].mean()) - 128) <= 2  # b.jpg shrunk from 64 px
+    # c.png: transparent pixels are composited onto white, like slide background.
+    assert tiles[2][0].tolist()[0] == [255, 0, 0]
+    assert tiles[2][-1].tolist()[0] == [255, 255, 255]
+
+
+def test_native_size_needs_tiles_of_one_size(mixed_folder: Path) -> None:
+    folder = TileFolder.open(mixed_folder)
+    tiles, failures = folder.read([0, 0])
+    assert tiles.shape == (2, 32, 32, 3) and failures == []
+    with pytest.raises(ValueError, match="differ in size"):
+        folder.read([0, 1])
+
+
+def test_nothing_readable_gives_an_empty_batch(mixed_folder: Path) -> None:
+    tiles, failures = TileFolder.open(mixed_folder).read([3, 4], size=16)
+    assert tiles.shape == (0, 16, 16, 3)
+    assert len(failures) == 2
+
+
+def test_bad_indices_and_sizes_are_errors(mixed_folder: Path) -> None:
+    folder = TileFolder.open(mixed_folder)
+    with pytest.raises(IndexError):
+        folder.read([5])
+    with pytest.raises(IndexError):
+        folder.read([-1])
+    with pytest.raises(ValueError):
+        folder.read([0], size=0)
+
+
+def test_pillow_pixel_limit_is_respected_per_tile(
+    mixed_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stand-in for a decompression bomb: lower the limit below a 32x32 tile for this test only.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    tiles, failures = TileFolder.open(mixed_folder).read([0])
+    assert len(tiles) == 0
+    assert failures[0][0] == 0 and "a.png" in failures[0][1]
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(SlideNotFoundError):
+        TileFolder.open(tmp_path / "missing")
+    (tmp_path / "file.png").write_bytes(b"")
+    with pytest.raises(UnsupportedFormatError, match="not a folder"):
+        TileFolder.open(tmp_path / "file.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(UnsupportedFormatError, match="no tile images in"):
+        TileFolder.open(tmp_path / "empty")
+
+
+def test_is_tile_folder_rule(tmp_path: Path, mixed_folder: Path) -> None:
+    assert is_tile_folder(mixed_folder)  # bad tiles do not change what the folder is
+    assert not is_tile_folder(mixed_folder / "a.png")
+    assert not is_tile_folder(tmp_path)  # a folder of folders
+    assert not is_tile_folder(tmp_path / "missing")
+
+    def folder_with(name: str) -> Path:
+        folder = tmp_path / f"with-{name}"
+        folder.mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "tile.png")
+        return folder / name
+
+    (folder_with("scan.svs")).write_bytes(b"II*\0")
+    assert not is_tile_folder(tmp_path / "with-scan.svs")
+    big = folder_with("big.png")
+    Image.fromarray(np.zeros((1, 4097, 3), np.uint8)).save(big)
+    assert not is_tile_folder(big.parent)
+    tiled = folder_with("tiled.tif")
+    tifffile.imwrite(tiled, np.zeros((64, 64, 3), np.uint8), tile=(16, 16))
+    assert not is_tile_folder(tiled.parent)
+    pages = folder_with("pages.tiff")
+    first, second = (Image.fromarray(np.zeros((s, s, 3), np.uint8)) for s in (16, 8))
+    first.save(pages, save_all=True, append_images=[second])
+    assert not is_tile_folder(pages.parent)
+    plain_tiff = folder_with("plain.tif")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(plain_tiff)
+    assert is_tile_folder(plain_tiff.parent)
+
+
+def test_real_lc25000_tiles(shared_data: Path) -> None:
+    lung = shared_data / "tiles" / "lc25000_lung"
+    assert is_tile_folder(lung / "lung_aca")
+    assert not is_tile_folder(lung)  # one subfolder per class: a dataset, not one slide
+    folder = TileFolder.open(lung / "lung_aca")
+    assert len(folder) > 100 and all(name.endswith(".jpeg") for name in folder.names[:5])
+    tiles, failures = folder.read([0, 1, 2])
+    assert failures == [] and tiles.shape == (3, 224, 224, 3)
+    small, _ = folder.read([0], size=112)
+    assert small.shape == (1, 112, 112, 3)
+    # Area-averaged shrinking keeps the colour: same mean as the full-size tile.
+    assert np.abs(small[0].mean(axis=(0, 1)) - tiles[0].mean(axis=(0, 1))).max() < 1.0
