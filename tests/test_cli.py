@@ -71,3 +71,29 @@ def test_info_on_a_bad_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("histoguard ")
+
+
+def test_encoders_json_lists_every_encoder_with_its_metadata() -> None:
+    result = runner.invoke(app, ["encoders", "--json"])
+    assert result.exit_code == 0, result.output
+    entries = {entry["name"]: entry for entry in json.loads(result.output)}
+    assert {"hg-cnn", "hg-d4", "hg-handcrafted", "uni", "onnx"} <= set(entries)
+    assert entries["hg-d4"]["embed_dim"] == 128 and not entries["hg-d4"]["needs_weights"]
+    assert entries["uni"]["needs_weights"] and entries["uni"]["embed_dim"] == 1024
+
+
+def test_extract_refuses_a_pickle_without_consent(known_slide: Path, tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "model.pt")
+    args = [
+        "extract",
+        str(known_slide),
+        "--encoder",
+        "hg-cnn",
+        "--weights",
+        str(tmp_path / "model.pt"),
+    ]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 1
+    assert "--allow-pickle" in result.output

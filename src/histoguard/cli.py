@@ -198,9 +198,15 @@ def extract(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    report = extract_features(
-        inputs, out, config, scheduler=scheduler, dask_workers=workers, show_progress=not quiet
-    )
+    from histoguard._exceptions import EncoderError
+
+    try:
+        report = extract_features(
+            inputs, out, config, scheduler=scheduler, dask_workers=workers, show_progress=not quiet
+        )
+    except EncoderError as error:  # nothing can run without the encoder: say why, no traceback
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)

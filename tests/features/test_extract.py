@@ -90,6 +90,20 @@ def test_bad_inputs_do_not_stop_the_batch(known_slide: Path, tmp_path: Path) -> 
     assert "text.svs" in report.results[0].message
 
 
+def test_stain_normalisation_changes_the_tiles_not_the_layout(
+    known_slide: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    reference = shared_data / "stain_refs" / "torchstain_target.png"
+    plain = extract_features([known_slide], tmp_path / "a", _config(readers=0), show_progress=False)
+    config = _config(readers=0, stain_normalize="macenko", stain_reference=reference)
+    normalised = extract_features([known_slide], tmp_path / "b", config, show_progress=False)
+    assert plain.results[0].status == normalised.results[0].status == "done"
+    a, b = (read_feature_file(out / "known.h5") for out in (tmp_path / "a", tmp_path / "b"))
+    assert np.array_equal(a.coords, b.coords)
+    assert b.attrs["stain_normalize"] == "macenko"
+    assert not np.allclose(a.features, b.features)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_dask_local_cluster_with_two_workers(known_slide: Path, tmp_path: Path) -> None:
