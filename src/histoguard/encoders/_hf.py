@@ -120,10 +120,14 @@ def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) ->
     use_safetensors = _check_weight_files(directory, allow_pickle=allow_pickle)
     try:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise EncoderError(
             f"encoder {info.name!r} needs transformers: pip install histoguard[transformers]"
         ) from exc
+    verbosity = hf_logging.get_verbosity()
+    # transformers prints its own loading report; _check_loading below judges it instead.
+    hf_logging.set_verbosity_error()
     try:
         model, loading = AutoModel.from_pretrained(
             str(directory),
@@ -136,6 +140,8 @@ def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) ->
         )
     except Exception as exc:  # OSError, ValueError, UnpicklingError...: all "cannot load"
         raise WeightsError(f"{directory}: transformers cannot load this model ({exc})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
     _check_loading(directory, loading)
     hidden = getattr(model.config, "hidden_size", None)
     if hidden != info.embed_dim:

@@ -27,6 +27,7 @@ from histoguard.slide._tile_folder import TileFolder
 from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
 
 SUMMARY_NAME = "extraction_summary.csv"
+_FIRST_BATCH = 8
 CONFIG_NAME = "extraction_config.json"
 
 
@@ -90,9 +91,10 @@ class _SlideTiles:
     """Tiles of a slide at planned coordinates; opens its own reader in whichever process reads."""
 
     def __init__(
-        self, slide: Path, spec: TileSpec, coords: np.ndarray, tiling: TilingConfig
+        self, slide: Path, spec: TileSpec, coords: np.ndarray, tiling: TilingConfig, threads: int
     ) -> None:
         self.slide, self.spec, self.coords, self.tiling = slide, spec, coords, tiling
+        self.threads = threads
         self._reader: Any = None
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -101,9 +103,7 @@ class _SlideTiles:
                 self.slide, backend=self.tiling.backend, mpp_override=self.tiling.mpp_override
             )
         ok, tiles, errors = [], [], []
-        reads = read_tiles(
-            self._reader, self.spec, self.coords[indices], threads=self.tiling.threads
-        )
+        reads = read_tiles(self._reader, self.spec, self.coords[indices], threads=self.threads)
         for read in sorted(reads, key=lambda r: r.index):
             if read.tile is None:
                 errors.append(str(read.error))
@@ -143,7 +143,11 @@ class _Batches:
     ) -> None:
         self.source, self.transform = source, transform
         n = len(source.coords)
-        self.batches = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        # A short first batch gets the encoder going while the readers fill the queue.
+        first = min(batch_size, _FIRST_BATCH)
+        starts = [0, *range(first, n, batch_size)] if n > first else [0]
+        ends = [*starts[1:], n]
+        self.batches = [np.arange(s, e) for s, e in zip(starts, ends, strict=True) if e > s]
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -210,7 +214,10 @@ def _plan(
     spec_fields = {name: tiles.attrs[name] for name in TileSpec.__dataclass_fields__}
     spec = TileSpec(**spec_fields)
     attrs = {**spec.to_dict(), "tiles_file": str(tile_file)}
-    return _SlideTiles(slide, spec, tiles.coords, config.tiling), attrs
+    # Reader processes already decode in parallel; threads inside them would only oversubscribe
+    # the cores the encoder needs.
+    threads = 1 if config.readers > 0 else config.tiling.threads
+    return _SlideTiles(slide, spec, tiles.coords, config.tiling, threads), attrs
 
 
 def extract_slide(
