@@ -8,10 +8,16 @@ import sys
 import pytest
 
 import histoguard
+import histoguard.encoders
+import histoguard.features
 import histoguard.slide
+import histoguard.stain
 
 
-@pytest.mark.parametrize("module", [histoguard, histoguard.slide])
+@pytest.mark.parametrize(
+    "module",
+    [histoguard, histoguard.slide, histoguard.encoders, histoguard.features, histoguard.stain],
+)
 def test_all_is_sorted_and_complete(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
     # Ruff's isort-style order: CONSTANTS, then Classes, then functions.

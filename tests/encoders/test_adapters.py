@@ -278,7 +278,7 @@ def test_onnx_rejects_non_models(tmp_path: Path) -> None:
 
 
 def test_exports_are_checked_against_the_original(tiny_encoder: Encoder) -> None:
-    from histoguard.encoders._onnx import check_same_features
+    from histoguard.encoders._export import check_same_features
 
     batch = torch.randn(3, 3, 32, 32)
     check_same_features(tiny_encoder, tiny_encoder.module, batch, "test")

@@ -1,5 +1,7 @@
 """Encoders: tiles in, embeddings out. One registry, one contract, weights from local files."""
 
+from histoguard.encoders._hf import load_hf_encoder
+from histoguard.encoders._onnx import export_onnx, load_onnx_encoder
 from histoguard.encoders._registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -10,14 +12,22 @@ from histoguard.encoders._registry import (
     load_encoder,
     register_encoder,
 )
+from histoguard.encoders._torchscript import export_torchscript, load_torchscript_encoder
+from histoguard.encoders._weights import load_state_dict
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Encoder",
     "EncoderInfo",
+    "export_onnx",
+    "export_torchscript",
     "get_encoder_info",
     "list_encoders",
     "load_encoder",
+    "load_hf_encoder",
+    "load_onnx_encoder",
+    "load_state_dict",
+    "load_torchscript_encoder",
     "register_encoder",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from histoguard._exceptions import EncoderError, UnsafeWeightsError, WeightsError
-from histoguard.encoders._onnx import as_positive_int, as_triple
+from histoguard.encoders._export import as_positive_int, as_triple
 from histoguard.encoders._registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,

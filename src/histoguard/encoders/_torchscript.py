@@ -22,7 +22,8 @@ import torch
 
 from histoguard._atomic import atomic_output
 from histoguard._exceptions import EncoderError, WeightsError
-from histoguard.encoders._onnx import (
+from histoguard.encoders._export import (
+    Triple,
     check_same_features,
     example_batches,
     info_from_metadata,
@@ -34,7 +35,6 @@ from histoguard.encoders._registry import Encoder, EncoderInfo, register_encoder
 EXTRA_FILE = "histoguard.json"
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_Triple = tuple[float, float, float]
 
 
 class TorchScriptEncoderModule(torch.nn.Module):
@@ -93,8 +93,8 @@ def load_torchscript_encoder(
     *,
     embed_dim: int | None = None,
     input_size: int | None = None,
-    mean: _Triple | None = None,
-    std: _Triple | None = None,
+    mean: Triple | None = None,
+    std: Triple | None = None,
     device: str = "cpu",
 ) -> Encoder:
     """Load a TorchScript archive as an :class:`Encoder`.
