@@ -160,3 +160,11 @@ def test_killed_dask_worker_loses_nothing(known_slide: Path, tmp_path: Path) -> 
     for path in out.glob("*.h5"):
         read_feature_file(path)  # verified
     assert not list(out.glob(".*tmp-*"))
+
+
+def test_a_dask_worker_loads_each_encoder_once() -> None:
+    from histoguard.features._dask import _worker_encoder
+
+    first = _worker_encoder(_config())
+    assert _worker_encoder(_config(batch_size=4)) is first  # same encoder, other settings
+    assert _worker_encoder(_config(encoder="hg-cnn")) is not first
