@@ -168,3 +168,11 @@ def test_a_dask_worker_loads_each_encoder_once() -> None:
     first = _worker_encoder(_config())
     assert _worker_encoder(_config(batch_size=4)) is first  # same encoder, other settings
     assert _worker_encoder(_config(encoder="hg-cnn")) is not first
+
+
+def test_missing_tile_file_in_tiles_dir_says_what_to_do(known_slide: Path, tmp_path: Path) -> None:
+    (tmp_path / "tiles").mkdir()
+    config = _config(readers=0, tiles_dir=tmp_path / "tiles")
+    report = extract_features([known_slide], tmp_path / "out", config, show_progress=False)
+    assert report.results[0].status == "failed"
+    assert "histoguard tile" in report.results[0].message

@@ -8,6 +8,7 @@ each worker loads the encoder once, and reading happens in threads inside the wo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 
 from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard._exceptions import OutputError
 from histoguard._version import __version__
 from histoguard.encoders import Encoder, load_encoder
 from histoguard.features._feature_file import feature_file_done, write_feature_file
@@ -191,6 +193,20 @@ def _stain_transform(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndar
     return stain_normalizer(config.stain_normalize, reference).transform
 
 
+def _weights_digest(weights: Path | None) -> str:
+    """SHA-256 of a weights file, or of a model directory's files (names and contents)."""
+    from histoguard.encoders._weights import sha256_file
+
+    if weights is None:
+        return ""
+    if weights.is_file():
+        return sha256_file(weights)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(weights)}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def feature_path(out_dir: Path, slide: Path) -> Path:
     """Where a slide's features go: ``<out_dir>/<slide_stem>.h5``."""
     return out_dir / f"{slide.stem}.h5"
@@ -205,11 +221,13 @@ def _plan(
         return _FolderTiles(folder, config.tiling.tile_size), {"tile_size": config.tiling.tile_size}
     tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
     tile_file = output_paths(tiles_dir, slide)["h5"]
-    existing = (
-        finished_output(tiles_dir, slide, config.tiling) if config.tiles_dir is None else None
-    )
-    if config.tiles_dir is None and existing is None:
+    if config.tiles_dir is None and finished_output(tiles_dir, slide, config.tiling) is None:
         tile_slide(slide, tiles_dir, config.tiling)
+    elif not tile_file.is_file():
+        raise OutputError(
+            f"{slide}: no tile file {tile_file}; run `histoguard tile` into {tiles_dir} first, "
+            "or leave out --tiles-dir to tile on the fly"
+        )
     tiles = read_coords_file(tile_file)
     spec_fields = {name: tiles.attrs[name] for name in TileSpec.__dataclass_fields__}
     spec = TileSpec(**spec_fields)
@@ -242,13 +260,11 @@ def extract_slide(
     Raises:
         SlideError, TilingError, EncoderError: the slide or the encoder cannot be used.
     """
-    from histoguard.encoders._weights import sha256_file
-
     started = time.perf_counter()
     slide, out_dir = Path(slide), Path(out_dir)
     out_path = feature_path(out_dir, slide)
     remove_stale_temporaries(out_dir, prefix=slide.stem)
-    weights_sha = sha256_file(config.weights) if config.weights and config.weights.is_file() else ""
+    weights_sha = _weights_digest(config.weights)
     key = config.result_key(weights_sha)
     expect = {"config_json": key, "slide_path": str(slide.resolve())}
     if feature_file_done(out_path, expect=expect):
