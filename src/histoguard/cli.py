@@ -213,6 +213,90 @@ def extract(
 
 
 @app.command()
+def train(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="YAML settings (cohort, features, out, model, split, ...).", show_default=False
+        ),
+    ] = None,
+    cohort: Annotated[
+        Path | None,
+        typer.Option(help="Cohort table: slide_id, label[, patient_id, center, split]."),
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option(help="Folder of <slide_id>.h5 feature files.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="MIL model: abmil, clam-sb, clam-mb, transmil, dsmil, topk, mean-pool, max-pool."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="kfold (patient-grouped, stratified), leave-one-center-out, or given."),
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="Folds for kfold.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per split.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Train a MIL model from slide labels on every split of the chosen design; writes models
+    (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
+    """
+    from histoguard._exceptions import HistoguardError
+    from histoguard.mil import load_train_config
+    from histoguard.mil import train as run_training
+
+    try:
+        settings = load_train_config(
+            config, cohort=cohort, features=features, out=out, model=model, split=split, k=k,
+            epochs=epochs, seed=seed,
+        )  # fmt: skip
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    try:
+        result = run_training(settings, log=typer.echo)
+    except HistoguardError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    from histoguard.mil import format_table
+
+    typer.echo(format_table(result.report))
+    typer.echo(f"outputs: {result.out}")
+
+
+@app.command()
+def predict(
+    feature_files: Annotated[
+        list[Path], typer.Argument(help="Per-slide feature files.", show_default=False)
+    ],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A `histoguard train` output folder (folds are averaged) or one fold_i folder."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    no_heatmaps: Annotated[
+        bool, typer.Option("--no-heatmaps", help="Skip attention heatmaps.")
+    ] = False,
+) -> None:
+    """Predict slides: OUT/predictions.csv (one row per slide) and attention heatmaps (PNG
+    overlay, top-tile gallery, QuPath GeoJSON measurement map)."""
+    from histoguard.mil import predict as run_prediction
+
+    results = run_prediction(model, feature_files, out, heatmaps=not no_heatmaps)
+    for r in results:
+        typer.echo(
+            f"{r.slide}: {r.predicted} "
+            + " ".join(f"{k}={v:.3f}" for k, v in r.probabilities.items())
+        )
+    typer.echo(f"predictions: {out / 'predictions.csv'}")
+
+
+@app.command()
 def encoders(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -1,0 +1,98 @@
+"""Weakly supervised MIL models: padded bags of instance features in, bag predictions out.
+
+One contract (:class:`MILModel`: ``forward(features, mask) -> MILOutput``, ``compute_loss``,
+``predict``, ``config``) and one registry (:func:`build_model`, :func:`list_models`).
+"""
+
+from histoguard.mil._base import MILModel, MILOutput
+from histoguard.mil._cohort import Cohort, CohortError, CohortRow, load_cohort
+from histoguard.mil._heatmaps import (
+    attention_geojson,
+    attention_overlay,
+    top_tiles_gallery,
+    write_heatmaps,
+)
+from histoguard.mil._metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    compare_designs,
+    format_table,
+    metrics_report,
+    multiclass_metrics,
+)
+from histoguard.mil._predict import SlidePrediction, predict
+from histoguard.mil._registry import (
+    ModelInfo,
+    build_model,
+    get_model_info,
+    list_models,
+    register_model,
+)
+from histoguard.mil._splits import (
+    Split,
+    check_no_leak,
+    get_or_create_splits,
+    given_split,
+    kfold_splits,
+    leave_one_center_out,
+    load_splits,
+    save_splits,
+    unseen_center_splits,
+)
+from histoguard.mil._train import (
+    Bag,
+    TrainConfig,
+    TrainResult,
+    load_bags,
+    load_model,
+    load_train_config,
+    predict_bags,
+    save_model,
+    train,
+    train_split,
+)
+
+__all__ = [
+    "Bag",
+    "Cohort",
+    "CohortError",
+    "CohortRow",
+    "MILModel",
+    "MILOutput",
+    "ModelInfo",
+    "SlidePrediction",
+    "Split",
+    "TrainConfig",
+    "TrainResult",
+    "attention_geojson",
+    "attention_overlay",
+    "binary_metrics",
+    "bootstrap_ci",
+    "build_model",
+    "check_no_leak",
+    "compare_designs",
+    "format_table",
+    "get_model_info",
+    "get_or_create_splits",
+    "given_split",
+    "kfold_splits",
+    "leave_one_center_out",
+    "list_models",
+    "load_bags",
+    "load_cohort",
+    "load_model",
+    "load_splits",
+    "load_train_config",
+    "metrics_report",
+    "multiclass_metrics",
+    "predict",
+    "predict_bags",
+    "register_model",
+    "save_model",
+    "save_splits",
+    "top_tiles_gallery",
+    "train",
+    "train_split",
+    "unseen_center_splits",
+    "write_heatmaps",
+]

@@ -1,0 +1,357 @@
+"""Training MIL models from slide labels, validated per fold and per center.
+
+Feature bags are read once and cached in memory; each split trains one model with AdamW,
+class-balanced loss, early stopping on the validation split and a fixed seed; the best state is
+saved as safetensors plus a JSON config that rebuilds the model (no pickles).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from histoguard._atomic import atomic_output, write_bytes_atomic
+from histoguard._version import __version__
+from histoguard.features import read_feature_file
+from histoguard.mil._base import MILModel
+from histoguard.mil._cohort import Cohort, load_cohort
+from histoguard.mil._metrics import format_table, metrics_report
+from histoguard.mil._registry import build_model
+from histoguard.mil._splits import (
+    Split,
+    get_or_create_splits,
+    given_split,
+    kfold_splits,
+    leave_one_center_out,
+)
+
+SplitDesign = Literal["kfold", "leave-one-center-out", "given"]
+
+_SPLIT_MAKERS: dict[str, Callable[[Cohort, int, int], list[Split]]] = {
+    "kfold": lambda cohort, k, seed: kfold_splits(cohort, k=k, seed=seed),
+    "leave-one-center-out": lambda cohort, k, seed: leave_one_center_out(cohort, seed=seed),
+    "given": lambda cohort, k, seed: given_split(cohort),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that decides a training run; saved with the results.
+
+    Attributes:
+        cohort: CSV/Parquet table with ``slide_id``, ``label`` and optional ``patient_id``,
+            ``center``, ``split``.
+        features: folder of ``<slide_id>.h5`` feature files.
+        out: output folder.
+        model: registered MIL model name (``abmil``, ``clam-sb``, ``transmil``, ...).
+        model_kwargs: extra constructor arguments of the model.
+        split: ``kfold`` (patient-grouped, stratified), ``leave-one-center-out`` or ``given``.
+        k: folds for ``kfold``.
+        epochs: maximum epochs per split.
+        patience: stop after this many epochs without a better validation loss.
+        lr, weight_decay: AdamW settings.
+        max_instances: train on a random subset of at most this many tiles per bag and step
+            (None: all); prediction always uses every tile.
+        class_balanced: weight the loss by inverse class frequency of the training split.
+        seed: seeds splits, initialisation, sampling.
+        threshold: decision threshold for sensitivity/specificity (binary tasks).
+        n_boot: bootstrap resamples for confidence intervals.
+    """
+
+    cohort: Path
+    features: Path
+    out: Path
+    model: str = "abmil"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    split: SplitDesign = "kfold"
+    k: int = 5
+    epochs: int = 40
+    patience: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    max_instances: int | None = 4096
+    class_balanced: bool = True
+    seed: int = 0
+    threshold: float = 0.5
+    n_boot: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.split not in _SPLIT_MAKERS:
+            raise ValueError(f"split must be one of {sorted(_SPLIT_MAKERS)}, got {self.split!r}")
+        if self.epochs < 1 or self.patience < 1 or self.k < 2:
+            raise ValueError("need epochs >= 1, patience >= 1 and k >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible values (paths as strings)."""
+        return json.loads(json.dumps(asdict(self), default=str))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Bag:
+    """One slide's features: ``features (N, D)`` float32 and ``coords (N, 2)`` or None."""
+
+    slide_id: str
+    features: torch.Tensor
+    coords: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the run's outputs are, and its metrics report."""
+
+    out: Path
+    report: dict[str, Any]
+    fold_dirs: tuple[Path, ...]
+
+
+def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML (or JSON) file, with ``overrides`` (None = not given)
+    taking precedence; unknown keys are an error naming them.
+
+    Raises:
+        ValueError: unknown or missing fields, or invalid values.
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+    missing = [name for name in ("cohort", "features", "out") if name not in values]
+    if missing:
+        raise ValueError(f"missing training settings {missing} (in the config file or as flags)")
+    for name in ("cohort", "features", "out"):
+        values[name] = Path(values[name])
+    return TrainConfig(**values)
+
+
+def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
+    """Read every slide's feature file once (``features_dir/<slide_id>.h5``)."""
+    bags = {}
+    for row in cohort.rows:
+        data = read_feature_file(features_dir / f"{row.slide_id}.h5")
+        bags[row.slide_id] = Bag(row.slide_id, torch.from_numpy(data.features.copy()), data.coords)
+    return bags
+
+
+def _batch(
+    bag: Bag, generator: torch.Generator | None, max_instances: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One bag as ``(1, N, D)`` features and a ``(1, N)`` all-True mask, optionally subsampled."""
+    features = bag.features
+    if generator is not None and max_instances is not None and len(features) > max_instances:
+        keep = torch.randperm(len(features), generator=generator)[:max_instances]
+        features = features[keep]
+    return features.unsqueeze(0), torch.ones(1, len(features), dtype=torch.bool)
+
+
+def _mean_loss(
+    model: MILModel, bags: Sequence[Bag], labels: torch.Tensor, weights: torch.Tensor | None
+) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for bag, label in zip(bags, labels, strict=True):
+            features, mask = _batch(bag, None, None)
+            output = model(features, mask)
+            total += float(model.compute_loss(output, label.view(1), class_weights=weights))
+    return total / max(1, len(bags))
+
+
+def train_split(
+    split: Split,
+    cohort: Cohort,
+    bags: dict[str, Bag],
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> MILModel:
+    """Train one model on ``split.train``, early-stopped on ``split.val``; returns the best.
+
+    Args:
+        on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)``.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
+    train_ids, val_ids = list(split.train), list(split.val) or list(split.train)
+    train_labels = torch.tensor([label_of[s] for s in train_ids])
+    val_labels = torch.tensor([label_of[s] for s in val_ids])
+    in_dim = int(bags[train_ids[0]].features.shape[1])
+    model = build_model(
+        config.model, in_dim=in_dim, n_classes=len(cohort.labels), **config.model_kwargs
+    )
+    model.fit_feature_scaling(torch.cat([bags[s].features for s in train_ids]))
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    weights = None
+    if config.class_balanced:
+        counts = torch.bincount(train_labels, minlength=len(cohort.labels)).float()
+        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+    best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(train_ids), generator=generator)
+        running = 0.0
+        for index in order.tolist():
+            features, mask = _batch(bags[train_ids[index]], generator, config.max_instances)
+            output = model(features, mask)
+            loss = model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            running += float(loss.detach())
+        val_loss = _mean_loss(model, [bags[s] for s in val_ids], val_labels, weights)
+        if on_epoch is not None:
+            on_epoch(epoch, running / len(train_ids), val_loss)
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval()
+
+
+def predict_bags(
+    model: MILModel, bags: Sequence[Bag]
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Class probabilities ``(S, C)`` and per-tile attention (``(N,)`` or None) for each bag."""
+    probabilities, attentions = [], []
+    for bag in bags:
+        features, mask = _batch(bag, None, None)
+        probs, attention = model.predict(features, mask)
+        probabilities.append(probs[0].numpy())
+        attentions.append(None if attention is None else attention[0].numpy())
+    return np.stack(probabilities), attentions
+
+
+def save_model(model: MILModel, directory: Path, *, labels: Sequence[str]) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (constructor config + class names)."""
+    from safetensors.torch import save_file
+
+    from histoguard.encoders._weights import load_state_dict
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+    def verify(tmp: Path) -> None:
+        loaded = load_state_dict(tmp)
+        if loaded.keys() != state.keys() or any(
+            not torch.equal(loaded[k], state[k]) for k in state
+        ):
+            raise OSError(f"{directory}: checkpoint read back differs from the model")
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_output(directory / "model.safetensors", verify=verify) as tmp:
+        save_file(state, str(tmp))
+    description = {
+        "model": model.config(),
+        "labels": list(labels),
+        "histoguard_version": __version__,
+    }
+    write_bytes_atomic(
+        directory / "model.json", (json.dumps(description, indent=2) + "\n").encode()
+    )
+
+
+def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
+    """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (no pickles).
+
+    Returns:
+        ``(model in eval mode, class names)``.
+    """
+    from histoguard.encoders._weights import load_state_dict
+
+    directory = Path(directory)
+    description = json.loads((directory / "model.json").read_text())
+    model = build_model(**description["model"])
+    model.load_state_dict(load_state_dict(directory / "model.safetensors"), strict=True)
+    return model.eval(), list(description["labels"])
+
+
+def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train and validate a MIL model on every split of the chosen design.
+
+    Writes to ``config.out``: ``config.json`` (resolved), ``splits.json`` (reused on reruns,
+    never silently redrawn), ``fold_<i>/model.safetensors`` + ``model.json``,
+    ``predictions.csv`` (one row per test slide and fold), ``metrics.json`` and ``metrics.txt``
+    (per fold and per center, with bootstrap confidence intervals).
+
+    Raises:
+        CohortError: the cohort table is invalid (all problems listed), or splits would leak.
+    """
+    say = log or (lambda message: None)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(
+        out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode()
+    )
+    cohort = load_cohort(config.cohort, features_dir=config.features)
+    bags = load_bags(cohort, config.features)
+    splits = get_or_create_splits(
+        out / "splits.json",
+        cohort,
+        lambda: _SPLIT_MAKERS[config.split](cohort, config.k, config.seed),
+    )
+    center_of = {row.slide_id: row.center or "" for row in cohort.rows}
+    label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
+    y_true: list[int] = []
+    probs: list[np.ndarray] = []
+    centers: list[str] = []
+    folds: list[str] = []
+    rows = ["fold,slide_id,center,label," + ",".join(f"p_{label}" for label in cohort.labels)]
+    fold_dirs = []
+    for i, split in enumerate(splits):
+        started = time.perf_counter()
+        model = train_split(split, cohort, bags, config)
+        fold_dir = out / f"fold_{i}"
+        save_model(model, fold_dir, labels=cohort.labels)
+        fold_dirs.append(fold_dir)
+        test_ids = list(split.test)
+        p, _ = predict_bags(model, [bags[s] for s in test_ids])
+        for slide_id, row_probs in zip(test_ids, p, strict=True):
+            y_true.append(label_of[slide_id])
+            probs.append(row_probs)
+            centers.append(center_of[slide_id])
+            folds.append(split.name)
+            values = ",".join(f"{v:.6f}" for v in row_probs)
+            rows.append(
+                f"{split.name},{slide_id},{center_of[slide_id]},{cohort.labels[label_of[slide_id]]},{values}"
+            )
+        seconds = time.perf_counter() - started
+        sizes = f"trained on {len(split.train)}, tested on {len(test_ids)}"
+        say(f"{split.name}: {sizes} slides ({seconds:.1f} s)")
+    write_bytes_atomic(out / "predictions.csv", ("\n".join(rows) + "\n").encode())
+    report = metrics_report(
+        np.asarray(y_true),
+        np.stack(probs),
+        labels=cohort.labels,
+        threshold=config.threshold,
+        centers=centers if any(centers) else None,
+        folds=folds,
+        n_boot=config.n_boot,
+        seed=config.seed,
+    )
+    report["design"] = config.split
+    write_bytes_atomic(
+        out / "metrics.json", (json.dumps(report, indent=2, default=float) + "\n").encode()
+    )
+    write_bytes_atomic(out / "metrics.txt", (format_table(report) + "\n").encode())
+    return TrainResult(out=out, report=report, fold_dirs=tuple(fold_dirs))
