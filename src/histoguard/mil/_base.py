@@ -68,6 +68,8 @@ class MILModel(torch.nn.Module, ABC):
     registry_name: ClassVar[str] = ""
     #: Weight of :meth:`auxiliary_loss` in :meth:`compute_loss`; 0 for models without one.
     aux_weight: float = 0.0
+    feature_mean: Tensor
+    feature_scale: Tensor
 
     def __init__(self, in_dim: int, n_classes: int, **hparams: Any) -> None:
         super().__init__()
