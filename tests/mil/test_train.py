@@ -120,3 +120,34 @@ def test_reloaded_model_in_a_fresh_process_predicts_identically(
     assert json.loads(run.stdout.strip().splitlines()[-1]) == [r.probabilities for r in here]
     _, labels = load_model(result.fold_dirs[0])
     assert labels == ["normal", "tumour"]
+
+
+def test_cli_train_then_predict(pseudo_cohort: PseudoCohort, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    settings = tmp_path / "train.yaml"
+    settings.write_text(
+        f"cohort: {pseudo_cohort.table}\nfeatures: {pseudo_cohort.features}\n"
+        f"model: abmil\nsplit: kfold\nk: 3\nepochs: 3\nn_boot: 100\n"
+    )
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", str(settings), "--out", str(tmp_path / "run")])
+    assert trained.exit_code == 0, trained.output
+    assert (
+        "AUC" in trained.output
+        and json.loads((tmp_path / "run" / "config.json").read_text())["k"] == 3
+    )
+    files = sorted(map(str, pseudo_cohort.features.glob("*.h5")))[:3]
+    predicted = runner.invoke(
+        app, ["predict", *files, "--model", str(tmp_path / "run"), "--out", str(tmp_path / "pred")]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    rows = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "slide,predicted,p_normal,p_tumour" and len(rows) == 4
+    assert (tmp_path / "pred" / "bag000.attention.geojson").is_file()
+    bad = runner.invoke(
+        app, ["train", str(settings), "--out", str(tmp_path / "x"), "--split", "nope"]
+    )
+    assert bad.exit_code == 2
