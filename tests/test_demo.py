@@ -31,6 +31,9 @@ def test_demo_without_real_data_uses_a_generated_slide(
     features = read_feature_file(tmp_path / "demo" / "features" / "generated-slide.h5")
     assert np.array_equal(features.coords, tiles.coords)
     assert features.attrs["encoder"] == "hg-handcrafted"
+    assert "Prediction for generated-slide" in result.output
+    assert (tmp_path / "demo" / "predictions" / "generated-slide.attention.png").is_file()
+    assert (tmp_path / "demo" / "model" / "fold_0" / "model.safetensors").is_file()
 
 
 @pytest.mark.integration
@@ -44,3 +47,6 @@ def test_demo_prefers_the_real_slide(
     assert [r.status for r in result.report.results] == ["done"]
     assert result.report.results[0].n_tiles > 20
     assert [r.status for r in result.features_report.results] == ["done"]
+    assert result.training_source == "real"
+    assert result.training_report["overall"]["metrics"]["auc"]["value"] > 0.8
+    assert result.predictions[0].heatmaps["attention"].is_file()

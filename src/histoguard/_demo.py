@@ -1,6 +1,7 @@
 """``histoguard demo``: the whole current pipeline, offline, on a real slide when one is at hand.
 
-Today the pipeline is slide -> tissue -> tiles -> features; later stages append themselves here.
+Today the pipeline is slide -> tissue -> tiles -> features -> a MIL model trained from slide
+labels -> predictions with attention heatmaps; later stages append themselves here.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from histoguard._atomic import atomic_output
 from histoguard._batch import BatchReport
+from histoguard._demo_model import build_training_slides
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
+from histoguard.mil import SlidePrediction, TrainConfig, predict, train
 from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
 
@@ -34,6 +37,9 @@ class DemoResult:
     out_dir: Path
     report: BatchReport
     features_report: BatchReport
+    training_source: Literal["real", "generated"]
+    training_report: dict[str, Any]
+    predictions: tuple[SlidePrediction, ...]
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """Per slide stem: paths of ``tiles`` (h5), ``thumbnail``, ``geojson``, ``features``."""
@@ -45,18 +51,32 @@ class DemoResult:
                 "thumbnail": paths["thumbnail"],
                 "geojson": paths["geojson"],
                 "features": feature_path(self.out_dir / "features", slide),
+                "model": self.out_dir / "model",
+                "predictions": self.out_dir / "predictions" / "predictions.csv",
             }
+            prediction = next((p for p in self.predictions if p.slide == slide.stem), None)
+            if prediction is not None:
+                outputs[slide.stem] |= {
+                    f"heatmap {kind}": path for kind, path in prediction.heatmaps.items()
+                }
         return outputs
 
 
-def find_real_slide() -> Path | None:
-    """The shared data's real demo slide: $HISTOGUARD_TEST_DATA, else ./../shared/data."""
+def find_shared_data() -> Path | None:
+    """The shared real-data folder: $HISTOGUARD_TEST_DATA, else ./../shared/data, if present."""
     roots = [os.environ.get("HISTOGUARD_TEST_DATA"), str(Path.cwd().parent / "shared" / "data")]
     for root in filter(None, roots):
-        candidate = Path(root) / REAL_DEMO_SLIDE
-        if candidate.is_file():
-            return candidate
+        if (Path(root) / "DATA.md").is_file():
+            return Path(root)
     return None
+
+
+def find_real_slide() -> Path | None:
+    """The shared data's real demo slide (OpenSlide's CMU-1 sample), if present."""
+    root = find_shared_data()
+    if root is None or not (root / REAL_DEMO_SLIDE).is_file():
+        return None
+    return root / REAL_DEMO_SLIDE
 
 
 def run_demo(
@@ -65,9 +85,13 @@ def run_demo(
     slides: Sequence[str | Path] = (),
     show_progress: bool = True,
 ) -> DemoResult:
-    """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles,
-    then features from the built-in hand-crafted encoder (colour in optical-density/HED space and
-    texture; it needs no weights and no training).
+    """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles;
+    features from the built-in hand-crafted encoder (colour in optical-density/HED space and
+    texture; no weights, no training); an ABMIL model trained from slide labels on pseudo-slides
+    (real LC25000 lung tiles when the shared data is present, else generated tiles), validated
+    by patient-grouped 3-fold cross-validation; its prediction and attention heatmaps for the
+    demo slide. The model is trained on lung tiles: on the demo slide it shows the mechanics,
+    not a diagnosis.
 
     Args:
         out_dir: where everything is written (``tiles/`` holds the per-slide outputs).
@@ -103,6 +127,35 @@ def run_demo(
         encoder=DEMO_ENCODER, tiling=tiling, tiles_dir=out / "tiles", readers=0
     )
     features = extract_features(tiled, out / "features", extraction, show_progress=show_progress)
+
+    cohort, training_slides, training_source = build_training_slides(
+        out / "training", find_shared_data()
+    )
+    bag_config = ExtractionConfig(encoder=DEMO_ENCODER, tiling=tiling, readers=0)
+    extract_features(
+        training_slides, out / "training" / "features", bag_config, show_progress=False
+    )
+    training = train(
+        TrainConfig(
+            cohort=cohort,
+            features=out / "training" / "features",
+            out=out / "model",
+            model="abmil",
+            k=3,
+            epochs=25,
+            lr=1e-3,
+            n_boot=200,
+        )
+    )
+    done = [r.output for r in features.results if r.output is not None]
+    predictions = predict(out / "model", done, out / "predictions") if done else []
     return DemoResult(
-        source=source, slides=chosen, out_dir=out, report=report, features_report=features
+        source=source,
+        slides=chosen,
+        out_dir=out,
+        report=report,
+        features_report=features,
+        training_source=training_source,
+        training_report=training.report,
+        predictions=tuple(predictions),
     )

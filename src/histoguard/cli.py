@@ -382,6 +382,20 @@ def demo(
     _print_report(result.report)
     typer.echo(f"Features ({DEMO_ENCODER}):")
     _print_report(result.features_report)
+    from histoguard.mil import format_table
+
+    tiles = {"real": "real LC25000 lung tiles", "generated": "generated tiles"}
+    typer.echo(
+        f"Model: ABMIL, 3-fold patient-grouped cross-validation on pseudo-slides of "
+        f"{tiles[result.training_source]} (tumour vs normal):"
+    )
+    typer.echo(format_table(result.training_report))
+    for prediction in result.predictions:
+        probabilities = " ".join(f"{k}={v:.3f}" for k, v in prediction.probabilities.items())
+        typer.echo(
+            f"Prediction for {prediction.slide}: {prediction.predicted} ({probabilities}); "
+            "a lung model on this slide shows the mechanics, not a diagnosis"
+        )
     for stem, paths in result.outputs().items():
         typer.echo(f"{stem}:")
         for kind, path in paths.items():

@@ -73,7 +73,13 @@ def synthetic_tissue(
     return image
 
 
-def _texture(seed: int, side: int = 509) -> np.ndarray:
+def synthetic_tile(size: int = 224, *, nuclei_per_px: float = 1 / 150, seed: int = 0) -> np.ndarray:
+    """One H&E-like ``(size, size, 3)`` uint8 tile; raise ``nuclei_per_px`` for a denser,
+    more cellular (tumour-like) tile."""
+    return _texture(seed, side=size, nuclei_per_px=nuclei_per_px)
+
+
+def _texture(seed: int, side: int = 509, nuclei_per_px: float = 1 / 150) -> np.ndarray:
     """A ``(side, side, 3)`` uint8 patch of stroma with nuclei, tiled to cover the tissue.
 
     ``side`` is prime so the repeat never lines up with tile grids.
@@ -81,7 +87,7 @@ def _texture(seed: int, side: int = 509) -> np.ndarray:
     rng = np.random.default_rng(seed)
     nuclei = np.zeros((side, side), dtype=bool)
     # ~1 nucleus per 150 px², radius 3 px: enough texture for blur scores and colour.
-    count = side * side // 150
+    count = int(side * side * nuclei_per_px)
     centres_y, centres_x = rng.integers(0, side, count), rng.integers(0, side, count)
     for dy in range(-3, 4):
         for dx in range(-3, 4):
