@@ -241,6 +241,25 @@ def train(
     k: Annotated[int | None, typer.Option(help="Folds for kfold.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per split.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    max_instances: Annotated[
+        int | None, typer.Option(help="Subsample bags to at most this many tiles per step.")
+    ] = None,
+    class_balanced: Annotated[
+        bool | None,
+        typer.Option(
+            "--class-balanced/--no-class-balanced", help="Inverse-frequency loss weights."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Decision threshold for sensitivity/specificity.")
+    ] = None,
+    n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples for CIs.")] = None,
+    model_kwargs: Annotated[
+        str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
+    ] = None,
 ) -> None:
     """Train a MIL model from slide labels on every split of the chosen design; writes models
     (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
@@ -252,7 +271,9 @@ def train(
     try:
         settings = load_train_config(
             config, cohort=cohort, features=features, out=out, model=model, split=split, k=k,
-            epochs=epochs, seed=seed,
+            epochs=epochs, seed=seed, patience=patience, lr=lr, weight_decay=weight_decay,
+            max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
+            n_boot=n_boot, model_kwargs=json.loads(model_kwargs) if model_kwargs else None,
         )  # fmt: skip
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
@@ -294,6 +315,19 @@ def predict(
             + " ".join(f"{k}={v:.3f}" for k, v in r.probabilities.items())
         )
     typer.echo(f"predictions: {out / 'predictions.csv'}")
+
+
+@app.command()
+def compare(
+    random_run: Annotated[Path, typer.Argument(help="A `train` output with split kfold.")],
+    site_run: Annotated[Path, typer.Argument(help="A `train` output with leave-one-center-out.")],
+) -> None:
+    """Show random-split and site-aware estimates side by side, with the difference: how much a
+    random split overestimates performance at a new hospital."""
+    from histoguard.mil import compare_designs
+
+    reports = [json.loads((run / "metrics.json").read_text()) for run in (random_run, site_run)]
+    typer.echo(compare_designs(reports[0], reports[1]))
 
 
 @app.command()

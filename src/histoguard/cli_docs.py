@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from histoguard.cli import app
 
 #: Commands documented, in order.
-COMMANDS = ("tile", "extract", "train", "predict", "encoders", "info", "demo")
+COMMANDS = ("tile", "extract", "train", "predict", "compare", "encoders", "info", "demo")
 
 #: Fixed terminal settings so the rendering is the same on every machine.
 _HELP_ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
@@ -21,7 +21,8 @@ _HEADER = """# CLI reference
 Generated from the commands' own `--help` by `python -m histoguard.cli_docs > docs/cli.md`
 (`make docs`); a test keeps it in sync. Every command is one call into the Python library:
 `tile` is `histoguard.tile_slides`, `extract` is `histoguard.features.extract_features`,
-`train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`,
+`train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
+`histoguard.mil.compare_designs`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
 `demo` is `histoguard._demo.run_demo`.
 """

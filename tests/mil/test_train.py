@@ -95,11 +95,25 @@ def test_train_writes_reusable_outputs(pseudo_cohort: PseudoCohort, tmp_path: Pa
 def test_leave_one_center_out_reports_each_center(
     pseudo_cohort: PseudoCohort, tmp_path: Path
 ) -> None:
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    random_split = train(_config(pseudo_cohort, tmp_path / "kfold", model="mean-pool", epochs=5))
     result = train(
-        _config(pseudo_cohort, tmp_path, model="mean-pool", split="leave-one-center-out", epochs=5)
+        _config(
+            pseudo_cohort,
+            tmp_path / "loco",
+            model="mean-pool",
+            split="leave-one-center-out",
+            epochs=5,
+        )
     )
     assert len(result.fold_dirs) == 2
     assert set(result.report["centers"]) == {"center0", "center1"}
+    compared = CliRunner().invoke(app, ["compare", str(random_split.out), str(result.out)])
+    assert compared.exit_code == 0, compared.output
+    assert "Reading:" in compared.output
 
 
 def test_reloaded_model_in_a_fresh_process_predicts_identically(
