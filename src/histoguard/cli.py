@@ -306,9 +306,14 @@ def predict(
 ) -> None:
     """Predict slides: OUT/predictions.csv (one row per slide) and attention heatmaps (PNG
     overlay, top-tile gallery, QuPath GeoJSON measurement map)."""
+    from histoguard._exceptions import HistoguardError
     from histoguard.mil import predict as run_prediction
 
-    results = run_prediction(model, feature_files, out, heatmaps=not no_heatmaps)
+    try:
+        results = run_prediction(model, feature_files, out, heatmaps=not no_heatmaps)
+    except (HistoguardError, FileNotFoundError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     for r in results:
         typer.echo(
             f"{r.slide}: {r.predicted} "

@@ -165,3 +165,7 @@ def test_cli_train_then_predict(pseudo_cohort: PseudoCohort, tmp_path: Path) -> 
         app, ["train", str(settings), "--out", str(tmp_path / "x"), "--split", "nope"]
     )
     assert bad.exit_code == 2
+    missing = runner.invoke(
+        app, ["predict", *files, "--model", str(tmp_path), "--out", str(tmp_path / "p")]
+    )
+    assert missing.exit_code == 1 and "model.json" in missing.output
