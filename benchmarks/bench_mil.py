@@ -69,7 +69,8 @@ def main() -> None:
                "--instances", str(args.instances), "--dim", str(args.dim)]  # fmt: skip
         result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         print(
-            f"{name:<10} {result['parameters']:>11,} {result['seconds_per_epoch']:>9.1f} {result['peak_mib']:>13.0f}"
+            f"{name:<10} {result['parameters']:>11,} "
+            f"{result['seconds_per_epoch']:>9.1f} {result['peak_mib']:>13.0f}"
         )
 
 
