@@ -31,6 +31,13 @@ MppOverride = Annotated[
         min=0.0,
     ),
 ]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+TargetMpp = Annotated[float, typer.Option(help="Target resolution of the tiles, µm/px.", min=0.0)]
+TileSize = Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)]
+MinTissue = Annotated[
+    float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
+]
 Backend = Annotated[
     str | None,
     typer.Option(
@@ -63,24 +70,20 @@ def tile(
     slides: Annotated[
         list[Path], typer.Argument(help="Slide files and/or folders of slides.", show_default=False)
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    mpp: Annotated[
-        float, typer.Option(help="Target resolution of the tiles, µm/px.", min=0.0)
-    ] = 0.5,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)] = 224,
+    out: OutDir,
+    mpp: TargetMpp = 0.5,
+    tile_size: TileSize = 224,
     overlap: Annotated[
         int, typer.Option(help="Pixels (at --mpp) shared by neighbours.", min=0)
     ] = 0,
-    min_tissue: Annotated[
-        float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
-    ] = 0.5,
+    min_tissue: MinTissue = 0.5,
     mpp_override: MppOverride = None,
     backend: Backend = None,
     threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1)] = 2,
     thumbnail_size: Annotated[
         int, typer.Option(help="Longest side (px) of the tissue-detection thumbnail.", min=64)
     ] = 2048,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Detect tissue and tile slides into OUT/<slide>.h5 (coords + tile QC), with a thumbnail
     PNG showing the tissue outline and tile grid, and the tissue as QuPath GeoJSON.
@@ -120,7 +123,7 @@ def extract(
         ),
     ],
     encoder: Annotated[str, typer.Option(help="Encoder name; `histoguard encoders` lists them.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutDir,
     weights: Annotated[
         Path | None, typer.Option(help="Local weights file or model directory for the encoder.")
     ] = None,
@@ -136,11 +139,9 @@ def extract(
         Path | None,
         typer.Option(help="Reuse `histoguard tile` output from this folder instead of tiling."),
     ] = None,
-    mpp: Annotated[float, typer.Option(help="Tile resolution when tiling, µm/px.", min=0.0)] = 0.5,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)] = 224,
-    min_tissue: Annotated[
-        float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
-    ] = 0.5,
+    mpp: TargetMpp = 0.5,
+    tile_size: TileSize = 224,
+    min_tissue: MinTissue = 0.5,
     mpp_override: MppOverride = None,
     backend: Backend = None,
     stain_normalize: Annotated[
@@ -166,7 +167,7 @@ def extract(
             help="Run on an existing Dask scheduler, e.g. tcp://host:8786 (Slurm: dask-jobqueue)."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Extract tile features into OUT/<slide>.h5 (features N×D float32, coords, provenance).
 
@@ -299,7 +300,7 @@ def predict(
             help="A `histoguard train` output folder (folds are averaged) or one fold_i folder."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: OutDir,
     no_heatmaps: Annotated[
         bool, typer.Option("--no-heatmaps", help="Skip attention heatmaps.")
     ] = False,
@@ -400,7 +401,7 @@ def demo(
         list[Path] | None,
         typer.Option("--slides", help="Use these slides instead of the default one (repeatable)."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Run the whole current pipeline offline: tissue detection, tiling at 0.5 µm/px, and
     features from the built-in hand-crafted encoder.
