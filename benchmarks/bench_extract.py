@@ -26,20 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _shared_data import TCGA_SLIDE
 from histoguard.encoders import Encoder, load_encoder
 from histoguard.features import ExtractionConfig, extract_features, extract_slide
 from histoguard.slide import TilingConfig, open_slide, read_coords_file, read_tiles, tile_slides
 from histoguard.slide._tiling import TileSpec
-
-DEFAULT_SLIDE = (
-    Path(
-        os.environ.get(
-            "HISTOGUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
-        )
-    )
-    / "wsi"
-    / "tcga-cr-7395-01a-01-ts1.svs"
-)
 
 
 def encoder_only_rate(encoder: Encoder, tiles: np.ndarray, batch_size: int) -> float:
@@ -66,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--slide", type=Path, default=DEFAULT_SLIDE)
+    parser.add_argument("--slide", type=Path, default=TCGA_SLIDE)
     parser.add_argument("--mpp-override", type=float, default=0.25)
     parser.add_argument("--mpp", type=float, default=0.25)
     parser.add_argument("--encoders", nargs="+", default=["hg-cnn", "hg-d4"])
@@ -95,7 +86,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         tile_slides([args.slide], tmp / "tiles", tiling, show_progress=False)
         tiles_file = read_coords_file(tmp / "tiles" / f"{args.slide.stem}.h5")
-        spec = TileSpec(**{k: tiles_file.attrs[k] for k in TileSpec.__dataclass_fields__})
+        spec = TileSpec.from_attrs(tiles_file.attrs)
         with open_slide(args.slide, mpp_override=args.mpp_override) as slide:
             reads = sorted(read_tiles(slide, spec, tiles_file.coords), key=lambda r: r.index)
         tiles = np.stack([r.tile for r in reads if r.tile is not None])

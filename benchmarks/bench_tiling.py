@@ -25,18 +25,9 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from _shared_data import TCGA_SLIDE
 from histoguard import TileSpec
 from histoguard.slide import detect_tissue, open_slide, read_tiles, tile_grid
-
-DEFAULT_SLIDE = (
-    Path(
-        os.environ.get(
-            "HISTOGUARD_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
-        )
-    )
-    / "wsi"
-    / "tcga-cr-7395-01a-01-ts1.svs"
-)
 
 
 def naive_loop(path: Path, spec: TileSpec, coords: np.ndarray) -> None:
@@ -72,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--slide", type=Path, default=DEFAULT_SLIDE)
+    parser.add_argument("--slide", type=Path, default=TCGA_SLIDE)
     parser.add_argument("--mpp-override", type=float, default=0.25)
     parser.add_argument("--tile-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)

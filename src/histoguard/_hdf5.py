@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,26 @@ def sha256_of(*parts: np.ndarray | bytes) -> str:
     for part in parts:
         digest.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
     return digest.hexdigest()
+
+
+#: CLAM's attribute names for the level read and the size read there, and histoguard's.
+_CLAM_ALIASES = (("patch_level", "level"), ("patch_size", "read_size"))
+
+
+def write_attributes(h5: Any, coords: Any, attrs: Mapping[str, Any]) -> None:
+    """Set ``attrs`` on the open file ``h5`` and on its ``coords`` dataset, with CLAM's
+    ``patch_level``/``patch_size`` aliases on ``coords`` where ``level``/``read_size`` are known.
+
+    HDF5 has no null: a None value (e.g. an unknown objective power) is left out, not faked.
+    CLAM-style readers look for attributes on ``coords``, others on the file, so both get them.
+    """
+    for key, value in attrs.items():
+        if value is not None:
+            h5.attrs[key] = value
+            coords.attrs[key] = value
+    for clam, ours in _CLAM_ALIASES:
+        if attrs.get(ours) is not None:
+            coords.attrs[clam] = attrs[ours]
 
 
 def plain(value: Any) -> Any:

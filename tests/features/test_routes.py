@@ -102,7 +102,7 @@ def test_transformers_model_from_a_local_directory(
 
     slide, tiles_dir = real_tiles
     tiles_file = read_coords_file(tiles_dir / f"{slide.stem}.h5")
-    spec = TileSpec(**{k: tiles_file.attrs[k] for k in TileSpec.__dataclass_fields__})
+    spec = TileSpec.from_attrs(tiles_file.attrs)
     with open_slide(slide) as reader:
         reads = sorted(read_tiles(reader, spec, tiles_file.coords), key=lambda r: r.index)
     tiles = np.stack([r.tile for r in reads])

@@ -229,8 +229,7 @@ def _plan(
             "or leave out --tiles-dir to tile on the fly"
         )
     tiles = read_coords_file(tile_file)
-    spec_fields = {name: tiles.attrs[name] for name in TileSpec.__dataclass_fields__}
-    spec = TileSpec(**spec_fields)
+    spec = TileSpec.from_attrs(tiles.attrs)
     attrs = {**spec.to_dict(), "tiles_file": str(tile_file)}
     # Reader processes already decode in parallel; threads inside them would only oversubscribe
     # the cores the encoder needs.

@@ -27,7 +27,7 @@ import numpy as np
 
 from histoguard._atomic import atomic_output
 from histoguard._exceptions import OutputError
-from histoguard._hdf5 import plain, sha256_of
+from histoguard._hdf5 import plain, sha256_of, write_attributes
 from histoguard._version import __version__
 
 #: Attributes the writer sets itself; the caller's values for these names are replaced.
@@ -115,17 +115,12 @@ def write_feature_file(
     if names is not None and len(names) != len(features):
         raise ValueError(f"{path}: {len(names)} tile names for {len(features)} feature rows")
 
-    all_attrs = {k: v for k, v in attrs.items() if v is not None}
-    all_attrs |= {
+    all_attrs = {
+        **attrs,
         "n_tiles": len(features),
         "embed_dim": features.shape[1],
         "content_sha256": _content_sha256(features, coords, names),
         "histoguard_version": __version__,
-    }
-    clam_attrs = {
-        clam: attrs[ours]
-        for clam, ours in (("patch_level", "level"), ("patch_size", "read_size"))
-        if attrs.get(ours) is not None
     }
 
     def verify(tmp: Path) -> None:
@@ -144,11 +139,7 @@ def write_feature_file(
         coords_dataset = h5.create_dataset("coords", data=coords)
         if names is not None:
             h5.create_dataset("tile_names", data=names, dtype=h5py.string_dtype("utf-8"))
-        for key, value in all_attrs.items():
-            h5.attrs[key] = value
-            coords_dataset.attrs[key] = value
-        for key, value in clam_attrs.items():
-            coords_dataset.attrs[key] = value
+        write_attributes(h5, coords_dataset, all_attrs)
     return read_feature_file(path)
 
 

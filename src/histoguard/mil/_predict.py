@@ -117,7 +117,7 @@ def _write_heatmaps(
     try:
         with open_slide(slide_path, mpp_override=float(attrs["slide_mpp"])) as slide:  # type: ignore[arg-type]
             thumbnail = slide.get_thumbnail(2048)
-            spec = TileSpec(**{k: attrs[k] for k in TileSpec.__dataclass_fields__})  # type: ignore[arg-type]
+            spec = TileSpec.from_attrs(attrs)
             best = top_tile_indices(scores, top_k)
             reads = sorted(read_tiles(slide, spec, coords[best]), key=lambda r: r.index)
             # The gallery pairs tiles with scores by position: only draw it when all were read.

@@ -24,7 +24,7 @@ import numpy as np
 
 from histoguard._atomic import atomic_output
 from histoguard._exceptions import OutputError
-from histoguard._hdf5 import plain, sha256_of
+from histoguard._hdf5 import plain, sha256_of, write_attributes
 
 QC_DATASETS = ("tissue_fraction", "background_fraction", "blur_score")
 
@@ -92,10 +92,7 @@ def write_coords_file(
     import h5py
 
     coords = np.ascontiguousarray(coords, dtype=np.int64).reshape(-1, 2)
-    # HDF5 has no null: an unknown value (e.g. objective power) is left out rather than faked.
-    all_attrs = {k: v for k, v in attrs.items() if v is not None}
-    all_attrs |= {"n_tiles": len(coords), "coords_sha256": _sha256(coords)}
-    clam_attrs = {"patch_level": attrs.get("level", 0), "patch_size": attrs.get("read_size", 0)}
+    all_attrs = {**attrs, "n_tiles": len(coords), "coords_sha256": _sha256(coords)}
 
     def verify(tmp: Path) -> None:
         written = read_coords_file(tmp)
@@ -107,9 +104,5 @@ def write_coords_file(
         for name in QC_DATASETS:
             if name in qc:
                 h5.create_dataset(name, data=np.asarray(qc[name], dtype=np.float32))
-        for key, value in all_attrs.items():
-            h5.attrs[key] = value
-            dataset.attrs[key] = value
-        for key, value in clam_attrs.items():
-            dataset.attrs[key] = value
+        write_attributes(h5, dataset, all_attrs)
     return read_coords_file(path)

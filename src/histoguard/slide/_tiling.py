@@ -7,7 +7,7 @@ target mpp, the size read at the chosen level, and the footprint in level-0 pixe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,6 +106,15 @@ class TileSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-compatible values."""
         return asdict(self)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> TileSpec:
+        """The spec recorded in a tile or feature file's attributes (see :meth:`to_dict`).
+
+        Raises:
+            KeyError: a field is missing (the file was not written by histoguard's tiling).
+        """
+        return cls(**{name: attrs[name] for name in cls.__dataclass_fields__})
 
 
 def grid_positions(length: int, size0: int, stride0: float) -> np.ndarray:
