@@ -10,10 +10,11 @@
     │   └── RegionReadError         one region failed to decode (the rest may be fine)
     ├── TilingError                 the tiling request cannot be met for this slide
     ├── OutputError                 an output file is incomplete or not what was written
-    └── EncoderError                an encoder cannot be built or loaded
-        ├── UnknownEncoderError     no encoder registered under that name
-        └── WeightsError            a weights file is missing, corrupt or does not fit
-            └── UnsafeWeightsError  a pickled checkpoint, refused without explicit consent
+    ├── EncoderError                an encoder cannot be built or loaded
+    │   ├── UnknownEncoderError     no encoder registered under that name
+    │   └── WeightsError            a weights file is missing, corrupt or does not fit
+    │       └── UnsafeWeightsError  a pickled checkpoint, refused without explicit consent
+    └── AuditDataError              a table or dataset given to the robustness audit is unusable
 
 Messages always name the file and say what to do about it.
 """
@@ -99,3 +100,8 @@ class WeightsError(EncoderError):
 
 class UnsafeWeightsError(WeightsError):
     """A pickled checkpoint, refused unless the user explicitly allows pickle loading."""
+
+
+class AuditDataError(HistoguardError):
+    """A table, tile dataset or embedding set given to the robustness audit cannot be used
+    (missing columns, unknown files, too few classes or centers for a metric)."""

@@ -1,0 +1,1 @@
+"""Robustness audit: does an encoder or a model see biology or the hospital?"""
