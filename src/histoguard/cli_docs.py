@@ -11,7 +11,17 @@ from typer.testing import CliRunner
 from histoguard.cli import app
 
 #: Commands documented, in order.
-COMMANDS = ("tile", "extract", "train", "predict", "compare", "encoders", "info", "demo")
+COMMANDS = (
+    "tile",
+    "extract",
+    "train",
+    "predict",
+    "compare",
+    "audit",
+    "encoders",
+    "info",
+    "demo",
+)
 
 #: Fixed terminal settings so the rendering is the same on every machine.
 _HELP_ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}

@@ -200,7 +200,9 @@ def read_tile(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise AuditDataError(f"{path}: tile image not found; check the table's paths") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise AuditDataError(f"{path}: cannot decode tile image ({exc}); remove or replace it") from exc
+        raise AuditDataError(
+            f"{path}: cannot decode tile image ({exc}); remove or replace it"
+        ) from exc
 
 
 def _resize(tile: np.ndarray, size: int) -> np.ndarray:

@@ -38,7 +38,8 @@ def planted_embeddings(
 
     def unit_vectors(count: int) -> np.ndarray:
         vectors = rng.normal(size=(count, dim))
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit
 
     class_dirs, center_dirs = unit_vectors(n_classes), unit_vectors(n_centers)
     rows, labels, centers, slides = [], [], [], []

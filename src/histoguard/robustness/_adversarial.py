@@ -1,0 +1,914 @@
+"""Adversarial attacks: how little must a tile's pixels change to change a prediction built on an
+encoder, for one tile, for every tile at once, and for a whole slide?
+
+Threat model, shared by every attack here: pixels are RGB divided by 255, in [0, 1]; a
+perturbation is bounded in L∞ (largest change of any one value) or L2 (Euclidean norm over all
+``H * W * 3`` values of a tile), in that same 0–1 scale, and the perturbed tile is kept in
+[0, 1]. The attacked pipeline is differentiated end to end: pixels -> the encoder's own
+preprocessing (bilinear antialiased resize to its input size, normalisation; as
+:meth:`~histoguard.encoders.Encoder.preprocess`) -> ``encoder.module`` -> a head or a MIL model.
+
+- :func:`pgd_attack`: projected gradient descent (Madry et al. 2018) per tile, untargeted.
+- :func:`universal_perturbation`, :func:`evaluate_perturbation`, :func:`universal_attack`: one
+  additive pattern for all tiles (Moosavi-Dezfooli et al. 2017; for pathology encoders, UTAP),
+  learned on some tiles, applied to unseen ones and transferred to other encoders.
+- :func:`slide_attack`: perturb a tiny fraction of a slide's tiles (the most attended ones) to
+  move the slide-level MIL prediction (the "butterfly effect" of whole-slide classifiers).
+
+Encoders that pass no usable gradient to the pixels (ONNX sessions, ``hg-handcrafted`` whose
+spectral features have undefined gradients) raise :class:`~histoguard._exceptions.EncoderError`.
+Every random choice comes from the config's ``seed``. Modules are put in evaluation mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from histoguard._exceptions import AuditDataError, EncoderError
+
+if TYPE_CHECKING:
+    from histoguard.encoders import Encoder
+    from histoguard.mil import MILModel, MILOutput
+
+Norm = Literal["linf", "l2"]
+Selection = Literal["attention", "random"]
+_NORMS = ("linf", "l2")
+_SELECTIONS = ("attention", "random")
+
+#: Loss of perturbed pixels ``(B, 3, H, W)``: ``(B,)`` one per tile, or ``(1,)`` for a slide;
+#: attacks ascend its sum.
+LossFn = Callable[[Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Budget:
+    """What every attack shares: the norm and radius of the allowed perturbation, the step
+    length, and a seed.
+
+    Attributes:
+        norm: ``"linf"`` or ``"l2"``.
+        eps: radius of the ball, 0–1 pixel scale (L2: over all ``H * W * 3`` values of a tile).
+        step_size: length of one ascent step (signed gradient for L∞, normalised gradient for
+            L2), 0–1 pixel scale; None: the attack's default, ``2.5 * eps / number of steps``.
+        seed: seeds every random choice of the attack.
+    """
+
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    step_size: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in _NORMS:
+            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0 (0–1 pixel scale), got {self.eps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0 or None (default), got {self.step_size}")
+
+    def _require_positive(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible settings."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDConfig(_Budget):
+    """Projected gradient descent: ``steps`` ascent steps, each followed by projection onto the
+    ``eps``-ball and onto [0, 1]. ``step_size`` defaults to ``2.5 * eps / steps``, enough to
+    cross the ball and come back (Madry et al. 2018).
+
+    Attributes:
+        steps: gradient steps.
+        random_start: start at a random point of the ball (uniform in the L∞ box; for L2 a random
+            direction at a uniform radius) instead of at the clean tile.
+        batch_size: tiles attacked per encoder call (memory only; tiles are independent).
+    """
+
+    steps: int = 10
+    random_start: bool = True
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require_positive("steps", "batch_size")
+
+    @property
+    def resolved_step_size(self) -> float:
+        """The step length actually used, 0–1 pixel scale."""
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible settings, with the step size actually used."""
+        return {**super().to_dict(), "step_size": self.resolved_step_size}
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniversalConfig(_Budget):
+    """A universal perturbation: one pattern, learned by projected stochastic gradient ascent of
+    the cross-entropy over shuffled mini-batches of training tiles. ``step_size`` defaults to
+    ``2.5 * eps / (epochs * batches per epoch)``, as in :class:`PGDConfig`.
+
+    Attributes:
+        epochs: passes over the training tiles.
+        batch_size: tiles per gradient step.
+    """
+
+    epochs: int = 5
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._require_positive("epochs", "batch_size")
+
+    def resolved_step_size(self, n_tiles: int) -> float:
+        """The step length used on ``n_tiles`` training tiles, 0–1 pixel scale."""
+        if self.step_size is not None:
+            return self.step_size
+        return 2.5 * self.eps / (self.epochs * math.ceil(n_tiles / self.batch_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlideAttackConfig(PGDConfig):
+    """PGD on a few tiles of each slide against a MIL model (the PGD settings apply per tile;
+    ``batch_size`` is the encoder batch for the clean features).
+
+    Attributes:
+        fraction: share of each slide's tiles perturbed: ``ceil(fraction * N)``, at least 1.
+        selection: ``"attention"``: the tiles with the highest clean attention (gradient
+            saliency when the model has no attention); ``"random"``: a seeded random choice, the
+            control.
+    """
+
+    fraction: float = 0.001
+    selection: Selection = "attention"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.selection not in _SELECTIONS:
+            raise ValueError(f"selection must be one of {_SELECTIONS}, got {self.selection!r}")
+
+    def tiles_to_perturb(self, n_tiles: int) -> int:
+        """``ceil(fraction * n_tiles)``, at least 1 (a float product such as ``0.07 * 100`` is
+        read as the integer it denotes)."""
+        return max(1, math.ceil(round(self.fraction * n_tiles, 9)))
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class PixelEncoder(nn.Module):
+    """An encoder as a differentiable function of pixels: ``(B, 3, H, W)`` RGB in [0, 1] ->
+    ``(B, D)`` embeddings, with the same resize and normalisation as ``Encoder.preprocess``.
+
+    Args:
+        encoder: a loaded encoder; its module is shared, not copied, and put in eval mode.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.name = encoder.info.name
+        self.size = encoder.info.input_size
+        self.device = torch.device(encoder.device)
+        self.module = encoder.module.eval()
+        view = (1, 3, 1, 1)
+        self.register_buffer("mean", torch.tensor(encoder.info.mean).view(view), persistent=False)
+        self.register_buffer("std", torch.tensor(encoder.info.std).view(view), persistent=False)
+        self.to(self.device)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` float32 in [0, 1] -> ``(B, D)`` float32."""
+        if pixels.shape[-2:] != (self.size, self.size):
+            pixels = F.interpolate(
+                pixels, size=(self.size, self.size), mode="bilinear", antialias=True,
+                align_corners=False,
+            )  # fmt: skip
+        out: Tensor = self.module((pixels - self.mean) / self.std)
+        return out
+
+    @torch.no_grad()
+    def embed(self, tiles: np.ndarray, batch_size: int) -> Tensor:
+        """Clean embeddings of ``(N, H, W, 3)`` uint8 tiles: ``(N, D)`` float32, no gradient."""
+        return torch.cat(
+            [self(_to_pixels(tiles[i : i + batch_size], self.device))
+             for i in range(0, len(tiles), batch_size)]
+        )  # fmt: skip
+
+
+class _TileClassifier(nn.Module):
+    """pixels ``(B, 3, H, W)`` in [0, 1] -> logits ``(B, C)``: a :class:`PixelEncoder`, then the
+    head (moved to the encoder's device, in eval mode)."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = PixelEncoder(encoder)
+        self.head = head.to(self.encoder.device).eval()
+        self.name = self.encoder.name
+        self.device = self.encoder.device
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.encoder(pixels))
+        return logits
+
+    @torch.no_grad()
+    def predict(self, pixels: Tensor) -> Tensor:
+        """Predicted class ``(B,)`` of pixels ``(B, 3, H, W)``."""
+        return self.forward(pixels).argmax(dim=1)
+
+
+def _classifier(
+    encoder: Encoder, head: nn.Module, tiles: np.ndarray, labels: np.ndarray
+) -> tuple[_TileClassifier, npt.NDArray[np.int64]]:
+    """The pixel-to-logits pipeline, and the labels checked against the tiles and its output.
+
+    Raises:
+        AuditDataError: see :func:`_check_tiles` and :func:`_check_labels`.
+    """
+    _check_tiles(tiles)
+    classifier = _TileClassifier(encoder, head)
+    with torch.no_grad():
+        n_classes = int(classifier(_to_pixels(tiles[:1], classifier.device)).shape[1])
+    return classifier, _check_labels(labels, len(tiles), n_classes)
+
+
+def _to_pixels(tiles: np.ndarray, device: torch.device) -> Tensor:
+    """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in [0, 1] on ``device``."""
+    # torch.tensor copies, so read-only arrays (memory maps, shared fixtures) are fine.
+    return (torch.tensor(tiles).permute(0, 3, 1, 2).float() / 255.0).to(device)
+
+
+def _to_images(pixels: Tensor) -> npt.NDArray[np.float32]:
+    """``(B, 3, H, W)`` -> ``(B, H, W, 3)`` float32 numpy."""
+    images: npt.NDArray[np.float32] = pixels.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+    return images
+
+
+# --------------------------------------------------------------------------- PGD machinery
+
+
+def _gradient(loss: Tensor, wrt: Tensor, name: str) -> Tensor:
+    """d loss / d wrt, or EncoderError when the pipeline passes no usable gradient."""
+    fix = "attack a torch encoder (hg-cnn, hg-d4, timm or Hugging Face weights) instead"
+    if not loss.requires_grad:
+        raise EncoderError(
+            f"encoder {name!r} (with its head) is not differentiable: its output carries no "
+            f"gradient (ONNX or detached module); {fix}"
+        )
+    (grad,) = torch.autograd.grad(loss, wrt, allow_unused=True)
+    if grad is None:
+        raise EncoderError(
+            f"encoder {name!r} (with its head) is not differentiable: no gradient reaches the "
+            f"pixels; {fix}"
+        )
+    if not bool(torch.isfinite(grad).all()):
+        raise EncoderError(
+            f"encoder {name!r} (with its head) is not differentiable: its pixel gradients are "
+            f"NaN or infinite; {fix}"
+        )
+    return grad
+
+
+def _per_tile_l2(x: Tensor) -> Tensor:
+    """``(B, ...)`` -> ``(B, 1, 1, 1)`` L2 norm of each tile, for broadcasting."""
+    norms: Tensor = torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return norms.view(-1, 1, 1, 1)
+
+
+def _ascent_direction(grad: Tensor, norm: Norm) -> Tensor:
+    """The steepest-ascent direction of unit norm: the sign (L∞) or the normalised gradient."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _per_tile_l2(grad).clamp(min=1e-12)
+
+
+def _project_ball(delta: Tensor, eps: float, norm: Norm) -> Tensor:
+    """Each tile's perturbation ``(B, 3, H, W)`` projected onto its own ``eps``-ball."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _per_tile_l2(delta).clamp(min=1e-12)).clamp(max=1.0)
+
+
+def _project(delta: Tensor, x0: Tensor, eps: float, norm: Norm) -> Tensor:
+    """Onto the ball, then into [0, 1]; clamping only shrinks components, so the result stays
+    inside the ball."""
+    return (x0 + _project_ball(delta, eps, norm)).clamp(0.0, 1.0) - x0
+
+
+def _random_start(x0: Tensor, config: PGDConfig, generator: torch.Generator) -> Tensor:
+    """A random point of the ball, drawn on the CPU so a seed gives the same start anywhere."""
+    shape = x0.shape
+    if config.norm == "linf":
+        delta = (torch.rand(shape, generator=generator) * 2.0 - 1.0) * config.eps
+    else:
+        direction = torch.randn(shape, generator=generator)
+        radius = torch.rand((shape[0], 1, 1, 1), generator=generator) * config.eps
+        delta = direction / _per_tile_l2(direction).clamp(min=1e-12) * radius
+    return delta.to(x0.device)
+
+
+def _pgd(
+    loss_fn: LossFn, x0: Tensor, config: PGDConfig, generator: torch.Generator, name: str
+) -> Tensor:
+    """Adversarial pixels ``(B, 3, H, W)`` in [0, 1]: the last iterate (as Madry et al.) of
+    ``config.steps`` projected ascent steps on ``loss_fn(x0 + delta).sum()``.
+
+    Raises:
+        EncoderError: the pipeline passes no usable gradient to the pixels.
+    """
+    delta = _random_start(x0, config, generator) if config.random_start else torch.zeros_like(x0)
+    delta = _project(delta, x0, config.eps, config.norm)
+    for _ in range(config.steps):
+        delta.requires_grad_(True)
+        grad = _gradient(loss_fn(x0 + delta).sum(), delta, name)
+        step = config.resolved_step_size * _ascent_direction(grad, config.norm)
+        delta = _project(delta.detach() + step, x0, config.eps, config.norm)
+    # x0 + (clamp(x0 + d) - x0) can overshoot 1 by a rounding error; the clamp removes it.
+    return (x0 + delta.detach()).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_tiles(tiles: np.ndarray, what: str = "tiles") -> None:
+    if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[3] != 3:
+        shape = getattr(tiles, "shape", None)
+        raise AuditDataError(f"{what} must be a (B, H, W, 3) RGB array, got shape {shape}")
+    if tiles.dtype != np.uint8 or len(tiles) == 0:
+        raise AuditDataError(
+            f"{what} must be a non-empty uint8 array (0–255 RGB), got {len(tiles)} tiles of "
+            f"{tiles.dtype}; convert with (x * 255).round().astype(np.uint8)"
+        )
+
+
+def _check_labels(labels: np.ndarray, n: int, n_classes: int) -> npt.NDArray[np.int64]:
+    array = np.asarray(labels)
+    if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
+        raise AuditDataError(
+            f"labels must be ({n},) integer class indices, one per tile, got {array.shape} "
+            f"{array.dtype}; map class names to the head's output indices first"
+        )
+    if array.size and (array.min() < 0 or array.max() >= n_classes):
+        raise AuditDataError(
+            f"labels must lie in [0, {n_classes}) (the head has {n_classes} outputs), got "
+            f"{array.min()}..{array.max()}"
+        )
+    return array.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- tile-level PGD
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PGDResult:
+    """What PGD did to a set of tiles.
+
+    Attributes:
+        config: the attack settings.
+        n_tiles: tiles attacked.
+        clean_accuracy, adversarial_accuracy: fraction of tiles classified correctly.
+        success_rate: fraction of the correctly classified clean tiles whose adversarial version
+            is misclassified; None when no tile was correct.
+        linf_mean, linf_max: L∞ norm of the perturbations actually applied (0–1 pixel scale).
+        l2_mean, l2_max: their L2 norm over all ``H * W * 3`` values.
+        clean_predictions, adversarial_predictions: ``(B,)`` int64 predicted classes.
+        adversarial: ``(B, H, W, 3)`` float32 adversarial tiles in [0, 1] (not quantised to
+            uint8; left out of :meth:`to_dict`).
+    """
+
+    config: PGDConfig
+    n_tiles: int
+    clean_accuracy: float
+    adversarial_accuracy: float
+    success_rate: float | None
+    linf_mean: float
+    linf_max: float
+    l2_mean: float
+    l2_max: float
+    clean_predictions: npt.NDArray[np.int64]
+    adversarial_predictions: npt.NDArray[np.int64]
+    adversarial: npt.NDArray[np.float32]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible summary and parameters (no per-tile arrays)."""
+        return {
+            "norm": self.config.norm,
+            "eps": self.config.eps,
+            "n_tiles": self.n_tiles,
+            "clean_accuracy": self.clean_accuracy,
+            "adversarial_accuracy": self.adversarial_accuracy,
+            "accuracy_drop": self.clean_accuracy - self.adversarial_accuracy,
+            "success_rate": self.success_rate,
+            "perturbation": {
+                "linf_mean": self.linf_mean,
+                "linf_max": self.linf_max,
+                "l2_mean": self.l2_mean,
+                "l2_max": self.l2_max,
+            },
+            "parameters": self.config.to_dict(),
+        }
+
+
+def pgd_attack(
+    encoder: Encoder,
+    head: nn.Module,
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    *,
+    config: PGDConfig | None = None,
+) -> PGDResult:
+    """Untargeted PGD per tile: maximise the cross-entropy of the true class within the budget.
+
+    Args:
+        encoder: a differentiable torch encoder.
+        head: ``(B, D)`` embeddings -> ``(B, C)`` logits (a linear probe's ``as_torch()``);
+            moved to the encoder's device.
+        tiles: ``(B, H, W, 3)`` uint8 RGB tiles (any size; resized as the encoder does).
+        labels: ``(B,)`` int true class indices in ``[0, C)``.
+        config: budget and steps (defaults: L∞, 8/255, 10 steps).
+
+    Returns:
+        Accuracies, success rate, measured perturbation norms and the adversarial tiles.
+
+    Raises:
+        AuditDataError: tiles not ``(B, H, W, 3)`` uint8, or labels not one valid class per tile.
+        EncoderError: the encoder passes no usable gradient to the pixels.
+    """
+    config = config or PGDConfig()
+    classifier, y_all = _classifier(encoder, head, tiles, labels)
+    device = classifier.device
+    generator = torch.Generator().manual_seed(config.seed)
+    clean, adversarial, images, linf, l2 = [], [], [], [], []
+    for start in range(0, len(tiles), config.batch_size):
+        x0 = _to_pixels(tiles[start : start + config.batch_size], device)
+        y = torch.from_numpy(y_all[start : start + config.batch_size]).to(device)
+
+        def loss_fn(x: Tensor, y: Tensor = y) -> Tensor:
+            return F.cross_entropy(classifier(x), y, reduction="none")
+
+        x_adv = _pgd(loss_fn, x0, config, generator, encoder.info.name)
+        clean.append(classifier.predict(x0).cpu())
+        adversarial.append(classifier.predict(x_adv).cpu())
+        images.append(_to_images(x_adv))
+        # Measured on the tiles actually classified, so any float rounding is included.
+        delta = (x_adv - x0).flatten(1).double()
+        linf.append(delta.abs().amax(dim=1).cpu())
+        l2.append(torch.linalg.vector_norm(delta, dim=1).cpu())
+    clean_pred = torch.cat(clean).numpy().astype(np.int64)
+    adv_pred = torch.cat(adversarial).numpy().astype(np.int64)
+    linf_all, l2_all = torch.cat(linf).numpy(), torch.cat(l2).numpy()
+    correct = clean_pred == y_all
+    return PGDResult(
+        config=config,
+        n_tiles=len(tiles),
+        clean_accuracy=float(correct.mean()),
+        adversarial_accuracy=float((adv_pred == y_all).mean()),
+        success_rate=float((adv_pred[correct] != y_all[correct]).mean()) if correct.any() else None,
+        linf_mean=float(linf_all.mean()),
+        linf_max=float(linf_all.max()),
+        l2_mean=float(l2_all.mean()),
+        l2_max=float(l2_all.max()),
+        clean_predictions=clean_pred,
+        adversarial_predictions=adv_pred,
+        adversarial=np.concatenate(images),
+    )
+
+
+# --------------------------------------------------------------------------- universal
+
+
+def universal_perturbation(
+    encoder: Encoder,
+    head: nn.Module,
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    *,
+    config: UniversalConfig | None = None,
+) -> npt.NDArray[np.float32]:
+    """One additive pattern that raises the cross-entropy of the true class on all tiles at once.
+
+    The pattern lives at the size of the given tiles (before the encoder's resize), so it can be
+    added to any tile of that size and fed to any encoder, whatever its input size. It starts at
+    zero and is learned by projected stochastic gradient ascent over shuffled mini-batches
+    (seeded), each tile clipped to [0, 1] after adding it.
+
+    Args:
+        encoder: a differentiable torch encoder.
+        head: ``(B, D)`` -> ``(B, C)`` logits; moved to the encoder's device.
+        tiles: ``(B, H, W, 3)`` uint8 training tiles.
+        labels: ``(B,)`` int true classes in ``[0, C)``.
+        config: budget, epochs, batch size, seed (defaults: L∞, 8/255, 5 epochs).
+
+    Returns:
+        ``(H, W, 3)`` float32 pattern in the 0–1 pixel scale, inside the ``eps``-ball.
+
+    Raises:
+        AuditDataError: tiles not ``(B, H, W, 3)`` uint8, or labels not one valid class per tile.
+        EncoderError: the encoder passes no usable gradient to the pixels.
+    """
+    config = config or UniversalConfig()
+    classifier, y_all = _classifier(encoder, head, tiles, labels)
+    device = classifier.device
+    step_size = config.resolved_step_size(len(tiles))
+    n_batches = math.ceil(len(tiles) / config.batch_size)
+    rng = np.random.default_rng(config.seed)
+    delta = torch.zeros((1, 3, *tiles.shape[1:3]), device=device)
+    for _ in range(config.epochs):
+        for rows in np.array_split(rng.permutation(len(tiles)), n_batches):
+            x0, y = _to_pixels(tiles[rows], device), torch.from_numpy(y_all[rows]).to(device)
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(classifier((x0 + delta).clamp(0.0, 1.0)), y)
+            grad = _gradient(loss, delta, encoder.info.name)
+            step = step_size * _ascent_direction(grad, config.norm)
+            delta = _project_ball(delta.detach() + step, config.eps, config.norm)
+    pattern: npt.NDArray[np.float32] = _to_images(delta)[0]
+    return pattern
+
+
+def evaluate_perturbation(
+    encoder: Encoder,
+    head: nn.Module,
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    delta: np.ndarray,
+    *,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Accuracy of ``encoder`` + ``head`` on tiles with and without a fixed additive pattern.
+
+    Args:
+        encoder, head: the pipeline to evaluate (need not be the one the pattern was learned on).
+        tiles: ``(B, H, W, 3)`` uint8 tiles.
+        labels: ``(B,)`` int true classes in ``[0, C)``.
+        delta: ``(H, W, 3)`` float pattern, 0–1 pixel scale; each perturbed tile is clipped to
+            [0, 1].
+        batch_size: tiles per encoder call.
+
+    Returns:
+        ``n_tiles``, ``clean_accuracy``, ``perturbed_accuracy``, ``accuracy_drop`` (clean minus
+        perturbed) and ``flip_rate``: the fraction of tiles whose predicted class changes (the
+        "fooling rate"; needs no label).
+
+    Raises:
+        AuditDataError: bad tiles or labels, or a pattern whose shape is not ``(H, W, 3)`` of the
+            tiles.
+    """
+    _check_tiles(tiles)
+    if np.shape(delta) != (*tiles.shape[1:3], 3):
+        raise AuditDataError(
+            f"the pattern is {np.shape(delta)} but the tiles are {tiles.shape[1:]}; resize the "
+            "tiles to the size the pattern was learned at"
+        )
+    classifier, y = _classifier(encoder, head, tiles, labels)
+    device = classifier.device
+    pattern = torch.from_numpy(np.asarray(delta, np.float32)).permute(2, 0, 1)[None].to(device)
+    clean, perturbed = [], []
+    for start in range(0, len(tiles), batch_size):
+        x0 = _to_pixels(tiles[start : start + batch_size], device)
+        clean.append(classifier.predict(x0))
+        perturbed.append(classifier.predict((x0 + pattern).clamp(0.0, 1.0)))
+    clean_pred, perturbed_pred = torch.cat(clean).cpu().numpy(), torch.cat(perturbed).cpu().numpy()
+    clean_accuracy = float((clean_pred == y).mean())
+    perturbed_accuracy = float((perturbed_pred == y).mean())
+    return {
+        "n_tiles": len(tiles),
+        "clean_accuracy": clean_accuracy,
+        "perturbed_accuracy": perturbed_accuracy,
+        "accuracy_drop": clean_accuracy - perturbed_accuracy,
+        "flip_rate": float((perturbed_pred != clean_pred).mean()),
+    }
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class UniversalResult:
+    """A universal perturbation and its effect on training, unseen and other encoders' tiles.
+
+    Attributes:
+        config: the settings.
+        source: name of the encoder the pattern was learned on.
+        step_size: the step length used, 0–1 pixel scale.
+        perturbation: ``(H, W, 3)`` float32 pattern (left out of :meth:`to_dict`).
+        train, unseen: :func:`evaluate_perturbation` on the training and the unseen test tiles
+            (source encoder and head).
+        transfer: the same on the unseen tiles for each target ``{name: ...}``.
+    """
+
+    config: UniversalConfig
+    source: str
+    step_size: float
+    perturbation: npt.NDArray[np.float32]
+    train: dict[str, float]
+    unseen: dict[str, float]
+    transfer: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible summary and parameters (not the pattern itself)."""
+        pattern = self.perturbation.astype(np.float64)
+        return {
+            "eps": self.config.eps,
+            "norm": self.config.norm,
+            "source": self.source,
+            "perturbation": {
+                "linf": float(np.abs(pattern).max()),
+                "l2": float(np.linalg.norm(pattern)),
+            },
+            "train_accuracy_drop": self.train["accuracy_drop"],
+            "train": dict(self.train),
+            "unseen": dict(self.unseen),
+            "transfer": {name: dict(effect) for name, effect in self.transfer.items()},
+            "parameters": {**self.config.to_dict(), "step_size": self.step_size},
+        }
+
+
+def universal_attack(
+    source: tuple[Encoder, nn.Module],
+    targets: Mapping[str, tuple[Encoder, nn.Module]],
+    *,
+    train_tiles: np.ndarray,
+    train_labels: np.ndarray,
+    test_tiles: np.ndarray,
+    test_labels: np.ndarray,
+    config: UniversalConfig | None = None,
+) -> UniversalResult:
+    """Learn a universal pattern on ``source`` with the training tiles, then measure it on the
+    unseen test tiles, for the source and for every other ``(encoder, head)`` in ``targets``.
+
+    Args:
+        source: the encoder and head the pattern is learned against.
+        targets: other pipelines to transfer to, by name (each head fits its own encoder).
+        train_tiles, test_tiles: ``(B, H, W, 3)`` uint8 tiles of one size.
+        train_labels, test_labels: ``(B,)`` int classes in ``[0, C)``.
+        config: budget and schedule.
+
+    Raises:
+        AuditDataError: bad tiles or labels, or train and test tiles of different sizes.
+        EncoderError: the source encoder passes no usable gradient to the pixels.
+    """
+    config = config or UniversalConfig()
+    encoder, head = source
+    delta = universal_perturbation(encoder, head, train_tiles, train_labels, config=config)
+    return UniversalResult(
+        config=config,
+        source=encoder.info.name,
+        step_size=config.resolved_step_size(len(train_tiles)),
+        perturbation=delta,
+        train=evaluate_perturbation(encoder, head, train_tiles, train_labels, delta),
+        unseen=evaluate_perturbation(encoder, head, test_tiles, test_labels, delta),
+        transfer={
+            name: evaluate_perturbation(other, other_head, test_tiles, test_labels, delta)
+            for name, (other, other_head) in targets.items()
+        },
+    )
+
+
+# --------------------------------------------------------------------------- slide level
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SlideAttackRecord:
+    """The attack on one slide.
+
+    Attributes:
+        n_tiles: tiles in the bag.
+        perturbed: ``(k,)`` int64 indices of the perturbed tiles in the bag, most important
+            first (for ``"random"``: ascending).
+        selection: how they were chosen: ``"attention"``, ``"gradient"`` (the model has no
+            attention) or ``"random"``.
+        predicted_class: the clean slide prediction.
+        clean_probability, adversarial_probability: probability of ``predicted_class`` before
+            and after the attack.
+        flipped: the adversarial prediction is another class.
+        adversarial_tiles: ``(k, H, W, 3)`` float32 perturbed tiles in [0, 1], in the order of
+            ``perturbed`` (left out of :meth:`to_dict`).
+    """
+
+    n_tiles: int
+    perturbed: npt.NDArray[np.int64]
+    selection: str
+    predicted_class: int
+    clean_probability: float
+    adversarial_probability: float
+    flipped: bool
+    adversarial_tiles: npt.NDArray[np.float32]
+
+    def adversarial_bag(self, bag: np.ndarray) -> npt.NDArray[np.float32]:
+        """The whole attacked bag: ``(N, H, W, 3)`` uint8 clean bag -> float32 in [0, 1] with
+        the perturbed tiles swapped in; every other tile is the clean one."""
+        out = bag.astype(np.float32) / 255.0
+        out[self.perturbed] = self.adversarial_tiles
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible record (without the tiles)."""
+        return {
+            "n_tiles": self.n_tiles,
+            "n_perturbed": len(self.perturbed),
+            "perturbed": self.perturbed.tolist(),
+            "selection": self.selection,
+            "predicted_class": self.predicted_class,
+            "clean_probability": self.clean_probability,
+            "adversarial_probability": self.adversarial_probability,
+            "probability_change": self.adversarial_probability - self.clean_probability,
+            "flipped": self.flipped,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SlideAttackResult:
+    """The slide-level attack on every bag.
+
+    Attributes:
+        config: the settings.
+        slides: one record per bag, in input order.
+    """
+
+    config: SlideAttackConfig
+    slides: tuple[SlideAttackRecord, ...]
+
+    @property
+    def flip_rate(self) -> float:
+        """Fraction of slides whose predicted class changed."""
+        return float(np.mean([r.flipped for r in self.slides]))
+
+    @property
+    def mean_probability_change(self) -> float:
+        """Mean over slides of adversarial minus clean probability of the clean prediction
+        (negative: pushed away from it)."""
+        return float(
+            np.mean([r.adversarial_probability - r.clean_probability for r in self.slides])
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible summary, per-slide records (``per_slide``) and parameters."""
+        used = sorted({r.selection for r in self.slides})
+        out: dict[str, Any] = {
+            "fraction": self.config.fraction,
+            "selection": self.config.selection,
+            "selection_used": used,
+            "eps": self.config.eps,
+            "norm": self.config.norm,
+            "steps": self.config.steps,
+            "n_slides": len(self.slides),
+            "n_flipped": sum(r.flipped for r in self.slides),
+            "flip_rate": self.flip_rate,
+            "mean_probability_change": self.mean_probability_change,
+            "per_slide": [r.to_dict() for r in self.slides],
+            "parameters": self.config.to_dict(),
+        }
+        if "gradient" in used:
+            out["note"] = (
+                "the model gives no attention scores; tiles were chosen by gradient-magnitude "
+                "saliency of the slide loss with respect to each tile's features"
+            )
+        return out
+
+
+def slide_attack(
+    encoder: Encoder,
+    model: MILModel,
+    bags: Sequence[np.ndarray],
+    *,
+    config: SlideAttackConfig | None = None,
+) -> SlideAttackResult:
+    """Perturb a few tiles of each slide to push the MIL prediction away from its clean class.
+
+    For each bag: clean features and the clean prediction; ``ceil(fraction * N)`` tiles (at
+    least 1) chosen by ``config.selection``; PGD on the pixels of only those tiles, maximising
+    the cross-entropy of the clean predicted class, while every other tile keeps its clean
+    (precomputed) features. Each chosen tile has its own ``eps``-ball.
+
+    Args:
+        encoder: a differentiable torch encoder, the one ``model`` was trained on.
+        model: a MIL model, ``(1, N, D)`` features + ``(1, N)`` mask -> logits ``(1, C)`` and
+            attention ``(1, N)`` or None; moved to the encoder's device, in evaluation mode.
+        bags: one ``(N_i, H, W, 3)`` uint8 array of tiles per slide.
+        config: fraction, selection, budget and steps.
+
+    Returns:
+        Per-slide probabilities of the clean class before and after, flips and perturbed tiles.
+
+    Raises:
+        AuditDataError: no bags, a bag that is not ``(N, H, W, 3)`` uint8, or a model whose
+            feature length differs from the encoder's.
+        EncoderError: the encoder passes no usable gradient to the pixels.
+    """
+    config = config or SlideAttackConfig()
+    if len(bags) == 0:
+        raise AuditDataError("no bags to attack; pass one (N, H, W, 3) tile array per slide")
+    for i, bag in enumerate(bags):
+        _check_tiles(bag, f"bag {i}")
+    if model.in_dim != encoder.embed_dim:
+        raise AuditDataError(
+            f"the model takes {model.in_dim}-d features but encoder {encoder.info.name!r} makes "
+            f"{encoder.embed_dim}-d ones; attack the model with the encoder it was trained on"
+        )
+    pixel_encoder = PixelEncoder(encoder)
+    model.to(pixel_encoder.device).eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    return SlideAttackResult(
+        config=config,
+        slides=tuple(
+            _attack_slide(pixel_encoder, model, bag, config, generator, rng) for bag in bags
+        ),
+    )
+
+
+def _slide_output(model: MILModel, features: Tensor) -> MILOutput:
+    """The model's output for one bag of features ``(N, D)``: logits ``(1, C)``."""
+    mask = torch.ones((1, features.shape[0]), dtype=torch.bool, device=features.device)
+    output: MILOutput = model(features[None], mask)
+    return output
+
+
+def _slide_loss(model: MILModel, features: Tensor, predicted: Tensor) -> Tensor:
+    """``(1,)`` cross-entropy of the clean prediction ``(1,)`` for one bag's features."""
+    return F.cross_entropy(_slide_output(model, features).logits, predicted, reduction="none")
+
+
+def _attack_slide(
+    pixel_encoder: PixelEncoder,
+    model: MILModel,
+    bag: np.ndarray,
+    config: SlideAttackConfig,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+) -> SlideAttackRecord:
+    features = pixel_encoder.embed(bag, config.batch_size)  # (N, D)
+    with torch.no_grad():
+        output = _slide_output(model, features)
+    predicted = output.logits.argmax(dim=1)  # (1,)
+    chosen, selection = _choose_tiles(
+        model, features, output.attention, predicted, config.tiles_to_perturb(len(bag)),
+        config.selection, rng,
+    )  # fmt: skip
+    index = torch.from_numpy(chosen).to(features.device)
+
+    def with_tiles(pixels: Tensor) -> Tensor:
+        # Only the chosen rows depend on the pixels; the rest stay the clean features.
+        return features.index_copy(0, index, pixel_encoder(pixels))
+
+    x0 = _to_pixels(bag[chosen], features.device)
+    x_adv = _pgd(
+        lambda x: _slide_loss(model, with_tiles(x), predicted),
+        x0, config, generator, pixel_encoder.name,
+    )  # fmt: skip
+    with torch.no_grad():
+        adversarial = _slide_output(model, with_tiles(x_adv)).logits
+    clean_p = torch.softmax(output.logits, dim=1)[0, predicted]
+    adv_p = torch.softmax(adversarial, dim=1)[0, predicted]
+    return SlideAttackRecord(
+        n_tiles=len(bag),
+        perturbed=chosen,
+        selection=selection,
+        predicted_class=int(predicted.item()),
+        clean_probability=float(clean_p.item()),
+        adversarial_probability=float(adv_p.item()),
+        flipped=bool(adversarial.argmax(dim=1).item() != predicted.item()),
+        adversarial_tiles=_to_images(x_adv),
+    )
+
+
+def _choose_tiles(
+    model: MILModel,
+    features: Tensor,
+    attention: Tensor | None,
+    predicted: Tensor,
+    k: int,
+    selection: Selection,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.int64], str]:
+    """Indices of the ``k`` tiles to perturb (most important first) and how they were chosen."""
+    if selection == "random":
+        return np.sort(rng.choice(features.shape[0], size=k, replace=False)).astype(
+            np.int64
+        ), "random"
+    if attention is not None:
+        scores, how = attention[0], "attention"
+    else:
+        # Without attention, the tiles whose features move the slide loss most are the targets.
+        leaf = features.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(_slide_loss(model, leaf, predicted).sum(), leaf)
+        scores, how = grad.norm(dim=1), "gradient"
+    return torch.topk(scores, k).indices.cpu().numpy().astype(np.int64), how
