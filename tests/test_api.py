@@ -10,13 +10,23 @@ import pytest
 import histoguard
 import histoguard.encoders
 import histoguard.features
+import histoguard.mil
+import histoguard.robustness
 import histoguard.slide
 import histoguard.stain
 
 
 @pytest.mark.parametrize(
     "module",
-    [histoguard, histoguard.slide, histoguard.encoders, histoguard.features, histoguard.stain],
+    [
+        histoguard,
+        histoguard.slide,
+        histoguard.encoders,
+        histoguard.features,
+        histoguard.mil,
+        histoguard.stain,
+        histoguard.robustness,
+    ],
 )
 def test_all_is_sorted_and_complete(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]

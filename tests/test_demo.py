@@ -34,6 +34,8 @@ def test_demo_without_real_data_uses_a_generated_slide(
     assert "Prediction for generated-slide" in result.output
     assert (tmp_path / "demo" / "predictions" / "generated-slide.attention.png").is_file()
     assert (tmp_path / "demo" / "model" / "fold_0" / "model.safetensors").is_file()
+    assert "simulated two-center cohort (generated tiles)" in result.output
+    assert (tmp_path / "demo" / "audit" / "audit.html").is_file()
 
 
 @pytest.mark.integration
@@ -50,3 +52,7 @@ def test_demo_prefers_the_real_slide(
     assert result.training_source == "real"
     assert result.training_report["overall"]["metrics"]["auc"]["value"] > 0.8
     assert result.predictions[0].heatmaps["attention"].is_file()
+    audit = result.audit.audit
+    assert audit["metadata"]["tile_source"] == "real"
+    for part in ("robustness_index", "apd", "clustering_score", "stress", "adversarial"):
+        assert "skipped" not in audit[part], (part, audit[part])

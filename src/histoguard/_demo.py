@@ -1,7 +1,8 @@
 """``histoguard demo``: the whole current pipeline, offline, on a real slide when one is at hand.
 
 Today the pipeline is slide -> tissue -> tiles -> features -> a MIL model trained from slide
-labels -> predictions with attention heatmaps; later stages append themselves here.
+labels -> predictions with attention heatmaps, and beside it the robustness audit of an encoder
+on a simulated two-center cohort; later stages append themselves here.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any, Literal
 
 from histoguard._atomic import atomic_output
 from histoguard._batch import BatchReport
+from histoguard._demo_audit import run_demo_audit
 from histoguard._demo_model import build_training_slides
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
+from histoguard.robustness import AuditOutputs
 from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
 
@@ -40,6 +43,7 @@ class DemoResult:
     training_source: Literal["real", "generated"]
     training_report: dict[str, Any]
     predictions: tuple[SlidePrediction, ...]
+    audit: AuditOutputs
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """Per slide stem: paths of ``tiles`` (h5), ``thumbnail``, ``geojson``, ``features``."""
@@ -91,7 +95,8 @@ def run_demo(
     (real LC25000 lung tiles when the shared data is present, else generated tiles), validated
     by patient-grouped 3-fold cross-validation; its prediction and attention heatmaps for the
     demo slide. The model is trained on lung tiles: on the demo slide it shows the mechanics,
-    not a diagnosis.
+    not a diagnosis. Beside it, the robustness audit of the built-in CNN ``hg-cnn`` on a
+    simulated two-center cohort of the same kind of tiles (``audit/audit.json`` + ``.html``).
 
     Args:
         out_dir: where everything is written (``tiles/`` holds the per-slide outputs).
@@ -149,6 +154,7 @@ def run_demo(
     )
     done = [r.output for r in features.results if r.output is not None]
     predictions = predict(out / "model", done, out / "predictions") if done else []
+    audit = run_demo_audit(out / "audit", find_shared_data(), progress=show_progress)
     return DemoResult(
         source=source,
         slides=chosen,
@@ -158,4 +164,5 @@ def run_demo(
         training_source=training_source,
         training_report=training.report,
         predictions=tuple(predictions),
+        audit=audit,
     )

@@ -26,7 +26,8 @@ TILES_PER_SLIDE = 16
 TUMOUR_TILES = 4
 
 
-def _real_tiles(data_root: Path) -> dict[str, list[Path]] | None:
+def real_tile_paths(data_root: Path) -> dict[str, list[Path]] | None:
+    """LC25000 lung tiles by class, one per original image, or None without the shared data."""
     root = data_root / "tiles" / "lc25000_lung"
     if not (root / "labels.csv").is_file():
         return None
@@ -49,7 +50,7 @@ def build_training_slides(
         ``(cohort.csv, slide folders, "real" or "generated")``.
     """
     rng = np.random.default_rng(seed)
-    real = _real_tiles(data_root) if data_root is not None else None
+    real = real_tile_paths(data_root) if data_root is not None else None
     source: Literal["real", "generated"] = "real" if real else "generated"
     lines = ["slide_id,label,patient_id,center"]
     slides = []

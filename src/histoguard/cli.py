@@ -511,8 +511,10 @@ def demo(
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run the whole current pipeline offline: tissue detection, tiling at 0.5 µm/px, and
-    features from the built-in hand-crafted encoder.
+    """Run the whole current pipeline offline: tissue detection, tiling at 0.5 µm/px, features
+    from the built-in hand-crafted encoder, an ABMIL model trained from slide labels with its
+    predictions and heatmaps, and a robustness audit of the built-in CNN on a simulated
+    two-center cohort.
 
     Uses the real CMU-1 sample slide from the shared data when present ($HISTOGUARD_TEST_DATA
     or ../shared/data), otherwise a generated pyramidal TIFF; says which one ran.
@@ -544,6 +546,13 @@ def demo(
             f"Prediction for {prediction.slide}: {prediction.predicted} ({probabilities}); "
             "a lung model on this slide shows the mechanics, not a diagnosis"
         )
+    audit = result.audit.audit
+    ri = audit["robustness_index"]
+    typer.echo(
+        f"Audit of {audit['metadata']['subject']}: robustness index "
+        + (f"{ri['value']:.2f} (1 = biology only, 0 = center only)" if "value" in ri else "skipped")
+        + f"; report: {result.audit.html_path}"
+    )
     for stem, paths in result.outputs().items():
         typer.echo(f"{stem}:")
         for kind, path in paths.items():

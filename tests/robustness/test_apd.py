@@ -14,11 +14,11 @@ from histoguard.robustness._apd import (
     APDConfig,
     average_performance_drop,
     build_apd_splits,
-    cramers_v,
     home_shares,
     level_quotas,
 )
 from histoguard.robustness._data import LabelledEmbeddings
+from histoguard.robustness._stats import center_class_association
 from histoguard.robustness._synthetic import planted_embeddings
 
 
@@ -91,7 +91,7 @@ def test_training_splits_grow_confounded_at_constant_size() -> None:
             assert len(set(per_class)) == 1
             assert len(set(per_center)) == 1
             assert set(data.center[train]) == {"center0", "center1"}
-            correlations.append(cramers_v(data.center[train], data.label[train]))
+            correlations.append(center_class_association(data.label[train], data.center[train]))
         assert correlations[0] == pytest.approx(0.0)
         assert correlations[-1] == pytest.approx(1.0)
         assert np.all(np.diff(correlations) > 0.1)

@@ -19,12 +19,12 @@ from histoguard.robustness._data import TileDataset, read_tile
 from histoguard.robustness._simulated_centers import (
     SCANNER_VARIANTS,
     StainProfile,
-    center_class_association,
     default_profiles,
     simulate_centers,
     stain_angles,
     stain_profile_from_image,
 )
+from histoguard.robustness._stats import center_class_association
 from histoguard.stain import MacenkoNormalizer
 
 #: Real tiles per class in the simulated cohorts, at most 2 per slide.

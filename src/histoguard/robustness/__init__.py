@@ -27,6 +27,7 @@ from histoguard.robustness._audit import (
     AuditOutputs,
     audit_embeddings,
     audit_encoder,
+    audit_metadata,
     embed_tiles,
     run_audit,
     write_audit,
@@ -63,11 +64,11 @@ from histoguard.robustness._robustness_index import (
 )
 from histoguard.robustness._simulated_centers import (
     StainProfile,
-    center_class_association,
     default_profiles,
     simulate_centers,
     stain_profile_from_image,
 )
+from histoguard.robustness._stats import center_class_association
 from histoguard.robustness._stress import StressConfig, StressResult, stress_test
 from histoguard.robustness._synthetic import planted_embeddings
 
@@ -98,6 +99,7 @@ __all__ = [
     "apply_perturbation",
     "audit_embeddings",
     "audit_encoder",
+    "audit_metadata",
     "average_performance_drop",
     "center_class_association",
     "clustering_score",

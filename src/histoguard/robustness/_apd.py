@@ -43,18 +43,17 @@ Where this deviates from the reference, and why:
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from histoguard._exceptions import AuditDataError
 from histoguard.robustness._data import LabelledEmbeddings
 from histoguard.robustness._linear_probe import DEFAULT_C_GRID, fit_linear_probe
+from histoguard.robustness._stats import center_class_association, mean_confidence_interval
 
 IntArray = npt.NDArray[np.int64]
 
@@ -245,7 +244,9 @@ def average_performance_drop(
     levels = tuple(
         APDLevel(
             level=s,
-            center_class_correlation=cramers_v(data.center[train], data.label[train]),
+            center_class_correlation=center_class_association(
+                data.label[train], data.center[train]
+            ),
             accuracy_id=tuple(acc_id[s].tolist()),
             accuracy_ood=tuple(acc_ood[s].tolist()) if ood_centers else None,
             c=tuple(chosen_c[s].tolist()),
@@ -363,31 +364,6 @@ def level_quotas(home: IntArray, unit: int, n_levels: int) -> list[IntArray]:
     """
     step = unit // n_levels
     return [unit + s * step * (home - 1) for s in range(n_levels + 1)]
-
-
-def cramers_v(a: npt.NDArray[np.str_], b: npt.NDArray[np.str_]) -> float:
-    """Cramér's V between two ``(N,)`` categorical arrays, in [0, 1]; 0 if either is constant."""
-    _, ia = np.unique(a, return_inverse=True)
-    _, ib = np.unique(b, return_inverse=True)
-    table = np.zeros((ia.max() + 1, ib.max() + 1))
-    np.add.at(table, (ia, ib), 1)
-    if min(table.shape) < 2:
-        return 0.0
-    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
-    chi2 = float(((table - expected) ** 2 / expected).sum())
-    return math.sqrt(chi2 / table.sum() / (min(table.shape) - 1))
-
-
-def mean_confidence_interval(
-    values: npt.ArrayLike, confidence: float = 0.95
-) -> tuple[float, float] | None:
-    """Student-t confidence interval ``(low, high)`` of the mean of ``(n,)`` values; ``None``
-    for fewer than two values."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return None
-    half = stats.t.ppf(0.5 + confidence / 2, df=v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return float(v.mean() - half), float(v.mean() + half)
 
 
 def _probe_levels(
@@ -528,9 +504,9 @@ def _tiles_per_cell(
         worst = int(np.argmin(available // peak))
         center, label = id_centers[worst // len(classes)], classes[worst % len(classes)]
         raise AuditDataError(
-            f"center {center!r}, class {label!r} has {int(available[worst])} training embeddings; the most "
-            f"confounded level needs at least {int(peak[worst]) * config.n_levels} there: add "
-            "data or lower n_levels"
+            f"center {center!r}, class {label!r} has {int(available[worst])} training "
+            "embeddings; the most confounded level needs at least "
+            f"{int(peak[worst]) * config.n_levels} there: add data or lower n_levels"
         )
     return unit
 

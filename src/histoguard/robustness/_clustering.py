@@ -37,8 +37,8 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from histoguard._exceptions import AuditDataError
-from histoguard.robustness._apd import mean_confidence_interval
 from histoguard.robustness._data import LabelledEmbeddings
+from histoguard.robustness._stats import mean_confidence_interval
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
