@@ -156,7 +156,8 @@ def test_tile_audit_runs_every_part_and_is_reproducible(
 ) -> None:
     table = _tile_table(small_tiles, tmp_path / "tiles")
     model_dir = tmp_path / "model"
-    save_model(build_model("abmil", in_dim=256, n_classes=2), model_dir, labels=["a", "b"])
+    labels = ["benign", "malignant"]
+    save_model(build_model("abmil", in_dim=256, n_classes=2), model_dir, labels=labels)
     first = run_audit(
         tmp_path / "a", tiles=table, encoder="hg-cnn", model=model_dir, config=SMALL
     ).audit
@@ -169,6 +170,9 @@ def test_tile_audit_runs_every_part_and_is_reproducible(
     slide = first["adversarial"]["slide"]
     assert len(slide["slides"]) == len(slide["per_slide"]) >= 2
     assert set(first["stress"]["perturbations"]) == {"blur", "rot90", "mirror"}
+    slide_stress = first["stress"]["slide_model"]
+    assert slide_stress["parameters"]["n_items"] == len(slide["slides"])
+    assert set(slide_stress["perturbations"]) == {"blur", "rot90", "mirror"}
     assert (tmp_path / "a" / "audit.html").stat().st_size > 10_000
 
     again = run_audit(
@@ -203,3 +207,33 @@ def test_report_renders_skipped_sections_and_readings() -> None:
     assert "encoder &lt;x&gt;" in page  # escaped
     assert page.count("Skipped:") == 5
     assert "only one center" in page
+
+
+@pytest.mark.integration
+def test_cli_takes_a_pathorob_table_as_is(small_tiles: TileDataset, tmp_path: Path) -> None:
+    """PathoROB layout: subset, slide_id, patch_id, biological_class, medical_center, with the
+    images found by patch id under --image-root/<slide_id>/."""
+    assert small_tiles.images is not None
+    images = tmp_path / "images"
+    table = tmp_path / "pathorob.csv"
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subset", "slide_id", "patch_id", "biological_class", "medical_center"])
+        for i in range(len(small_tiles)):
+            slide = small_tiles.slide_id[i]
+            (images / slide).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(small_tiles.images[i]).save(images / slide / f"p{i}.png")
+            writer.writerow(["ID", slide, f"p{i}", small_tiles.label[i], small_tiles.center[i]])
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--tiles", str(table), "--image-root", str(images), "--encoder",
+         "hg-handcrafted", "--parts", "robustness_index", "--max-k", "20", "--out", str(out),
+         "--quiet"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["metadata"]["n_tiles"] == len(small_tiles)
+    assert 0.0 <= audit["robustness_index"]["value"] <= 1.0
+    assert audit["apd"] == {"skipped": "not requested"}
+    assert audit["adversarial"] == {"skipped": "not requested"}

@@ -19,12 +19,14 @@ from torch import nn
 
 from histoguard._exceptions import AuditDataError
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
+from histoguard.mil import build_model
 from histoguard.robustness._data import LabelledEmbeddings, TileDataset, read_tile
 from histoguard.robustness._perturbations import D4_PERTURBATIONS
 from histoguard.robustness._stress import (
     StressConfig,
     embedding_drift,
     graceful_severity,
+    stress_slide_model,
     stress_test,
 )
 from tests.robustness.test_perturbations import he_like_tiles
@@ -152,7 +154,7 @@ def test_stress_test_rejects_bad_inputs(tiny_encoder: Encoder) -> None:
         stress_test(encoder, tiles, np.array(["a"]), _by_first_feature, config=config)
     with pytest.raises(AuditDataError, match="uint8"):
         stress_test(encoder, tiles / 255, np.array(["a"] * 4), _by_first_feature, config=config)
-    with pytest.raises(AuditDataError, match="one class per embedding"):
+    with pytest.raises(AuditDataError, match="one class per item"):
         stress_test(encoder, tiles, np.array(["a"] * 4), lambda e: e, config=config)
 
 
@@ -235,3 +237,52 @@ def test_real_stress_run_with_a_probe_on_handcrafted_features(
     for outcome in outcomes.values():
         assert outcome.graceful_severity in (0, 2, 5)
         assert all(0.0 <= f <= 1.0 for f in outcome.prediction_flip_rate)
+
+
+def _bags(
+    tiles: TileDataset, n_bags: int = 4, size: int = 5
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pure-class bags of real tiles: alternately benign and malignant."""
+    assert tiles.images is not None
+    bags, labels = [], []
+    for i in range(n_bags):
+        label = ("benign", "malignant")[i % 2]
+        rows = np.flatnonzero(tiles.label == label)[i // 2 * size : (i // 2 + 1) * size]
+        bags.append(tiles.images[rows])
+        labels.append(label)
+    return bags, np.array(labels)
+
+
+@pytest.mark.slow
+def test_slide_model_stress_counts_slides_and_d4_models_never_flip(
+    colorectal_tiles: TileDataset,
+) -> None:
+    bags, labels = _bags(colorectal_tiles)
+    config = StressConfig(perturbations=("rot90", "mirror", "blur"), severities=(1,))
+    results = {}
+    for name in ("hg-d4", "hg-cnn"):
+        encoder = load_encoder(name)
+        torch.manual_seed(0)
+        model = build_model("abmil", in_dim=encoder.embed_dim, n_classes=2)
+        results[name] = stress_slide_model(
+            encoder, model, bags, labels, ["benign", "malignant"], config=config
+        ).to_dict()
+    d4 = results["hg-d4"]
+    assert d4["parameters"]["n_items"] == len(bags)
+    assert d4["n_tiles"] == sum(len(b) for b in bags)
+    for transform in ("rot90", "mirror"):
+        assert d4["perturbations"][transform]["prediction_flip_rate"] == [0.0]
+        assert d4["perturbations"][transform]["drift"][0] < 1e-5
+        assert results["hg-cnn"]["perturbations"][transform]["drift"][0] > 1e-3
+    # It is not blind: a blur moves its embeddings by orders of magnitude more than a rotation.
+    assert d4["perturbations"]["blur"]["drift"][0] > 1e3 * d4["perturbations"]["rot90"]["drift"][0]
+
+
+def test_slide_model_stress_rejects_labels_the_model_does_not_know(
+    colorectal_tiles: TileDataset,
+) -> None:
+    bags, labels = _bags(colorectal_tiles, n_bags=2, size=2)
+    encoder = load_encoder("hg-d4")
+    model = build_model("mean-pool", in_dim=encoder.embed_dim, n_classes=2)
+    with pytest.raises(AuditDataError, match="not among the model's classes"):
+        stress_slide_model(encoder, model, bags, labels, ["normal", "tumour"])

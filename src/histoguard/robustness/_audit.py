@@ -43,7 +43,7 @@ from histoguard.robustness._data import LabelledEmbeddings, TileDataset
 from histoguard.robustness._linear_probe import LinearProbe, fit_linear_probe
 from histoguard.robustness._report import render_audit_html
 from histoguard.robustness._robustness_index import RobustnessIndexConfig, robustness_index
-from histoguard.robustness._stress import StressConfig, stress_test
+from histoguard.robustness._stress import StressConfig, stress_slide_model, stress_test
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder
@@ -92,6 +92,8 @@ class AuditConfig:
         probe_train_fraction: share of the (in-distribution) slides whose tiles train the linear
             probe used by the stress tests and attacks; the rest are attacked.
         max_stress_tiles: tiles stress-tested at most (stratified sample of the test tiles).
+        max_tiles_per_bag: tiles per test slide at most (seeded sample) when a slide model is
+            stress-tested and attacked.
         max_tiles_per_slide: embeddings read per slide from feature files (subsampled).
         batch_size: tiles per encoder call.
         seed: seeds every random choice of the audit (overrides the per-metric seeds).
@@ -105,6 +107,7 @@ class AuditConfig:
     attacks: AttackSettings = field(default_factory=AttackSettings)
     probe_train_fraction: float = 0.5
     max_stress_tiles: int = 256
+    max_tiles_per_bag: int = 64
     max_tiles_per_slide: int | None = 256
     batch_size: int = 64
     seed: int = 0
@@ -268,13 +271,14 @@ def audit_encoder(
     probe = fit_linear_probe(
         data.embeddings[train], data.label[train], groups=data.slide_id[train], seed=config.seed
     )
+    bags = _test_bags(tiles, test, encoder, config) if model is not None else None
     audit["stress"] = (
-        _stress(encoder, tiles, probe, test, config, say)
+        _stress(encoder, tiles, probe, test, config, say, model, model_labels, bags)
         if "stress" in config.parts
         else {"skipped": "not requested"}
     )
     audit["adversarial"] = (
-        _adversarial(encoder, tiles, probe, train, test, config, model, model_labels, say)
+        _adversarial(encoder, tiles, probe, train, test, config, model, bags, say)
         if "adversarial" in config.parts
         else {"skipped": "not requested"}
     )
@@ -328,12 +332,52 @@ def _stress(
     test: np.ndarray,
     config: AuditConfig,
     say: Log,
+    model: MILModel | None,
+    model_labels: Sequence[str],
+    bags: _Bags | None,
 ) -> dict[str, Any]:
     rows = _stratified_sample(tiles.label, test, config.max_stress_tiles, config.seed)
     say(f"stress tests: {len(rows)} tiles")
     images = tiles.load(rows, size=encoder.info.input_size)
     result = stress_test(encoder, images, tiles.label[rows], probe.predict, config=config.stress)
-    return result.to_dict()
+    out = result.to_dict()
+    if model is not None and bags is not None:
+        say(f"stress tests of the slide model: {len(bags.slides)} slides")
+        try:
+            out["slide_model"] = stress_slide_model(
+                encoder, model, bags.tiles, bags.labels, model_labels, config=config.stress
+            ).to_dict()
+        except AuditDataError as error:
+            out["slide_model"] = {"skipped": str(error)}
+    return out
+
+
+@dataclass(frozen=True)
+class _Bags:
+    """The test slides as bags of tiles for a slide model: ``slides`` (M,), ``tiles`` (M arrays
+    of ``(N_i, S, S, 3)`` uint8), ``labels`` (M,) each slide's majority tile label."""
+
+    slides: list[str]
+    tiles: list[np.ndarray]
+    labels: np.ndarray
+
+
+def _test_bags(
+    tiles: TileDataset, test: np.ndarray, encoder: Encoder, config: AuditConfig
+) -> _Bags:
+    """Each test slide's tiles (at most ``config.max_tiles_per_bag``, seeded) at the encoder's
+    input size."""
+    rng = np.random.default_rng(config.seed)
+    slides = sorted(set(tiles.slide_id[test].tolist()))
+    bags, labels = [], []
+    for slide in slides:
+        rows = test[tiles.slide_id[test] == slide]
+        if len(rows) > config.max_tiles_per_bag:
+            rows = np.sort(rng.choice(rows, size=config.max_tiles_per_bag, replace=False))
+        bags.append(tiles.load(rows, size=encoder.info.input_size))
+        values, counts = np.unique(tiles.label[rows], return_counts=True)
+        labels.append(values[np.argmax(counts)])
+    return _Bags(slides=slides, tiles=bags, labels=np.array(labels))
 
 
 def _adversarial(
@@ -344,7 +388,7 @@ def _adversarial(
     test: np.ndarray,
     config: AuditConfig,
     model: MILModel | None,
-    model_labels: Sequence[str],
+    bags: _Bags | None,
     say: Log,
 ) -> dict[str, Any]:
     settings = config.attacks
@@ -363,8 +407,8 @@ def _adversarial(
                 pgd = PGDConfig(norm=norm, eps=budget, steps=settings.pgd_steps, seed=config.seed)
                 out["pgd"].append(pgd_attack(encoder, head, images, labels, config=pgd).to_dict())
         out["universal"] = _universal(encoder, tiles, probe, train, images, labels, config, say)
-        if model is not None:
-            out["slide"] = _slide_attack(encoder, tiles, model, model_labels, test, config, say)
+        if model is not None and bags is not None:
+            out["slide"] = _slide_attack(encoder, model, bags, config, say)
     except EncoderError as error:
         return {"skipped": f"encoder {encoder.info.name!r} cannot be attacked: {error}", **out}
     return out
@@ -411,25 +455,14 @@ def _universal(
 
 
 def _slide_attack(
-    encoder: Encoder,
-    tiles: TileDataset,
-    model: MILModel,
-    model_labels: Sequence[str],
-    test: np.ndarray,
-    config: AuditConfig,
-    say: Log,
+    encoder: Encoder, model: MILModel, bags: _Bags, config: AuditConfig, say: Log
 ) -> dict[str, Any]:
-    slides = sorted(set(tiles.slide_id[test].tolist()))
-    bags = [
-        tiles.load(test[tiles.slide_id[test] == s], size=encoder.info.input_size) for s in slides
-    ]
-    say(f"slide-level attack: {len(bags)} slides")
+    say(f"slide-level attack: {len(bags.slides)} slides")
     attack = SlideAttackConfig(
         fraction=config.attacks.slide_fraction, eps=config.attacks.slide_eps, seed=config.seed
     )
-    result = slide_attack(encoder, model, bags, config=attack).to_dict()
-    result["slides"] = slides
-    result["model_labels"] = list(model_labels)
+    result = slide_attack(encoder, model, bags.tiles, config=attack).to_dict()
+    result["slides"] = bags.slides
     return result
 
 

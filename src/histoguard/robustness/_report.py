@@ -240,6 +240,26 @@ def _stress_section(stress: Mapping[str, Any]) -> str:
             ],
         )
     )
+    slide = stress.get("slide_model")
+    if isinstance(slide, Mapping) and "skipped" in slide:
+        parts.append(f"<p class='skipped'>Slide model: {_e(str(slide['skipped']))}</p>")
+    elif isinstance(slide, Mapping):
+        parts.append(
+            _reading(
+                f"Slide model: clean balanced accuracy {slide['clean']['balanced_accuracy']:.3f} "
+                f"on {slide['parameters']['n_items']} slides; per perturbation, the share of "
+                "slide predictions that change at the highest severity:"
+            )
+        )
+        parts.append(
+            _table(
+                ["perturbation", "graceful up to severity", "slides flipped at max severity"],
+                [
+                    [n, p["graceful_severity"], f"{p['prediction_flip_rate'][-1]:.0%}"]
+                    for n, p in slide["perturbations"].items()
+                ],
+            )
+        )
     return "\n".join(parts)
 
 

@@ -6,6 +6,9 @@ numbers are recorded against the clean tiles: the balanced accuracy (and its dro
 embedding drift ``mean(1 - cos(clean, perturbed))``, and the fraction of tiles whose predicted
 class changed. A perturbation degrades gracefully up to the largest severity at which the
 accuracy, at that severity and every lower one, stays within ``tolerance`` of the clean accuracy.
+
+The classifier is a linear probe on tile embeddings (:func:`stress_test`), or a trained MIL
+slide model (:func:`stress_slide_model`), whose accuracy and flips are then counted per slide.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from histoguard._exceptions import AuditDataError
 from histoguard.encoders import Encoder
+from histoguard.mil import MILModel
 from histoguard.robustness._perturbations import (
     PerturbationInfo,
     get_perturbation,
@@ -26,7 +30,8 @@ from histoguard.robustness._perturbations import (
     stain_transfer_perturbation,
 )
 
-#: ``(N, D)`` embeddings -> ``(N,)`` predicted class names (a fitted probe's ``predict``).
+#: ``(N, D)`` tile embeddings -> predicted class names: ``(N,)`` for a probe's ``predict``, one
+#: per slide for a slide model.
 Classifier = Callable[[np.ndarray], np.ndarray]
 
 # Accuracy drops are differences of ratios: absorb float rounding at exactly the tolerance.
@@ -210,10 +215,78 @@ def stress_test(
             unusable stain reference.
     """
     config = config or StressConfig()
-    labels = _checked_inputs(tiles, labels)
+    _check_tiles(tiles)
+    return _stress(encoder, tiles, _names(labels, len(tiles), "tile"), classify, config)
+
+
+def stress_slide_model(
+    encoder: Encoder,
+    model: MILModel,
+    bags: Sequence[np.ndarray],
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    config: StressConfig | None = None,
+) -> StressResult:
+    """The stress test of a slide model: every tile of every slide is perturbed, re-embedded,
+    and the model's slide predictions are compared with the true slide labels.
+
+    Accuracy, flip rate and graceful severity are per slide; the drift is per tile embedding.
+
+    Args:
+        encoder: the encoder the model was trained on.
+        model: a trained MIL model taking this encoder's ``(1, N, D)`` features.
+        bags: one ``(N_i, H, W, 3)`` uint8 array of tiles per slide (all the same tile size).
+        labels: ``(M,)`` true class of each slide.
+        class_names: the model's class names, in output index order.
+        config: what to perturb; default :class:`StressConfig`.
+
+    Raises:
+        AuditDataError: no bags, an empty bag, bags of different tile sizes, labels not one per
+            slide, or a label the model does not know.
+    """
+    import torch
+
+    config = config or StressConfig()
+    if not bags or any(len(bag) == 0 for bag in bags):
+        raise AuditDataError("the slide stress test needs at least one bag, and no empty bag")
+    for bag in bags:
+        _check_tiles(bag)
+    if len({bag.shape[1:] for bag in bags}) > 1:
+        raise AuditDataError("all bags' tiles must have one size; load them at the encoder size")
+    names = _names(labels, len(bags), "slide")
+    unknown = sorted(set(names.tolist()) - set(class_names))
+    if unknown:
+        raise AuditDataError(
+            f"slide labels {unknown} are not among the model's classes {list(class_names)}"
+        )
+    offsets = np.cumsum([len(bag) for bag in bags])[:-1]
+    model = model.eval()
+
+    def classify(embeddings: np.ndarray) -> np.ndarray:
+        predictions = []
+        with torch.inference_mode():
+            for features in np.split(embeddings, offsets):
+                bag = torch.from_numpy(np.ascontiguousarray(features))[None]
+                logits = model(bag, torch.ones(bag.shape[:2], dtype=torch.bool)).logits
+                predictions.append(class_names[int(logits.argmax())])
+        return np.array(predictions)
+
+    return _stress(encoder, np.concatenate(bags), names, classify, config)
+
+
+def _stress(
+    encoder: Encoder,
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    classify: Classifier,
+    config: StressConfig,
+) -> StressResult:
+    """The shared run: ``classify`` maps all ``(N, D)`` tile embeddings to one prediction per
+    entry of ``labels`` (tiles, or slides)."""
     selected = config.selected()
     embeddings = _embed(encoder, tiles, config)
-    predictions = _predict(classify, embeddings)
+    predictions = _predict(classify, embeddings, len(labels))
     clean = _Clean(
         labels=labels,
         embeddings=embeddings,
@@ -233,6 +306,7 @@ def stress_test(
             **config.to_dict(),
             "encoder": encoder.info.name,
             "tile_shape": list(tiles.shape[1:3]),
+            "n_items": len(labels),
         },
     )
 
@@ -283,16 +357,20 @@ def embedding_drift(clean: np.ndarray, perturbed: np.ndarray) -> float:
     return float(np.mean(1.0 - cosine))
 
 
-def _checked_inputs(tiles: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Validate ``(N, H, W, 3)`` uint8 tiles and return ``(N,)`` labels as strings."""
+def _check_tiles(tiles: np.ndarray) -> None:
+    """Validate a non-empty ``(N, H, W, 3)`` uint8 tile array."""
     if tiles.ndim != 4 or tiles.shape[3] != 3 or tiles.dtype != np.uint8 or len(tiles) == 0:
         raise AuditDataError(
             f"tiles must be a non-empty (N, H, W, 3) uint8 array, got {tiles.shape} {tiles.dtype}"
         )
+
+
+def _names(labels: np.ndarray, n: int, item: str) -> np.ndarray:
+    """``(n,)`` labels as strings, one per tile or slide."""
     names = np.asarray(labels).astype(str)
-    if names.shape != (len(tiles),):
+    if names.shape != (n,):
         raise AuditDataError(
-            f"labels must have one entry per tile ({len(tiles)}), got shape {names.shape}"
+            f"labels must have one entry per {item} ({n}), got shape {names.shape}"
         )
     return names
 
@@ -314,11 +392,11 @@ def _embed(
     return np.concatenate(batches)
 
 
-def _predict(classify: Classifier, embeddings: np.ndarray) -> np.ndarray:
+def _predict(classify: Classifier, embeddings: np.ndarray, n: int) -> np.ndarray:
     predictions = np.asarray(classify(embeddings)).astype(str)
-    if predictions.shape != (len(embeddings),):
+    if predictions.shape != (n,):
         raise AuditDataError(
-            f"classify must return one class per embedding ({len(embeddings)},), got shape "
+            f"classify must return one class per item ({n},), got shape "
             f"{predictions.shape}; pass a fitted classifier's predict"
         )
     return predictions
@@ -348,7 +426,7 @@ def _run(
     accuracy, drift, flips = [], [], []
     for severity in severities:
         perturbed = _embed(encoder, tiles, config, info, severity)
-        predictions = _predict(classify, perturbed)
+        predictions = _predict(classify, perturbed, len(clean.labels))
         accuracy.append(float(balanced_accuracy_score(clean.labels, predictions)))
         drift.append(embedding_drift(clean.embeddings, perturbed))
         flips.append(float(np.mean(predictions != clean.predictions)))
