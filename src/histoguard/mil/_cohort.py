@@ -16,7 +16,6 @@ table once instead of once per problem.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import warnings
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoguard._exceptions import HistoguardError
+from histoguard._tables import read_delimited
 
 #: Values the ``split`` column may hold.
 SPLIT_PARTS = ("train", "val", "test")
@@ -303,24 +303,9 @@ def _row_problems(
 
 def _read_table(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header (stripped) and (row number, stripped cells) for every non-blank data row."""
-    if not table.is_file():
-        raise CohortError(f"{table}: cohort table not found; check the path.")
-    if table.suffix.lower() in (".parquet", ".pq"):
+    if table.suffix.lower() in (".parquet", ".pq") and table.is_file():
         return _read_parquet(table)
-    delimiter = "\t" if table.suffix.lower() == ".tsv" else ","
-    try:
-        # utf-8-sig: spreadsheet programs often prepend a byte-order mark to the header.
-        with table.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle, delimiter=delimiter)
-            lines = [(i, [c.strip() for c in cells]) for i, cells in enumerate(reader, start=1)]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise CohortError(
-            f"{table}: cannot be read as a UTF-8 CSV ({exc}); save it as UTF-8 CSV."
-        ) from exc
-    if not lines:
-        raise CohortError(f"{table}: the table is empty; it needs a header and one row per slide.")
-    header = lines[0][1]
-    return header, [(i, cells) for i, cells in lines[1:] if any(cells)]
+    return read_delimited(table, error=CohortError, rows_are="slide")
 
 
 def _read_parquet(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:

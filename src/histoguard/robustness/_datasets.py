@@ -17,7 +17,6 @@ each rather than probed file by file, so tables of hundreds of thousands of tile
 
 from __future__ import annotations
 
-import csv
 import re
 import warnings
 from collections import Counter, defaultdict
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from histoguard._exceptions import AuditDataError, OutputError
+from histoguard._tables import read_delimited
 from histoguard.features import read_feature_file
 from histoguard.mil import CohortError, load_cohort
 from histoguard.mil._cohort import format_problems
@@ -79,27 +79,10 @@ def _read_table(path: Path) -> _Table:
         AuditDataError: missing, unreadable or empty table, or rows whose field count differs
             from the header's (all such rows listed).
     """
-    if not path.is_file():
-        raise AuditDataError(f"{path}: table not found; check the path")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        # utf-8-sig: spreadsheet programs often prepend a byte-order mark to the header.
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            lines = [
-                [cell.strip() for cell in cells]
-                for cells in csv.reader(handle, delimiter=delimiter)
-            ]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise AuditDataError(
-            f"{path}: cannot be read as UTF-8 CSV ({exc}); save it as UTF-8 CSV"
-        ) from exc
-    if not lines or not any(lines[0]):
-        raise AuditDataError(f"{path}: the table is empty; it needs a header and one row per item")
-    header = tuple(lines[0])
+    header_cells, lines = read_delimited(path, error=AuditDataError)
+    header = tuple(header_cells)
     rows, numbers, problems = [], [], []
-    for number, cells in enumerate(lines[1:], start=2):
-        if not any(cells):
-            continue
+    for number, cells in lines:
         if len(cells) != len(header):
             problems.append(f"row {number}: {len(cells)} fields but the header has {len(header)}")
         rows.append(dict(zip(header, cells, strict=False)))

@@ -1,0 +1,37 @@
+"""Reading the delimited tables users write by hand or export from spreadsheets."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+
+def read_delimited(
+    path: Path, *, error: Callable[[str], Exception], rows_are: str = "item"
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The stripped header and ``(row number, stripped cells)`` of every non-blank data row of
+    a CSV table (tab-separated when the file ends in ``.tsv``). Row numbers are the ones a
+    spreadsheet shows (the header is row 1).
+
+    Args:
+        path: the table.
+        error: builds the exception to raise from a message (the caller's error type).
+        rows_are: what one row describes, for the message about an empty table.
+
+    Raises:
+        Whatever ``error`` builds: the file is missing, not UTF-8 CSV, or empty.
+    """
+    if not path.is_file():
+        raise error(f"{path}: table not found; check the path")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        # utf-8-sig: spreadsheet programs often prepend a byte-order mark to the header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=delimiter)
+            lines = [(i, [c.strip() for c in cells]) for i, cells in enumerate(reader, start=1)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise error(f"{path}: cannot be read as UTF-8 CSV ({exc}); save it as UTF-8 CSV") from exc
+    if not lines or not any(lines[0][1]):
+        raise error(f"{path}: the table is empty; it needs a header and one row per {rows_are}")
+    return lines[0][1], [(i, cells) for i, cells in lines[1:] if any(cells)]
