@@ -237,3 +237,15 @@ def test_cli_takes_a_pathorob_table_as_is(small_tiles: TileDataset, tmp_path: Pa
     assert 0.0 <= audit["robustness_index"]["value"] <= 1.0
     assert audit["apd"] == {"skipped": "not requested"}
     assert audit["adversarial"] == {"skipped": "not requested"}
+
+
+def test_report_warns_when_the_index_rests_on_few_neighbours() -> None:
+    """With class and center equally visible the nearest neighbours are all same-class,
+    same-center: the index at small k counts a handful of neighbours, and the page says so."""
+    config = AuditConfig(parts=("robustness_index",))
+    crowded = audit_embeddings(planted_embeddings(n_centers=3, center_strength=1.0), config=config)
+    counts = crowded["robustness_index"]["counts"]
+    assert counts["SO"] + counts["OS"] < 0.05 * sum(counts.values())
+    assert "Caution: only" in render_audit_html(crowded)
+    mixed = audit_embeddings(planted_embeddings(n_centers=3, center_strength=0.0), config=config)
+    assert "Caution: only" not in render_audit_html(mixed)

@@ -113,6 +113,17 @@ def clustering_reading(value: float) -> str:
 
 def _ri_section(ri: Mapping[str, Any]) -> str:
     parts = [_reading(ri_reading(ri["value"], ri.get("ci"), ri["k"]))]
+    counts = ri.get("counts") or {}
+    total = sum(counts.values())
+    if total and (counts.get("SO", 0) + counts.get("OS", 0)) < 0.05 * total:
+        share = (counts.get("SO", 0) + counts.get("OS", 0)) / total
+        parts.append(
+            _reading(
+                f"Caution: only {share:.1%} of the neighbours up to k differ from their query in "
+                "exactly one of class and center, so the index rests on few neighbours; read "
+                "the curve at larger k."
+            )
+        )
     curve, comp = ri["curve"], ri["composition"]
 
     def draw_curve(ax: Axes) -> None:
