@@ -241,7 +241,8 @@ def audit_encoder(
         ood_centers: centers held out of every training (APD's OOD centers; never used to train
             the probe).
         model: a trained MIL model on this encoder's features; its slides (the test tiles
-            grouped by ``slide_id``) are attacked.
+            grouped by ``slide_id``, at most ``config.max_tiles_per_bag`` each) are
+            stress-tested and attacked.
         model_labels: the model's class names, index order (from :func:`histoguard.mil.load_model`).
         progress: show progress bars.
         log: called with one line per step.
