@@ -22,17 +22,15 @@ from histoguard.robustness._adversarial import (
     PGDConfig,
     PGDResult,
     PixelEncoder,
-    SlideAttackConfig,
-    SlideAttackResult,
     UniversalConfig,
     UniversalResult,
     evaluate_perturbation,
     pgd_attack,
-    slide_attack,
     universal_attack,
     universal_perturbation,
 )
 from histoguard.robustness._data import TileDataset
+from histoguard.robustness._slide_attack import SlideAttackConfig, SlideAttackResult, slide_attack
 
 CLASSES = ("benign", "malignant")
 #: Tiles per class training the heads (and the universal pattern), candidates for the attacked

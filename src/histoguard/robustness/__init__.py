@@ -9,13 +9,10 @@ cohort builder, and the audit that runs them all and writes ``audit.json`` + ``a
 from histoguard.robustness._adversarial import (
     PGDConfig,
     PGDResult,
-    SlideAttackConfig,
-    SlideAttackResult,
     UniversalConfig,
     UniversalResult,
     evaluate_perturbation,
     pgd_attack,
-    slide_attack,
     universal_attack,
     universal_perturbation,
 )
@@ -68,6 +65,7 @@ from histoguard.robustness._simulated_centers import (
     simulate_centers,
     stain_profile_from_image,
 )
+from histoguard.robustness._slide_attack import SlideAttackConfig, SlideAttackResult, slide_attack
 from histoguard.robustness._stats import center_class_association
 from histoguard.robustness._stress import StressConfig, StressResult, stress_test
 from histoguard.robustness._synthetic import planted_embeddings

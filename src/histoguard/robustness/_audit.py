@@ -31,10 +31,8 @@ from histoguard._exceptions import AuditDataError, EncoderError
 from histoguard._version import __version__
 from histoguard.robustness._adversarial import (
     PGDConfig,
-    SlideAttackConfig,
     UniversalConfig,
     pgd_attack,
-    slide_attack,
     universal_attack,
 )
 from histoguard.robustness._apd import APDConfig, average_performance_drop
@@ -43,6 +41,7 @@ from histoguard.robustness._data import LabelledEmbeddings, TileDataset
 from histoguard.robustness._linear_probe import LinearProbe, fit_linear_probe
 from histoguard.robustness._report import render_audit_html
 from histoguard.robustness._robustness_index import RobustnessIndexConfig, robustness_index
+from histoguard.robustness._slide_attack import SlideAttackConfig, slide_attack
 from histoguard.robustness._stress import StressConfig, stress_slide_model, stress_test
 
 if TYPE_CHECKING:
