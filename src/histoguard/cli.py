@@ -364,7 +364,7 @@ def audit(
     ] = None,
     model: Annotated[
         Path | None,
-        typer.Option(help="A `histoguard train` model folder: adds the slide-level attack."),
+        typer.Option(help="A `histoguard train` model folder: stress-tests and attacks it too."),
     ] = None,
     ood_center: Annotated[
         list[str] | None,
