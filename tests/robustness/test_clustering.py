@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from histoguard._exceptions import AuditDataError
-from histoguard.robustness._clustering import ClusteringConfig, _balanced_rows, clustering_score
+from histoguard.robustness._clustering import ClusteringConfig, clustering_score
 from histoguard.robustness._data import LabelledEmbeddings
+from histoguard.robustness._stats import balanced_cells
 from histoguard.robustness._synthetic import planted_embeddings
 
 #: A small K range and two repeats keep each test well under a second.
@@ -71,7 +72,7 @@ def test_cells_are_balanced_and_capped() -> None:
     rng = np.random.default_rng(0)
     pairs = (("class0", "class1"), ("center0", "center1"))
     for cap, expected in ((None, 10), (8, 8)):
-        rows = _balanced_rows(data, *pairs, cap, rng)
+        rows = balanced_cells(data.label, data.center, *pairs, cap, rng)
         cells = np.char.add(data.label[rows], data.center[rows])
         assert sorted(np.unique(cells, return_counts=True)[1].tolist()) == [expected] * 4
         assert len(set(rows.tolist())) == rows.size

@@ -25,7 +25,6 @@ Where this differs from the reference, and why:
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,7 +37,11 @@ from threadpoolctl import threadpool_limits
 
 from histoguard._exceptions import AuditDataError
 from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._stats import mean_confidence_interval
+from histoguard.robustness._stats import (
+    balanced_cells,
+    mean_confidence_interval,
+    two_by_two_subsets,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -247,7 +250,9 @@ def _score_subset(
 ) -> SubsetScore:
     ks, ari_class, ari_center = [], [], []
     for _ in range(config.n_repeats):
-        rows = _balanced_rows(data, classes, centers, config.max_items_per_cell, rng)
+        rows = balanced_cells(
+            data.label, data.center, classes, centers, config.max_items_per_cell, rng
+        )
         points = _unit_rows(data.embeddings[rows])
         k_values = range(config.k_min, min(config.k_max, len(rows) - 1) + 1)
         k, labels = cluster_by_silhouette(points, k_values, n_init=config.n_init, rng=rng)
@@ -272,37 +277,13 @@ def _complete_subsets(
             f"the clustering score needs at least two classes and two centers, got classes "
             f"{list(data.classes)} and centers {list(data.centers)}"
         )
-    present = set(zip(data.label.tolist(), data.center.tolist(), strict=True))
-    subsets = [
-        (classes, centers)
-        for classes in itertools.combinations(data.classes, 2)
-        for centers in itertools.combinations(data.centers, 2)
-        if all(cell in present for cell in itertools.product(classes, centers))
-    ]
+    subsets = two_by_two_subsets(data.label, data.center)
     if not subsets:
         raise AuditDataError(
             "no two classes occur in the same two centers, so class and center cannot be "
             "told apart by clustering; add data so that two centers share two classes"
         )
     return subsets
-
-
-def _balanced_rows(
-    data: LabelledEmbeddings,
-    classes: tuple[str, str],
-    centers: tuple[str, str],
-    cap: int | None,
-    rng: np.random.Generator,
-) -> IntArray:
-    """Equally many random rows from each of the four cells, at most ``cap`` each."""
-    cells = [
-        np.flatnonzero((data.label == label) & (data.center == center))
-        for label, center in itertools.product(classes, centers)
-    ]
-    size = min(len(rows) for rows in cells)
-    if cap is not None:
-        size = min(size, cap)
-    return np.concatenate([rng.choice(rows, size=size, replace=False) for rows in cells])
 
 
 def _unit_rows(embeddings: npt.NDArray[np.float32]) -> FloatArray:

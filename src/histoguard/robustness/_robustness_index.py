@@ -27,7 +27,6 @@ move the index.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -37,6 +36,7 @@ import numpy.typing as npt
 from histoguard._exceptions import AuditDataError
 from histoguard.robustness._data import LabelledEmbeddings
 from histoguard.robustness._neighbours import nearest_neighbours
+from histoguard.robustness._stats import balanced_cells, two_by_two_subsets
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -540,22 +540,11 @@ def _balanced_subsets(
     ``config.max_items_per_cell``.
     """
     rng = np.random.default_rng(config.seed)
-    n_classes, n_centers = int(label.max()) + 1, int(center.max()) + 1
     subsets, per_cell = [], []
-    for classes in itertools.combinations(range(n_classes), 2):
-        for centers in itertools.combinations(range(n_centers), 2):
-            cells = [
-                np.flatnonzero((label == c) & (center == m))
-                for c, m in itertools.product(classes, centers)
-            ]
-            size = min(len(cell) for cell in cells)
-            if config.max_items_per_cell is not None:
-                size = min(size, config.max_items_per_cell)
-            if size == 0:
-                continue
-            drawn = [rng.choice(cell, size=size, replace=False) for cell in cells]
-            subsets.append(np.sort(np.concatenate(drawn)))
-            per_cell.append(size)
+    for classes, centers in two_by_two_subsets(label, center):
+        rows = balanced_cells(label, center, classes, centers, config.max_items_per_cell, rng)
+        subsets.append(np.sort(rows))
+        per_cell.append(len(rows) // 4)
     return subsets, tuple(per_cell)
 
 

@@ -1,9 +1,13 @@
-"""Small statistics shared by the robustness metrics and the cohort builder."""
+"""Small pieces shared by the robustness metrics and the cohort builder: class-center
+association, confidence intervals, and the balanced 2 classes x 2 centers subsets that the
+paired robustness index and the clustering score are computed on."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,3 +62,42 @@ def mean_confidence_interval(
         return None
     half = stats.t.ppf(0.5 + confidence / 2, df=v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean() - half), float(v.mean() + half)
+
+
+def two_by_two_subsets(
+    label: np.ndarray, center: np.ndarray
+) -> list[tuple[tuple[Any, Any], tuple[Any, Any]]]:
+    """Every choice of 2 classes and 2 centers whose four (class, center) cells all hold data,
+    classes and centers in sorted order.
+
+    Args:
+        label: ``(N,)`` class of each item (names or integer codes).
+        center: ``(N,)`` center of each item.
+    """
+    present = set(zip(label.tolist(), center.tolist(), strict=True))
+    return [
+        (classes, centers)
+        for classes in itertools.combinations(np.unique(label).tolist(), 2)
+        for centers in itertools.combinations(np.unique(center).tolist(), 2)
+        if all(cell in present for cell in itertools.product(classes, centers))
+    ]
+
+
+def balanced_cells(
+    label: np.ndarray,
+    center: np.ndarray,
+    classes: tuple[Any, Any],
+    centers: tuple[Any, Any],
+    cap: int | None,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.int64]:
+    """Equally many random rows (without replacement) from each of the four cells of a 2 x 2
+    subset: as many as its smallest cell holds, at most ``cap``; cells in (class, center) order.
+    """
+    cells = [
+        np.flatnonzero((label == c) & (center == m)) for c, m in itertools.product(classes, centers)
+    ]
+    size = min(len(rows) for rows in cells)
+    if cap is not None:
+        size = min(size, cap)
+    return np.concatenate([rng.choice(rows, size=size, replace=False) for rows in cells])
