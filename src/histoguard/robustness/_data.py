@@ -36,8 +36,25 @@ def _strings(values: Sequence[str] | np.ndarray, name: str, n: int) -> StrArray:
     return array
 
 
+class _ClassesAndCenters:
+    """The class and center names of a container with ``label`` and ``center`` arrays."""
+
+    label: StrArray
+    center: StrArray
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Biological classes, sorted."""
+        return tuple(sorted(set(self.label.tolist())))
+
+    @property
+    def centers(self) -> tuple[str, ...]:
+        """Centers, sorted."""
+        return tuple(sorted(set(self.center.tolist())))
+
+
 @dataclass(frozen=True, eq=False)
-class LabelledEmbeddings:
+class LabelledEmbeddings(_ClassesAndCenters):
     """Embeddings with the metadata the robustness metrics need.
 
     Attributes:
@@ -80,16 +97,6 @@ class LabelledEmbeddings:
         """Embedding length D."""
         return int(self.embeddings.shape[1])
 
-    @property
-    def classes(self) -> tuple[str, ...]:
-        """Biological classes, sorted."""
-        return tuple(sorted(set(self.label.tolist())))
-
-    @property
-    def centers(self) -> tuple[str, ...]:
-        """Centers, sorted."""
-        return tuple(sorted(set(self.center.tolist())))
-
     def subset(self, index: IndexArray) -> LabelledEmbeddings:
         """The embeddings selected by an integer index or boolean mask."""
         return LabelledEmbeddings(
@@ -102,7 +109,7 @@ class LabelledEmbeddings:
 
 
 @dataclass(frozen=True, eq=False)
-class TileDataset:
+class TileDataset(_ClassesAndCenters):
     """Tile image files with per-tile biological class, center and slide.
 
     Attributes:
@@ -139,16 +146,6 @@ class TileDataset:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        """Biological classes, sorted."""
-        return tuple(sorted(set(self.label.tolist())))
-
-    @property
-    def centers(self) -> tuple[str, ...]:
-        """Centers, sorted."""
-        return tuple(sorted(set(self.center.tolist())))
 
     def subset(self, index: IndexArray) -> TileDataset:
         """The tiles selected by an integer index or boolean mask."""

@@ -322,10 +322,11 @@ def _blur(tiles: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarr
     "scanners use",
 )
 def _jpeg(tiles: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
-    return np.stack([_jpeg_round_trip(tile, int(quality)) for tile in tiles])
+    return np.stack([jpeg_round_trip(tile, int(quality)) for tile in tiles])
 
 
-def _jpeg_round_trip(tile: np.ndarray, quality: int) -> np.ndarray:
+def jpeg_round_trip(tile: np.ndarray, quality: int) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 tile through JPEG (4:2:0 chroma, as scanners) and back."""
     buffer = io.BytesIO()
     Image.fromarray(tile).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
     buffer.seek(0)

@@ -17,19 +17,18 @@ compression.
 
 from __future__ import annotations
 
-import io
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from histoguard._exceptions import AuditDataError
 from histoguard.robustness._data import TileDataset, read_tile
+from histoguard.robustness._perturbations import jpeg_round_trip
 from histoguard.stain import MacenkoNormalizer
 from histoguard.stain._optical_density import od_to_rgb, rgb_to_od
 
@@ -135,7 +134,7 @@ class StainProfile:
         image = np.clip(image * self.brightness, 0.0, 1.0) ** self.gamma
         out: np.ndarray = np.rint(image * 255.0).astype(np.uint8)
         if self.jpeg_quality is not None:
-            out = np.stack([_jpeg(tile, self.jpeg_quality) for tile in out])
+            out = np.stack([jpeg_round_trip(tile, self.jpeg_quality) for tile in out])
         return out
 
 
@@ -150,15 +149,6 @@ def _within_stain_cone(tiles: np.ndarray, stains: np.ndarray) -> np.ndarray:
     """
     concentrations = rgb_to_od(tiles).astype(np.float64) @ np.linalg.pinv(stains)
     return od_to_rgb(np.maximum(concentrations, 0.0) @ stains)
-
-
-def _jpeg(tile: np.ndarray, quality: int) -> np.ndarray:
-    """One ``(H, W, 3)`` uint8 tile through JPEG encoding at ``quality`` and back."""
-    buffer = io.BytesIO()
-    Image.fromarray(tile).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
 
 
 def stain_profile_from_image(
@@ -235,10 +225,8 @@ def default_profiles(stain_refs_dir: Path, *, min_angle_deg: float = 8.0) -> lis
             continue
         gamma, blur, quality, brightness = SCANNER_VARIANTS[len(profiles) % len(SCANNER_VARIANTS)]
         profiles.append(
-            StainProfile(
-                name=candidate.name,
-                stains=candidate.stains,
-                max_concentrations=candidate.max_concentrations,
+            replace(
+                candidate,
                 gamma=gamma,
                 blur_sigma=blur,
                 jpeg_quality=quality,
