@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from histoguard._exceptions import AuditDataError, EncoderError
+from histoguard.robustness._data import check_tiles
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder
@@ -213,9 +214,9 @@ def _classifier(
     """The pixel-to-logits pipeline, and the labels checked against the tiles and its output.
 
     Raises:
-        AuditDataError: see :func:`_check_tiles` and :func:`_check_labels`.
+        AuditDataError: see :func:`check_tiles` and :func:`_check_labels`.
     """
-    _check_tiles(tiles)
+    check_tiles(tiles)
     classifier = _TileClassifier(encoder, head)
     with torch.no_grad():
         n_classes = int(classifier(_to_pixels(tiles[:1], classifier.device)).shape[1])
@@ -318,17 +319,6 @@ def _pgd(
 
 
 # --------------------------------------------------------------------------- input checks
-
-
-def _check_tiles(tiles: np.ndarray, what: str = "tiles") -> None:
-    if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[3] != 3:
-        shape = getattr(tiles, "shape", None)
-        raise AuditDataError(f"{what} must be a (B, H, W, 3) RGB array, got shape {shape}")
-    if tiles.dtype != np.uint8 or len(tiles) == 0:
-        raise AuditDataError(
-            f"{what} must be a non-empty uint8 array (0–255 RGB), got {len(tiles)} tiles of "
-            f"{tiles.dtype}; convert with (x * 255).round().astype(np.uint8)"
-        )
 
 
 def _check_labels(labels: np.ndarray, n: int, n_classes: int) -> npt.NDArray[np.int64]:
@@ -543,7 +533,7 @@ def evaluate_perturbation(
         AuditDataError: bad tiles or labels, or a pattern whose shape is not ``(H, W, 3)`` of the
             tiles.
     """
-    _check_tiles(tiles)
+    check_tiles(tiles)
     if np.shape(delta) != (*tiles.shape[1:3], 3):
         raise AuditDataError(
             f"the pattern is {np.shape(delta)} but the tiles are {tiles.shape[1:]}; resize the "

@@ -185,6 +185,22 @@ class TileDataset(_ClassesAndCenters):
         return np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)
 
 
+def check_tiles(tiles: np.ndarray, what: str = "tiles", *, allow_empty: bool = False) -> None:
+    """Check a ``(B, H, W, 3)`` uint8 RGB tile batch (non-empty unless ``allow_empty``).
+
+    Raises:
+        AuditDataError: another shape or dtype, or an empty batch; ``what`` names the input.
+    """
+    if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[3] != 3:
+        shape = getattr(tiles, "shape", None)
+        raise AuditDataError(f"{what} must be a (B, H, W, 3) RGB array, got shape {shape}")
+    if tiles.dtype != np.uint8 or (len(tiles) == 0 and not allow_empty):
+        raise AuditDataError(
+            f"{what} must be a non-empty uint8 array (0–255 RGB), got {len(tiles)} tiles of "
+            f"{tiles.dtype}; convert with (x * 255).round().astype(np.uint8)"
+        )
+
+
 def read_tile(path: Path) -> np.ndarray:
     """One tile image file as ``(H, W, 3)`` uint8 RGB.
 

@@ -38,6 +38,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.color import rgb_from_hed
 
 from histoguard._exceptions import AuditDataError
+from histoguard.robustness._data import check_tiles
 from histoguard.stain import MacenkoNormalizer
 from histoguard.stain._optical_density import od_to_rgb, rgb_to_od
 
@@ -116,7 +117,7 @@ class PerturbationInfo:
             AuditDataError: bad tile array, severity out of range, negative seed, or the
                 function returned another shape or dtype.
         """
-        _check_tiles(tiles)
+        check_tiles(tiles, allow_empty=True)
         self._check_severity(severity, lowest=0)
         if seed < 0 or first_index < 0:
             raise AuditDataError(f"seed and first_index must be >= 0, got {seed}, {first_index}")
@@ -269,14 +270,6 @@ def stain_transfer_perturbation(
         description=f"Macenko stain transfer towards the stain appearance of {name}",
         function=transfer,
     )
-
-
-def _check_tiles(tiles: np.ndarray) -> None:
-    if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[3] != 3:
-        shape = getattr(tiles, "shape", None)
-        raise AuditDataError(f"tiles must be a (B, H, W, 3) RGB array, got shape {shape}")
-    if tiles.dtype != np.uint8:
-        raise AuditDataError(f"tiles must be uint8 (0-255), got {tiles.dtype}; convert them first")
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -24,11 +24,11 @@ from histoguard._exceptions import AuditDataError
 from histoguard.robustness._adversarial import (
     PGDConfig,
     PixelEncoder,
-    _check_tiles,
     _pgd,
     _to_images,
     _to_pixels,
 )
+from histoguard.robustness._data import check_tiles
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder
@@ -198,7 +198,7 @@ def slide_attack(
     if len(bags) == 0:
         raise AuditDataError("no bags to attack; pass one (N, H, W, 3) tile array per slide")
     for i, bag in enumerate(bags):
-        _check_tiles(bag, f"bag {i}")
+        check_tiles(bag, f"bag {i}")
     if model.in_dim != encoder.embed_dim:
         raise AuditDataError(
             f"the model takes {model.in_dim}-d features but encoder {encoder.info.name!r} makes "

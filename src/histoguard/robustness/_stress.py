@@ -23,6 +23,7 @@ from sklearn.metrics import balanced_accuracy_score
 from histoguard._exceptions import AuditDataError
 from histoguard.encoders import Encoder
 from histoguard.mil import MILModel
+from histoguard.robustness._data import check_tiles
 from histoguard.robustness._perturbations import (
     PerturbationInfo,
     get_perturbation,
@@ -215,7 +216,7 @@ def stress_test(
             unusable stain reference.
     """
     config = config or StressConfig()
-    _check_tiles(tiles)
+    check_tiles(tiles)
     return _stress(encoder, tiles, _names(labels, len(tiles), "tile"), classify, config)
 
 
@@ -251,7 +252,7 @@ def stress_slide_model(
     if not bags or any(len(bag) == 0 for bag in bags):
         raise AuditDataError("the slide stress test needs at least one bag, and no empty bag")
     for bag in bags:
-        _check_tiles(bag)
+        check_tiles(bag)
     if len({bag.shape[1:] for bag in bags}) > 1:
         raise AuditDataError("all bags' tiles must have one size; load them at the encoder size")
     names = _names(labels, len(bags), "slide")
@@ -355,14 +356,6 @@ def embedding_drift(clean: np.ndarray, perturbed: np.ndarray) -> float:
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cosine = (a * b).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
     return float(np.mean(1.0 - cosine))
-
-
-def _check_tiles(tiles: np.ndarray) -> None:
-    """Validate a non-empty ``(N, H, W, 3)`` uint8 tile array."""
-    if tiles.ndim != 4 or tiles.shape[3] != 3 or tiles.dtype != np.uint8 or len(tiles) == 0:
-        raise AuditDataError(
-            f"tiles must be a non-empty (N, H, W, 3) uint8 array, got {tiles.shape} {tiles.dtype}"
-        )
 
 
 def _names(labels: np.ndarray, n: int, item: str) -> np.ndarray:
