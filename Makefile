@@ -37,7 +37,7 @@ pytest: install-dev
 test: lint typecheck pytest
 
 docs: install
-	$(BIN)/python -m histoguard.cli_docs > docs/cli.md
+	$(BIN)/python -m histoguard.cli._docs > docs/cli.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -33,9 +33,9 @@ import sklearn
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from histoguard.robustness._neighbours import nearest_neighbours
-from histoguard.robustness._robustness_index import RobustnessIndexConfig, robustness_index
-from histoguard.robustness._synthetic import planted_embeddings
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.metrics._neighbours import nearest_neighbours
+from histoguard.robustness.metrics._robustness_index import RobustnessIndexConfig, robustness_index
 
 TILES_PER_SLIDE = 50
 

@@ -84,7 +84,7 @@ def main() -> None:
     tiling = TilingConfig(mpp=args.mpp, tile_size=224, mpp_override=args.mpp_override)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        tile_slides([args.slide], tmp / "tiles", tiling, show_progress=False)
+        tile_slides([args.slide], tmp / "tiles", tiling, progress=False)
         tiles_file = read_coords_file(tmp / "tiles" / f"{args.slide.stem}.h5")
         spec = TileSpec.from_attrs(tiles_file.attrs)
         with open_slide(args.slide, mpp_override=args.mpp_override) as slide:
@@ -129,7 +129,7 @@ def main() -> None:
             encoder=name, weights=args.weights, tiling=tiling, batch_size=args.batch_size
         )
         started = time.perf_counter()
-        report = extract_features(copies, tmp / "dask", config, dask_workers=2, show_progress=False)
+        report = extract_features(copies, tmp / "dask", config, dask_workers=2, progress=False)
         wall = time.perf_counter() - started
         n_tiles = sum(r.n_tiles for r in report.results)
         busy = sum(r.seconds for r in report.results)

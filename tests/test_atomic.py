@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from histoguard._atomic import atomic_output, remove_stale_temporaries, write_bytes_atomic
+from histoguard.core._atomic import atomic_output, remove_stale_temporaries, write_bytes_atomic
 
 
 def test_write_bytes_atomic(tmp_path: Path) -> None:

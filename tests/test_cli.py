@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from histoguard.cli import app
-from histoguard.cli_docs import COMMANDS, render_cli_reference
+from histoguard.cli._docs import COMMANDS, render_cli_reference
 from tests.conftest import REPO_ROOT
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from histoguard._demo import run_demo
 from histoguard.cli import app
+from histoguard.demo._run import run_demo
 from histoguard.features import read_feature_file
 from histoguard.slide import read_coords_file
 
@@ -43,7 +43,7 @@ def test_demo_prefers_the_real_slide(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HISTOGUARD_TEST_DATA", str(shared_data))
-    result = run_demo(tmp_path, show_progress=False)
+    result = run_demo(tmp_path, progress=False)
     assert result.source == "real"
     assert result.slides[0].name == "CMU-1-Small-Region.svs"
     assert [r.status for r in result.report.results] == ["done"]

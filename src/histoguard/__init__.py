@@ -3,8 +3,9 @@
 The public API is re-exported here; implementation modules are private.
 """
 
-from histoguard._batch import BatchReport, SlideResult
-from histoguard._exceptions import (
+from histoguard._version import __version__
+from histoguard.core._batch import BatchReport, SlideResult
+from histoguard.errors import (
     CorruptSlideError,
     HistoguardError,
     MissingMppError,
@@ -16,7 +17,6 @@ from histoguard._exceptions import (
     TilingError,
     UnsupportedFormatError,
 )
-from histoguard._version import __version__
 from histoguard.slide import (
     SlideReader,
     TileSpec,

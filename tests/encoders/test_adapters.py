@@ -18,7 +18,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from histoguard._exceptions import EncoderError, UnsafeWeightsError, WeightsError
 from histoguard.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,6 +26,7 @@ from histoguard.encoders import (
     get_encoder_info,
     load_encoder,
 )
+from histoguard.errors import EncoderError, UnsafeWeightsError, WeightsError
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from histoguard._exceptions import WeightsError
 from histoguard.encoders import list_encoders, load_encoder
 from histoguard.encoders._cnn import CompactCNN
 from histoguard.encoders._d4 import (
@@ -27,6 +26,7 @@ from histoguard.encoders._handcrafted import (
     _sobel_and_laplacian,
     percentiles,
 )
+from histoguard.errors import WeightsError
 
 BUILTIN = ("hg-cnn", "hg-d4", "hg-handcrafted")
 TRAINABLE = ("hg-cnn", "hg-d4")
@@ -256,7 +256,7 @@ def test_a_few_sgd_steps_reduce_the_loss(name: str) -> None:
 
 
 def test_cnn_weights_round_trip(tmp_path: Path) -> None:
-    pytest.importorskip("histoguard.encoders._weights")
+    pytest.importorskip("histoguard.core._weights")
     from safetensors.torch import save_file
 
     torch.manual_seed(7)
@@ -276,7 +276,7 @@ def test_cnn_weights_round_trip(tmp_path: Path) -> None:
 
 
 def test_mismatched_weights_raise_weights_error(tmp_path: Path) -> None:
-    pytest.importorskip("histoguard.encoders._weights")
+    pytest.importorskip("histoguard.core._weights")
     from safetensors.torch import save_file
 
     path = tmp_path / "narrow.safetensors"

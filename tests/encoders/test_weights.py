@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from histoguard._exceptions import UnsafeWeightsError, WeightsError
-from histoguard.encoders._weights import check_safetensors, load_state_dict, sha256_file
+from histoguard.core._weights import check_safetensors, load_state_dict, sha256_file
+from histoguard.errors import UnsafeWeightsError, WeightsError
 
 
 class _TouchOnUnpickle:

@@ -27,7 +27,7 @@ def _config(**kwargs: object) -> ExtractionConfig:
 
 
 def test_extract_tiles_on_the_fly_and_records_provenance(known_slide: Path, tmp_path: Path) -> None:
-    report = extract_features([known_slide], tmp_path, _config(readers=0), show_progress=False)
+    report = extract_features([known_slide], tmp_path, _config(readers=0), progress=False)
     assert [r.status for r in report.results] == ["done"], report.results
     features = read_feature_file(tmp_path / "known.h5")
     tiles = read_coords_file(tmp_path / "tiles" / "known.h5")
@@ -40,17 +40,17 @@ def test_extract_tiles_on_the_fly_and_records_provenance(known_slide: Path, tmp_
     )
     assert attrs["level"] == 1 and attrs["slide_path"] == str(known_slide.resolve())
     assert attrs["weights_sha256"] == "" and "histoguard_version" in attrs
-    rerun = extract_features([known_slide], tmp_path, _config(readers=0), show_progress=False)
+    rerun = extract_features([known_slide], tmp_path, _config(readers=0), progress=False)
     assert [r.status for r in rerun.results] == ["skipped"]
 
 
 def test_reader_processes_give_the_same_features(known_slide: Path, tmp_path: Path) -> None:
-    tile_slides([known_slide], tmp_path / "tiles", TILING, show_progress=False)
+    tile_slides([known_slide], tmp_path / "tiles", TILING, progress=False)
     outputs = []
     for readers in (0, 2):
         out = tmp_path / f"readers{readers}"
         config = _config(readers=readers, tiles_dir=tmp_path / "tiles")
-        report = extract_features([known_slide], out, config, show_progress=False)
+        report = extract_features([known_slide], out, config, progress=False)
         assert report.results[0].status == "done"
         outputs.append(read_feature_file(out / "known.h5"))
     assert np.array_equal(outputs[0].features, outputs[1].features)
@@ -66,7 +66,7 @@ def test_a_folder_of_tiles_is_one_slide(tmp_path: Path) -> None:
             folder / f"t{i}.png"
         )
     (folder / "broken.png").write_text("not an image")
-    report = extract_features([folder], tmp_path / "out", _config(readers=0), show_progress=False)
+    report = extract_features([folder], tmp_path / "out", _config(readers=0), progress=False)
     result = report.results[0]
     assert (result.status, result.n_tiles, result.n_unreadable, result.flagged) == (
         "done",
@@ -84,7 +84,7 @@ def test_bad_inputs_do_not_stop_the_batch(known_slide: Path, tmp_path: Path) -> 
         [tmp_path / "text.svs", known_slide],
         tmp_path / "out",
         _config(readers=0),
-        show_progress=False,
+        progress=False,
     )
     assert [r.status for r in report.results] == ["failed", "done"]
     assert "text.svs" in report.results[0].message
@@ -94,9 +94,9 @@ def test_stain_normalisation_changes_the_tiles_not_the_layout(
     known_slide: Path, shared_data: Path, tmp_path: Path
 ) -> None:
     reference = shared_data / "stain_refs" / "torchstain_target.png"
-    plain = extract_features([known_slide], tmp_path / "a", _config(readers=0), show_progress=False)
+    plain = extract_features([known_slide], tmp_path / "a", _config(readers=0), progress=False)
     config = _config(readers=0, stain_normalize="macenko", stain_reference=reference)
-    normalised = extract_features([known_slide], tmp_path / "b", config, show_progress=False)
+    normalised = extract_features([known_slide], tmp_path / "b", config, progress=False)
     assert plain.results[0].status == normalised.results[0].status == "done"
     a, b = (read_feature_file(out / "known.h5") for out in (tmp_path / "a", tmp_path / "b"))
     assert np.array_equal(a.coords, b.coords)
@@ -111,13 +111,9 @@ def test_dask_local_cluster_with_two_workers(known_slide: Path, tmp_path: Path) 
     for i in range(3):
         slides.append(tmp_path / f"s{i}.tiff")
         shutil.copy(known_slide, slides[-1])
-    report = extract_features(
-        slides, tmp_path / "out", _config(), dask_workers=2, show_progress=False
-    )
+    report = extract_features(slides, tmp_path / "out", _config(), dask_workers=2, progress=False)
     assert [r.status for r in report.results] == ["done"] * 3, report.results
-    local = extract_features(
-        [slides[0]], tmp_path / "local", _config(readers=0), show_progress=False
-    )
+    local = extract_features([slides[0]], tmp_path / "local", _config(readers=0), progress=False)
     assert local.results[0].status == "done"
     a = read_feature_file(tmp_path / "out" / "s0.h5").features
     b = read_feature_file(tmp_path / "local" / "s0.h5").features
@@ -173,6 +169,6 @@ def test_a_dask_worker_loads_each_encoder_once() -> None:
 def test_missing_tile_file_in_tiles_dir_says_what_to_do(known_slide: Path, tmp_path: Path) -> None:
     (tmp_path / "tiles").mkdir()
     config = _config(readers=0, tiles_dir=tmp_path / "tiles")
-    report = extract_features([known_slide], tmp_path / "out", config, show_progress=False)
+    report = extract_features([known_slide], tmp_path / "out", config, progress=False)
     assert report.results[0].status == "failed"
     assert "histoguard tile" in report.results[0].message

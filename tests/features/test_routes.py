@@ -31,7 +31,7 @@ def real_tiles(wsi_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     """CMU-1 tiled at 1 µm/px: (slide, folder with its tile file)."""
     slide = wsi_dir / "CMU-1-Small-Region.svs"
     tiles_dir = tmp_path_factory.mktemp("tiles")
-    report = tile_slides([slide], tiles_dir, TILING, show_progress=False)
+    report = tile_slides([slide], tiles_dir, TILING, progress=False)
     assert report.results[0].n_tiles >= 8
     return slide, tiles_dir
 
@@ -48,7 +48,7 @@ def _extract(
         batch_size=8,
         readers=0,
     )
-    report = extract_features([slide], out, config, show_progress=False)
+    report = extract_features([slide], out, config, progress=False)
     assert report.results[0].status == "done", report.results[0].message
     features = read_feature_file(out / f"{slide.stem}.h5")
     assert np.array_equal(features.coords, read_coords_file(tiles_dir / f"{slide.stem}.h5").coords)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from histoguard._exceptions import HistoguardError
+from histoguard.errors import HistoguardError
 from histoguard.mil._cohort import Cohort, CohortError, CohortRow, load_cohort
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histoguard.mil._heatmaps import (
+from histoguard.report._heatmaps import (
     attention_geojson,
     attention_overlay,
     colorbar_height,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from histoguard.encoders import load_encoder
-from histoguard.robustness._data import LabelledEmbeddings, TileDataset
+from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset
 
 #: Tiles per (class, center) cell, and their side in pixels.
 TILES_PER_CELL = 80

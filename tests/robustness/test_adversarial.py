@@ -15,22 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from histoguard._exceptions import AuditDataError, EncoderError
 from histoguard.encoders import Encoder, load_encoder
+from histoguard.errors import AuditDataError, EncoderError
 from histoguard.mil import MILModel, build_model
-from histoguard.robustness._adversarial import (
+from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PGDResult,
     PixelEncoder,
     UniversalConfig,
+    pgd_attack,
+)
+from histoguard.robustness.attacks._slide_attack import (
+    SlideAttackConfig,
+    SlideAttackResult,
+    slide_attack,
+)
+from histoguard.robustness.attacks._universal import (
     UniversalResult,
     evaluate_perturbation,
-    pgd_attack,
     universal_attack,
     universal_perturbation,
 )
-from histoguard.robustness._data import TileDataset
-from histoguard.robustness._slide_attack import SlideAttackConfig, SlideAttackResult, slide_attack
+from histoguard.robustness.data._containers import TileDataset
 
 CLASSES = ("benign", "malignant")
 #: Tiles per class training the heads (and the universal pattern), candidates for the attacked

@@ -9,17 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._apd import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.metrics._apd import (
     APDConfig,
     average_performance_drop,
     build_apd_splits,
     home_shares,
     level_quotas,
 )
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._stats import center_class_association
-from histoguard.robustness._synthetic import planted_embeddings
+from histoguard.robustness.metrics._stats import center_class_association
 
 
 def _planted(center_strength: float, *, n_centers: int = 3, seed: int = 0) -> LabelledEmbeddings:

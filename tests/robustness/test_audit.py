@@ -31,7 +31,7 @@ from histoguard.robustness import (
     render_audit_html,
     run_audit,
 )
-from histoguard.robustness._apd import APDConfig
+from histoguard.robustness.metrics._apd import APDConfig
 
 #: A small but complete audit: every part runs, each on a reduced budget.
 SMALL = AuditConfig(

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._clustering import ClusteringConfig, clustering_score
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._stats import balanced_cells
-from histoguard.robustness._synthetic import planted_embeddings
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
+from histoguard.robustness.metrics._stats import balanced_cells
 
 #: A small K range and two repeats keep each test well under a second.
 FAST = ClusteringConfig(k_max=8, n_repeats=2)

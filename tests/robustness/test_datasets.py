@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histoguard._exceptions import AuditDataError
+from histoguard.errors import AuditDataError
 from histoguard.features import read_feature_file, write_feature_file
-from histoguard.robustness._datasets import (
+from histoguard.robustness.data._layouts import (
     load_camelyon17_wilds,
     load_class_folders,
     load_feature_cohort,
     load_medmnist,
+)
+from histoguard.robustness.data._tile_tables import (
     load_tile_table,
     ood_centers_from_table,
 )

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._linear_probe import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.metrics._linear_probe import (
     DEFAULT_C_GRID,
     LinearProbe,
     fit_linear_probe,
     validation_split,
 )
-from histoguard.robustness._synthetic import planted_embeddings
 
 
 def _planted(n_classes: int, class_strength: float = 1.0) -> LabelledEmbeddings:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._neighbours import nearest_neighbours
+from histoguard.errors import AuditDataError
+from histoguard.robustness.metrics._neighbours import nearest_neighbours
 
 
 def brute_force(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import TileDataset, read_tile
-from histoguard.robustness._perturbations import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import TileDataset, read_tile
+from histoguard.robustness.shifts._perturbations import (
     D4_PERTURBATIONS,
     PerturbationInfo,
     apply_perturbation,

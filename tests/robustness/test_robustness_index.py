@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._neighbours import nearest_neighbours
-from histoguard.robustness._robustness_index import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.metrics._neighbours import nearest_neighbours
+from histoguard.robustness.metrics._robustness_index import (
     RobustnessIndexConfig,
     robustness_index,
 )
-from histoguard.robustness._synthetic import planted_embeddings
 
 
 def kind_counts(data: LabelledEmbeddings, indices: np.ndarray) -> dict[str, int]:

@@ -14,9 +14,10 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from scipy.stats.contingency import association, crosstab
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import TileDataset, read_tile
-from histoguard.robustness._simulated_centers import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import TileDataset, read_tile
+from histoguard.robustness.metrics._stats import center_class_association
+from histoguard.robustness.shifts._simulated_centers import (
     SCANNER_VARIANTS,
     StainProfile,
     default_profiles,
@@ -24,7 +25,6 @@ from histoguard.robustness._simulated_centers import (
     stain_angles,
     stain_profile_from_image,
 )
-from histoguard.robustness._stats import center_class_association
 from histoguard.stain import MacenkoNormalizer
 
 #: Real tiles per class in the simulated cohorts, at most 2 per slide.

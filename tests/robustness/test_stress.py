@@ -17,12 +17,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from histoguard._exceptions import AuditDataError
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
+from histoguard.errors import AuditDataError
 from histoguard.mil import build_model
-from histoguard.robustness._data import LabelledEmbeddings, TileDataset, read_tile
-from histoguard.robustness._perturbations import D4_PERTURBATIONS
-from histoguard.robustness._stress import (
+from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset, read_tile
+from histoguard.robustness.shifts._perturbations import D4_PERTURBATIONS
+from histoguard.robustness.shifts._stress import (
     StressConfig,
     embedding_drift,
     graceful_severity,

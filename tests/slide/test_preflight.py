@@ -15,7 +15,7 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from histoguard._exceptions import (
+from histoguard.errors import (
     CorruptSlideError,
     SlideError,
     SlideNotFoundError,

@@ -70,24 +70,24 @@ def test_tile_file_layout_is_clam_compatible(known_slide: Path, tmp_path: Path) 
 def test_rerun_skips_finished_slides_and_redoes_changed_settings(
     known_slide: Path, tmp_path: Path
 ) -> None:
-    first = tile_slides([known_slide], tmp_path, CONFIG, show_progress=False)
+    first = tile_slides([known_slide], tmp_path, CONFIG, progress=False)
     assert [r.status for r in first.results] == ["done"]
     mtime = (tmp_path / "known.h5").stat().st_mtime_ns
-    second = tile_slides([known_slide], tmp_path, CONFIG, show_progress=False)
+    second = tile_slides([known_slide], tmp_path, CONFIG, progress=False)
     assert [r.status for r in second.results] == ["skipped"]
     assert second.results[0].n_tiles == 48
     assert (tmp_path / "known.h5").stat().st_mtime_ns == mtime
     changed = TilingConfig(mpp=1.0, tile_size=128, min_tissue_fraction=0.5)
-    third = tile_slides([known_slide], tmp_path, changed, show_progress=False)
+    third = tile_slides([known_slide], tmp_path, changed, progress=False)
     assert [r.status for r in third.results] == ["done"]
     assert read_coords_file(tmp_path / "known.h5").attrs["level"] == 2
 
 
 def test_a_damaged_output_is_redone(known_slide: Path, tmp_path: Path) -> None:
-    tile_slides([known_slide], tmp_path, CONFIG, show_progress=False)
+    tile_slides([known_slide], tmp_path, CONFIG, progress=False)
     with h5py.File(tmp_path / "known.h5", "r+") as h5:
         h5["coords"][0, 0] += 1  # still opens, but is no longer what was written
-    rerun = tile_slides([known_slide], tmp_path, CONFIG, show_progress=False)
+    rerun = tile_slides([known_slide], tmp_path, CONFIG, progress=False)
     assert [r.status for r in rerun.results] == ["done"]
     read_coords_file(tmp_path / "known.h5")
 
@@ -99,7 +99,7 @@ def test_bad_inputs_fail_fast_and_the_batch_finishes(known_slide: Path, tmp_path
     inputs = [bad["missing"], bad["empty"], known_slide, bad["text_svs"], bad["huge"]]
     inputs += [bad["looping"], bad["truncated"], no_mpp]
     started = time.perf_counter()
-    report = tile_slides(inputs, tmp_path / "out", CONFIG, show_progress=False)
+    report = tile_slides(inputs, tmp_path / "out", CONFIG, progress=False)
     by_name = {r.slide.name: r for r in report.results}
     assert by_name["known.tiff"].status == "done"
     expected_words = {
@@ -127,7 +127,7 @@ def test_corrupt_tiles_flag_the_slide(known_slide: Path, tmp_path: Path) -> None
     shutil.copy(known_slide, damaged)
     corrupt_tiles(damaged, page=0, tiles=[16 * 4 + 4, 16 * 5 + 6])  # inside the tissue
     config = TilingConfig(mpp=0.25, tile_size=256, min_tissue_fraction=0.5)
-    report = tile_slides([damaged], tmp_path / "out", config, show_progress=False)
+    report = tile_slides([damaged], tmp_path / "out", config, progress=False)
     result = report.results[0]
     assert (result.status, result.flagged, result.n_unreadable) == ("done", True, 2)
     assert "damaged.tiff" in result.message
@@ -143,9 +143,7 @@ def test_same_named_slides_do_not_collide(known_slide: Path, tmp_path: Path) -> 
     (tmp_path / "b").mkdir()
     shutil.copy(known_slide, tmp_path / "a" / "s.tiff")
     shutil.copy(known_slide, tmp_path / "b" / "s.tiff")
-    report = tile_slides(
-        [tmp_path / "a", tmp_path / "b"], tmp_path / "out", CONFIG, show_progress=False
-    )
+    report = tile_slides([tmp_path / "a", tmp_path / "b"], tmp_path / "out", CONFIG, progress=False)
     assert [r.status for r in report.results] == ["done", "failed"]
     assert "same name" in report.results[1].message
 
@@ -218,6 +216,6 @@ def test_damage_on_a_single_level_slide_is_isolated_not_fatal(tmp_path: Path) ->
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (256, 320, 256, 320)
     assert "flat.tiff" in thumbnail.first_error
     config = TilingConfig(mpp=0.25, tile_size=256, min_tissue_fraction=0.5)
-    result = tile_slides([slide_path], tmp_path / "out", config, show_progress=False).results[0]
+    result = tile_slides([slide_path], tmp_path / "out", config, progress=False).results[0]
     assert (result.status, result.flagged, result.n_unreadable) == ("done", True, 1)
     assert result.n_tiles == 8 * 6 - 1

@@ -1,5 +1,6 @@
 """Encoders: tiles in, embeddings out. One registry, one contract, weights from local files."""
 
+from histoguard.core._weights import load_state_dict
 from histoguard.encoders._hf import load_hf_encoder
 from histoguard.encoders._onnx import export_onnx, load_onnx_encoder
 from histoguard.encoders._registry import (
@@ -13,7 +14,6 @@ from histoguard.encoders._registry import (
     register_encoder,
 )
 from histoguard.encoders._torchscript import export_torchscript, load_torchscript_encoder
-from histoguard.encoders._weights import load_state_dict
 
 __all__ = [
     "IMAGENET_MEAN",

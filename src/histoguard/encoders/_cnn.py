@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from histoguard._exceptions import WeightsError
 from histoguard.encoders._registry import IMAGENET_MEAN, IMAGENET_STD, register_encoder
+from histoguard.errors import WeightsError
 
 #: Seed of the "random" initial weights, so an untrained encoder embeds alike on every run.
 INIT_SEED = 0
@@ -80,7 +80,7 @@ def build_trainable(
 
     Raises:
         WeightsError: the file's keys or shapes do not fit (and whatever
-            :func:`histoguard.encoders._weights.load_state_dict` raises for an unreadable or
+            :func:`histoguard.core._weights.load_state_dict` raises for an unreadable or
             unsafe file).
     """
     # A forked RNG leaves the caller's global random state untouched.
@@ -90,7 +90,7 @@ def build_trainable(
     if weights is None:
         return module
     # Imported here so building an encoder without weights never needs the weights module.
-    from histoguard.encoders._weights import load_state_dict
+    from histoguard.core._weights import load_state_dict
 
     state = load_state_dict(weights, allow_pickle=allow_pickle)
     try:

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from histoguard._exceptions import EncoderError, WeightsError
 from histoguard.encoders._registry import Encoder, EncoderFactory, EncoderInfo
+from histoguard.errors import EncoderError, WeightsError
 
 #: An export must reproduce the original's embeddings to this fraction of their largest
 #: magnitude; float32 reordering stays orders of magnitude below, a wrong graph far above.

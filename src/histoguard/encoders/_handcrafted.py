@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from histoguard._exceptions import WeightsError
 from histoguard.encoders._registry import register_encoder
+from histoguard.errors import WeightsError
 
 #: Ruifrok & Johnston (2001) stain OD vectors (rows: haematoxylin, eosin, DAB; columns: R, G,
 #: B), as in scikit-image's ``rgb_from_hed``; rows are normalised to unit length below.

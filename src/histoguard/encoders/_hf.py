@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from histoguard._exceptions import EncoderError, UnsafeWeightsError, WeightsError
+from histoguard.core._weights import PICKLE_SUFFIXES, check_safetensors
 from histoguard.encoders._export import as_positive_int, as_triple
 from histoguard.encoders._registry import (
     IMAGENET_MEAN,
@@ -24,7 +24,7 @@ from histoguard.encoders._registry import (
     get_encoder_info,
     register_encoder,
 )
-from histoguard.encoders._weights import PICKLE_SUFFIXES, check_safetensors
+from histoguard.errors import EncoderError, UnsafeWeightsError, WeightsError
 
 #: Input side used when neither the processor nor the model config states one.
 DEFAULT_INPUT_SIZE = 224

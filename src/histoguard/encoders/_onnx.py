@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from histoguard._exceptions import EncoderError, WeightsError
 from histoguard.encoders._export import (
     Triple,
     check_same_features,
@@ -25,6 +24,7 @@ from histoguard.encoders._export import (
     info_to_json,
 )
 from histoguard.encoders._registry import Encoder, EncoderInfo, register_encoder
+from histoguard.errors import EncoderError, WeightsError
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from histoguard._exceptions import EncoderError, UnknownEncoderError
+from histoguard.errors import EncoderError, UnknownEncoderError
 
 if TYPE_CHECKING:
     import torch
@@ -234,7 +234,7 @@ def load_encoder(
         WeightsError: weights needed but not given, missing, corrupt or not fitting.
         UnsafeWeightsError: a pickled checkpoint without ``allow_pickle``.
     """
-    from histoguard._exceptions import WeightsError
+    from histoguard.errors import WeightsError
 
     info = get_encoder_info(name)
     path = Path(weights) if weights is not None else None

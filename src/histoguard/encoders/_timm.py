@@ -2,7 +2,7 @@
 
 ``timm`` is optional and imported only when one of these encoders is built. Each preset
 builds its architecture with ``pretrained=False`` (nothing is downloaded) and loads the user's
-file through :func:`~histoguard.encoders._weights.load_state_dict` (safetensors unless
+file through :func:`~histoguard.core._weights.load_state_dict` (safetensors unless
 ``allow_pickle``), strictly: a file that does not fit the architecture is an error, not a
 partly random model.
 
@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from histoguard._exceptions import EncoderError, WeightsError
+from histoguard.core._weights import load_state_dict
 from histoguard.encoders._registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +50,7 @@ from histoguard.encoders._registry import (
     get_encoder_info,
     register_encoder,
 )
-from histoguard.encoders._weights import load_state_dict
+from histoguard.errors import EncoderError, WeightsError
 
 #: H-optimus normalisation (bioptimus model cards).
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)

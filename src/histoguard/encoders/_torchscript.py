@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from histoguard._atomic import atomic_output
-from histoguard._exceptions import EncoderError, WeightsError
+from histoguard.core._atomic import atomic_output
 from histoguard.encoders._export import (
     Triple,
     check_same_features,
@@ -30,6 +29,7 @@ from histoguard.encoders._export import (
     info_to_json,
 )
 from histoguard.encoders._registry import Encoder, EncoderInfo, register_encoder
+from histoguard.errors import EncoderError, WeightsError
 
 #: Name of the extra file holding the EncoderInfo JSON inside the archive.
 EXTRA_FILE = "histoguard.json"

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from histoguard._batch import (
+from histoguard.core._batch import (
     BatchReport,
     SlideResult,
     failed_result,
@@ -59,7 +59,7 @@ def run_on_dask(
     scheduler: str | None,
     n_workers: int,
     summary_path: Path,
-    show_progress: bool,
+    progress: bool,
     retries: int = 1,
 ) -> BatchReport:
     """Extract ``slides`` as Dask tasks; results in completion order, summary after each.
@@ -72,7 +72,7 @@ def run_on_dask(
             with one thread each.
         n_workers: local cluster size.
         summary_path: where the CSV summary goes.
-        show_progress: draw a progress bar over slides.
+        progress: draw a progress bar over slides.
         retries: extra attempts for a slide whose task raised.
     """
     from distributed import Client, LocalCluster, as_completed
@@ -94,9 +94,9 @@ def run_on_dask(
             for slide in slides
             if slide not in clashes
         }
-        with progress_bars(show_progress) as progress:
-            task = progress.add_task("slides (dask)", total=len(slides))
-            progress.advance(task, len(clashes))
+        with progress_bars(progress) as bars:
+            task = bars.add_task("slides (dask)", total=len(slides))
+            bars.advance(task, len(clashes))
             for future in as_completed(futures):
                 slide = futures[future]
                 try:
@@ -105,7 +105,7 @@ def run_on_dask(
                     result = failed_result(slide, error, started)
                 results.append(result)
                 write_summary(summary_path, results)
-                progress.advance(task)
+                bars.advance(task)
     finally:
         client.close()
         if cluster is not None:

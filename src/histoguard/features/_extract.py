@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard._batch import BatchReport, ProgressCallback, SlideResult, run_batch
-from histoguard._exceptions import OutputError
 from histoguard._version import __version__
+from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
+from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
 from histoguard.encoders import Encoder, load_encoder
+from histoguard.errors import OutputError
 from histoguard.features._feature_file import feature_file_done, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
 from histoguard.slide._tile_folder import TileFolder
@@ -195,7 +195,7 @@ def _stain_transform(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndar
 
 def _weights_digest(weights: Path | None) -> str:
     """SHA-256 of a weights file, or of a model directory's files (names and contents)."""
-    from histoguard.encoders._weights import sha256_file
+    from histoguard.core._weights import sha256_file
 
     if weights is None:
         return ""
@@ -323,7 +323,7 @@ def extract_features(
     *,
     scheduler: str | None = None,
     dask_workers: int | None = None,
-    show_progress: bool = True,
+    progress: bool = False,
 ) -> BatchReport:
     """Extract features for many slides (or tile folders); failures isolated, reruns resume.
 
@@ -334,7 +334,7 @@ def extract_features(
         scheduler: address of a running Dask scheduler (``tcp://host:8786``); slides become
             tasks on its workers.
         dask_workers: run a local Dask cluster with this many worker processes.
-        show_progress: draw rich progress bars.
+        progress: draw rich progress bars.
 
     Returns:
         A :class:`BatchReport`.
@@ -351,7 +351,7 @@ def extract_features(
 
         return run_on_dask(
             slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
-            summary_path=out_dir / SUMMARY_NAME, show_progress=show_progress,
+            summary_path=out_dir / SUMMARY_NAME, progress=progress,
         )  # fmt: skip
     encoder = load_encoder(
         config.encoder,
@@ -363,7 +363,7 @@ def extract_features(
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
         return extract_slide(slide, out_dir, config, encoder=encoder, on_progress=on_progress)
 
-    return run_batch(slides, out_dir / SUMMARY_NAME, job, show_progress=show_progress)
+    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress)
 
 
 def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._atomic import atomic_output
-from histoguard._exceptions import OutputError
-from histoguard._hdf5 import plain, sha256_of, write_attributes
 from histoguard._version import __version__
+from histoguard.core._atomic import atomic_output
+from histoguard.core._hdf5 import plain, sha256_of, write_attributes
+from histoguard.errors import OutputError
 
 #: Attributes the writer sets itself; the caller's values for these names are replaced.
 WRITER_ATTRS = ("n_tiles", "embed_dim", "content_sha256", "histoguard_version")

@@ -6,12 +6,6 @@ One contract (:class:`MILModel`: ``forward(features, mask) -> MILOutput``, ``com
 
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._cohort import Cohort, CohortError, CohortRow, load_cohort
-from histoguard.mil._heatmaps import (
-    attention_geojson,
-    attention_overlay,
-    top_tiles_gallery,
-    write_heatmaps,
-)
 from histoguard.mil._metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -50,6 +44,12 @@ from histoguard.mil._train import (
     save_model,
     train,
     train_split,
+)
+from histoguard.report._heatmaps import (
+    attention_geojson,
+    attention_overlay,
+    top_tiles_gallery,
+    write_heatmaps,
 )
 
 __all__ = [

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from histoguard._exceptions import HistoguardError
-from histoguard._tables import read_delimited
+from histoguard.core._tables import read_delimited
+from histoguard.errors import HistoguardError
 
 #: Values the ``split`` column may hold.
 SPLIT_PARTS = ("train", "val", "test")

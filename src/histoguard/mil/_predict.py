@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histoguard._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic
 from histoguard.features import read_feature_file
 from histoguard.mil._train import Bag, load_model, predict_bags
 
@@ -106,8 +106,8 @@ def _write_heatmaps(
     scores: np.ndarray,
     top_k: int,
 ) -> dict[str, Path]:
-    from histoguard._exceptions import SlideError
-    from histoguard.mil._heatmaps import top_tile_indices, write_heatmaps
+    from histoguard.errors import SlideError
+    from histoguard.report._heatmaps import top_tile_indices, write_heatmaps
     from histoguard.slide import TileSpec, open_slide, read_tiles
 
     size0 = float(attrs.get("level0_tile_size", 1))  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from histoguard._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic
 from histoguard.mil._cohort import SPLIT_PARTS, Cohort, CohortError, format_problems
 
 _FORMAT = "histoguard.splits"

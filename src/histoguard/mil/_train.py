@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from histoguard._atomic import atomic_output, write_bytes_atomic
 from histoguard._version import __version__
+from histoguard.core._atomic import atomic_output, write_bytes_atomic
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort, load_cohort
@@ -247,7 +247,7 @@ def save_model(model: MILModel, directory: Path, *, labels: Sequence[str]) -> No
     """Write ``model.safetensors`` and ``model.json`` (constructor config + class names)."""
     from safetensors.torch import save_file
 
-    from histoguard.encoders._weights import load_state_dict
+    from histoguard.core._weights import load_state_dict
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
@@ -277,7 +277,7 @@ def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     Returns:
         ``(model in eval mode, class names)``.
     """
-    from histoguard.encoders._weights import load_state_dict
+    from histoguard.core._weights import load_state_dict
 
     directory = Path(directory)
     description = json.loads((directory / "model.json").read_text())

@@ -6,17 +6,7 @@ on tiles and slides, loaders for the multi-center layouts users bring, a simulat
 cohort builder, and the audit that runs them all and writes ``audit.json`` + ``audit.html``.
 """
 
-from histoguard.robustness._adversarial import (
-    PGDConfig,
-    PGDResult,
-    UniversalConfig,
-    UniversalResult,
-    evaluate_perturbation,
-    pgd_attack,
-    universal_attack,
-    universal_perturbation,
-)
-from histoguard.robustness._apd import APDConfig, APDResult, average_performance_drop
+from histoguard.report._audit_page import render_audit_html
 from histoguard.robustness._audit import (
     AUDIT_PARTS,
     AttackSettings,
@@ -29,23 +19,50 @@ from histoguard.robustness._audit import (
     run_audit,
     write_audit,
 )
-from histoguard.robustness._clustering import (
-    ClusteringConfig,
-    ClusteringScoreResult,
-    clustering_score,
+from histoguard.robustness.attacks._pgd import (
+    PGDConfig,
+    PGDResult,
+    UniversalConfig,
+    pgd_attack,
 )
-from histoguard.robustness._data import LabelledEmbeddings, TileDataset, read_tile
-from histoguard.robustness._datasets import (
+from histoguard.robustness.attacks._slide_attack import (
+    SlideAttackConfig,
+    SlideAttackResult,
+    slide_attack,
+)
+from histoguard.robustness.attacks._universal import (
+    UniversalResult,
+    evaluate_perturbation,
+    universal_attack,
+    universal_perturbation,
+)
+from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset, read_tile
+from histoguard.robustness.data._layouts import (
     load_camelyon17_wilds,
     load_class_folders,
     load_feature_cohort,
     load_medmnist,
+)
+from histoguard.robustness.data._synthetic import planted_embeddings
+from histoguard.robustness.data._tile_tables import (
     load_tile_table,
     ood_centers_from_table,
 )
-from histoguard.robustness._linear_probe import LinearProbe, fit_linear_probe
-from histoguard.robustness._neighbours import nearest_neighbours
-from histoguard.robustness._perturbations import (
+from histoguard.robustness.metrics._apd import APDConfig, APDResult, average_performance_drop
+from histoguard.robustness.metrics._clustering import (
+    ClusteringConfig,
+    ClusteringScoreResult,
+    clustering_score,
+)
+from histoguard.robustness.metrics._linear_probe import LinearProbe, fit_linear_probe
+from histoguard.robustness.metrics._neighbours import nearest_neighbours
+from histoguard.robustness.metrics._robustness_index import (
+    RobustnessIndexConfig,
+    RobustnessIndexResult,
+    robustness_index,
+)
+from histoguard.robustness.metrics._stats import center_class_association
+from histoguard.robustness.shifts._perturbations import (
     PerturbationInfo,
     apply_perturbation,
     get_perturbation,
@@ -53,22 +70,13 @@ from histoguard.robustness._perturbations import (
     register_perturbation,
     stain_transfer_perturbation,
 )
-from histoguard.robustness._report import render_audit_html
-from histoguard.robustness._robustness_index import (
-    RobustnessIndexConfig,
-    RobustnessIndexResult,
-    robustness_index,
-)
-from histoguard.robustness._simulated_centers import (
+from histoguard.robustness.shifts._simulated_centers import (
     StainProfile,
     default_profiles,
     simulate_centers,
     stain_profile_from_image,
 )
-from histoguard.robustness._slide_attack import SlideAttackConfig, SlideAttackResult, slide_attack
-from histoguard.robustness._stats import center_class_association
-from histoguard.robustness._stress import StressConfig, StressResult, stress_test
-from histoguard.robustness._synthetic import planted_embeddings
+from histoguard.robustness.shifts._stress import StressConfig, StressResult, stress_test
 
 __all__ = [
     "AUDIT_PARTS",

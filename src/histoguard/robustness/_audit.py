@@ -26,23 +26,25 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from histoguard._atomic import write_bytes_atomic
-from histoguard._exceptions import AuditDataError, EncoderError
 from histoguard._version import __version__
-from histoguard.robustness._adversarial import (
+from histoguard.core._atomic import write_bytes_atomic
+from histoguard.errors import AuditDataError, EncoderError
+from histoguard.report._audit_page import render_audit_html
+from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     UniversalConfig,
     pgd_attack,
+)
+from histoguard.robustness.attacks._slide_attack import SlideAttackConfig, slide_attack
+from histoguard.robustness.attacks._universal import (
     universal_attack,
 )
-from histoguard.robustness._apd import APDConfig, average_performance_drop
-from histoguard.robustness._clustering import ClusteringConfig, clustering_score
-from histoguard.robustness._data import LabelledEmbeddings, TileDataset
-from histoguard.robustness._linear_probe import LinearProbe, fit_linear_probe
-from histoguard.robustness._report import render_audit_html
-from histoguard.robustness._robustness_index import RobustnessIndexConfig, robustness_index
-from histoguard.robustness._slide_attack import SlideAttackConfig, slide_attack
-from histoguard.robustness._stress import StressConfig, stress_slide_model, stress_test
+from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset
+from histoguard.robustness.metrics._apd import APDConfig, average_performance_drop
+from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
+from histoguard.robustness.metrics._linear_probe import LinearProbe, fit_linear_probe
+from histoguard.robustness.metrics._robustness_index import RobustnessIndexConfig, robustness_index
+from histoguard.robustness.shifts._stress import StressConfig, stress_slide_model, stress_test
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder
@@ -202,7 +204,7 @@ def embed_tiles(
     Raises:
         AuditDataError: a tile file cannot be read (named in the message).
     """
-    from histoguard._batch import progress_bars
+    from histoguard.core._batch import progress_bars
 
     chunks = []
     with progress_bars(progress) as bars:
@@ -520,8 +522,10 @@ def run_audit(
         AuditDataError: the table, images or feature files cannot be used (named in the message).
         EncoderError: the encoder cannot be loaded.
     """
-    from histoguard.robustness._datasets import (
+    from histoguard.robustness.data._layouts import (
         load_feature_cohort,
+    )
+    from histoguard.robustness.data._tile_tables import (
         load_tile_table,
         ood_centers_from_table,
     )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histoguard._exceptions import CorruptSlideError, SlideTooLargeError
+from histoguard.errors import CorruptSlideError, SlideTooLargeError
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, resize
 from histoguard.slide._registry import register_backend

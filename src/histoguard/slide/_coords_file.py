@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._atomic import atomic_output
-from histoguard._exceptions import OutputError
-from histoguard._hdf5 import plain, sha256_of, write_attributes
+from histoguard.core._atomic import atomic_output
+from histoguard.core._hdf5 import plain, sha256_of, write_attributes
+from histoguard.errors import OutputError
 
 QC_DATASETS = ("tissue_fraction", "background_fraction", "blur_score")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from histoguard._exceptions import SlideError, UnsupportedFormatError
+from histoguard.errors import SlideError, UnsupportedFormatError
 
 # Imported for their registration side effect: each module registers one back-end.
 from histoguard.slide import _array_backend, _openslide_backend, _tiffslide_backend  # noqa: F401
@@ -41,7 +41,7 @@ def open_slide(
 
     Raises:
         SlideNotFoundError, CorruptSlideError, UnsupportedFormatError, SlideTooLargeError,
-        MissingMppError: see :mod:`histoguard._exceptions`.
+        MissingMppError: see :mod:`histoguard.errors`.
     """
     path = Path(path)
     checked = preflight(path, max_pixels=max_pixels)

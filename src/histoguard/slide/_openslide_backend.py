@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._exceptions import CorruptSlideError, UnsupportedFormatError
+from histoguard.errors import CorruptSlideError, UnsupportedFormatError
 from histoguard.slide._openslide_like import OpenSlideLikeReader
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, rgba_to_rgb

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from histoguard._exceptions import (
+from histoguard.errors import (
     CorruptSlideError,
     SlideNotFoundError,
     SlideTooLargeError,

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from PIL import Image
 
-from histoguard._exceptions import MissingMppError, RegionReadError, SlideError
+from histoguard.errors import MissingMppError, RegionReadError, SlideError
 
 #: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
 #: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.

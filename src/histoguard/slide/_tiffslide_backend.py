@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._exceptions import CorruptSlideError
+from histoguard.errors import CorruptSlideError
 from histoguard.slide._openslide_like import OpenSlideLikeReader
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._registry import register_backend

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from histoguard._exceptions import SlideNotFoundError, UnsupportedFormatError
+from histoguard.errors import SlideNotFoundError, UnsupportedFormatError
 from histoguard.slide._reader import resize, rgba_to_rgb
 
 TILE_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard._batch import BatchReport, ProgressCallback, SlideResult, run_batch
-from histoguard._exceptions import OutputError
 from histoguard._version import __version__
+from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
+from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.errors import OutputError
+from histoguard.report._tiling_overview import render_tiling_overview
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
@@ -23,7 +24,6 @@ from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
 from histoguard.slide._qc import background_fraction, blur_score
 from histoguard.slide._reader import SlideReader, Thumbnail
 from histoguard.slide._registry import get_backend
-from histoguard.slide._render import render_tiling_overview
 from histoguard.slide._tile_reader import read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
 from histoguard.slide._tissue import TissueMask, TissueParams, detect_tissue
@@ -304,7 +304,7 @@ def tile_slides(
     out_dir: str | Path,
     config: TilingConfig | None = None,
     *,
-    show_progress: bool = True,
+    progress: bool = False,
 ) -> BatchReport:
     """Tile many slides; one bad slide never stops the batch, and reruns resume.
 
@@ -317,7 +317,7 @@ def tile_slides(
         inputs: slide files and/or folders of slides.
         out_dir: output folder.
         config: tiling parameters.
-        show_progress: draw rich progress bars on the terminal.
+        progress: draw rich progress bars on the terminal.
 
     Returns:
         A :class:`BatchReport`; check ``report.failed``.
@@ -330,7 +330,7 @@ def tile_slides(
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
         return _tile_one(slide, out_dir, config, on_progress)
 
-    return run_batch(find_slides(inputs), out_dir / SUMMARY_NAME, job, show_progress=show_progress)
+    return run_batch(find_slides(inputs), out_dir / SUMMARY_NAME, job, progress=progress)
 
 
 def _tile_one(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from histoguard._exceptions import RegionReadError
+from histoguard.errors import RegionReadError
 from histoguard.slide._reader import SlideReader, resize
 from histoguard.slide._tiling import TileSpec
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from histoguard._exceptions import TilingError
+from histoguard.errors import TilingError
 
 #: A level whose mpp is at most this fraction coarser than the target counts as the target's
 #: resolution (scanners report e.g. 0.2527 µm/px for a nominal 0.25; level downsamples such as

@@ -33,10 +33,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._neighbours import nearest_neighbours
-from histoguard.robustness._stats import balanced_cells, two_by_two_subsets
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.metrics._neighbours import nearest_neighbours
+from histoguard.robustness.metrics._stats import balanced_cells, two_by_two_subsets
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

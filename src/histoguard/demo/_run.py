@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from histoguard._atomic import atomic_output
-from histoguard._batch import BatchReport
-from histoguard._demo_audit import run_demo_audit
-from histoguard._demo_model import build_training_slides
+from histoguard.core._atomic import atomic_output
+from histoguard.core._batch import BatchReport
+from histoguard.demo._audit import run_demo_audit
+from histoguard.demo._pseudo_slides import build_training_slides
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
@@ -87,7 +87,7 @@ def run_demo(
     out_dir: str | Path = "histoguard-demo",
     *,
     slides: Sequence[str | Path] = (),
-    show_progress: bool = True,
+    progress: bool = False,
 ) -> DemoResult:
     """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles;
     features from the built-in hand-crafted encoder (colour in optical-density/HED space and
@@ -102,7 +102,7 @@ def run_demo(
         out_dir: where everything is written (``tiles/`` holds the per-slide outputs).
         slides: slides to use; by default the real CMU-1 sample from the shared data, or, when
             that is absent, a generated pyramidal TIFF written to ``out_dir``.
-        show_progress: draw progress bars.
+        progress: draw progress bars.
 
     Returns:
         A :class:`DemoResult` naming the source and the outputs.
@@ -126,20 +126,18 @@ def run_demo(
                 write_synthetic_slide(tmp, width=6144, height=4608, mpp=0.25, shapes=shapes)
         chosen = (generated,)
     tiling = TilingConfig()
-    report = tile_slides(chosen, out / "tiles", tiling, show_progress=show_progress)
+    report = tile_slides(chosen, out / "tiles", tiling, progress=progress)
     tiled = [r.slide for r in report.results if r.status != "failed"]
     extraction = ExtractionConfig(
         encoder=DEMO_ENCODER, tiling=tiling, tiles_dir=out / "tiles", readers=0
     )
-    features = extract_features(tiled, out / "features", extraction, show_progress=show_progress)
+    features = extract_features(tiled, out / "features", extraction, progress=progress)
 
     cohort, training_slides, training_source = build_training_slides(
         out / "training", find_shared_data()
     )
     bag_config = ExtractionConfig(encoder=DEMO_ENCODER, tiling=tiling, readers=0)
-    extract_features(
-        training_slides, out / "training" / "features", bag_config, show_progress=False
-    )
+    extract_features(training_slides, out / "training" / "features", bag_config, progress=False)
     training = train(
         TrainConfig(
             cohort=cohort,
@@ -154,7 +152,7 @@ def run_demo(
     )
     done = [r.output for r in features.results if r.output is not None]
     predictions = predict(out / "model", done, out / "predictions") if done else []
-    audit = run_demo_audit(out / "audit", find_shared_data(), progress=show_progress)
+    audit = run_demo_audit(out / "audit", find_shared_data(), progress=progress)
     return DemoResult(
         source=source,
         slides=chosen,

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from histoguard._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic
 from histoguard.slide._synthetic import synthetic_tile
 
 N_SLIDES = 24

@@ -35,9 +35,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._stats import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.metrics._stats import (
     balanced_cells,
     mean_confidence_interval,
     two_by_two_subsets,

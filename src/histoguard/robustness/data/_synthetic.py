@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from histoguard.robustness._data import LabelledEmbeddings
+from histoguard.robustness.data._containers import LabelledEmbeddings
 
 
 def planted_embeddings(

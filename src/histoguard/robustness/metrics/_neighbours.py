@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from histoguard._exceptions import AuditDataError
+from histoguard.errors import AuditDataError
 
 #: Bytes held per (query, candidate) pair while one block is searched: the float32 similarity
 #: and the boolean mask of the query's own group.

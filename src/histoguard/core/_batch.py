@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from histoguard._atomic import write_bytes_atomic
-from histoguard._exceptions import HistoguardError
+from histoguard.core._atomic import write_bytes_atomic
+from histoguard.errors import HistoguardError
 
 Status = Literal["done", "skipped", "failed"]
 ProgressCallback = Callable[[int, int], None]
@@ -108,7 +108,7 @@ def run_batch(
     summary_path: Path,
     job: SlideJob,
     *,
-    show_progress: bool = True,
+    progress: bool = False,
     unit: str = "tiles",
 ) -> BatchReport:
     """Run ``job`` on every slide in turn; one slide's failure never stops the others.
@@ -117,19 +117,19 @@ def run_batch(
         slides: inputs, processed in order.
         summary_path: CSV rewritten atomically after every slide.
         job: ``job(slide, on_progress) -> SlideResult``; exceptions become ``failed`` results.
-        show_progress: draw rich progress bars (slides, and ``unit`` within a slide).
+        progress: draw rich progress bars (slides, and ``unit`` within a slide).
         unit: what the inner progress bar counts.
     """
     results: list[SlideResult] = []
     clashes = name_collisions(slides)
-    with progress_bars(show_progress) as progress:
-        slides_task = progress.add_task("slides", total=len(slides))
-        inner = progress.add_task(unit, total=None, visible=False)
+    with progress_bars(progress) as bars:
+        slides_task = bars.add_task("slides", total=len(slides))
+        inner = bars.add_task(unit, total=None, visible=False)
         for slide in slides:
-            progress.update(inner, description=slide.name, completed=0, total=None)
+            bars.update(inner, description=slide.name, completed=0, total=None)
 
             def on_progress(done: int, total: int) -> None:
-                progress.update(inner, completed=done, total=total, visible=True)
+                bars.update(inner, completed=done, total=total, visible=True)
 
             started = time.perf_counter()
             if slide in clashes:
@@ -141,7 +141,7 @@ def run_batch(
                     result = failed_result(slide, error, started)
             results.append(result)
             write_summary(summary_path, results)
-            progress.advance(slides_task)
+            bars.advance(slides_task)
     return BatchReport(results=tuple(results), summary_path=summary_path)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from histoguard._exceptions import AuditDataError
+from histoguard.errors import AuditDataError
 
 
 def center_class_association(

@@ -37,8 +37,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.color import rgb_from_hed
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import check_tiles
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import check_tiles
 from histoguard.stain import MacenkoNormalizer
 from histoguard.stain._optical_density import od_to_rgb, rgb_to_od
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from histoguard._exceptions import AuditDataError
 from histoguard.encoders import Encoder
+from histoguard.errors import AuditDataError
 from histoguard.mil import MILModel
-from histoguard.robustness._data import check_tiles
-from histoguard.robustness._perturbations import (
+from histoguard.robustness.data._containers import check_tiles
+from histoguard.robustness.shifts._perturbations import (
     PerturbationInfo,
     get_perturbation,
     list_perturbations,

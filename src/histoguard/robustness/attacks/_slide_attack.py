@@ -3,7 +3,7 @@ fraction of a slide's tiles, the ones the MIL model attends to most, within a pi
 see whether the slide's prediction moves.
 
 The threat model and the differentiable pipeline (pixels -> encoder preprocessing -> encoder)
-are those of :mod:`histoguard.robustness._adversarial`; only the chosen tiles are optimised, the
+are those of :mod:`histoguard.robustness.attacks._pgd`; only the chosen tiles are optimised, the
 other tiles keep their clean features.
 """
 
@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._adversarial import (
+from histoguard.errors import AuditDataError
+from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PixelEncoder,
     _pgd,
     _to_images,
     _to_pixels,
 )
-from histoguard.robustness._data import check_tiles
+from histoguard.robustness.data._containers import check_tiles
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histoguard._demo_model import real_tile_paths
-from histoguard._exceptions import AuditDataError
+from histoguard.demo._pseudo_slides import real_tile_paths
 from histoguard.encoders import load_encoder
+from histoguard.errors import AuditDataError
 from histoguard.robustness import (
     AttackSettings,
     AuditConfig,
@@ -33,7 +33,7 @@ from histoguard.robustness import (
     simulate_centers,
     write_audit,
 )
-from histoguard.robustness._apd import APDConfig
+from histoguard.robustness.metrics._apd import APDConfig
 from histoguard.slide._synthetic import synthetic_tile
 
 DEMO_AUDIT_ENCODER = "hg-cnn"

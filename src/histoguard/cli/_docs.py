@@ -1,6 +1,6 @@
 """Render the CLI reference (docs/cli.md) from the commands' own ``--help``.
 
-Run ``python -m histoguard.cli_docs > docs/cli.md`` (``make docs``); a test fails when the file
+Run ``python -m histoguard.cli._docs > docs/cli.md`` (``make docs``); a test fails when the file
 is out of date.
 """
 
@@ -28,13 +28,13 @@ _HELP_ENV = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
 
 _HEADER = """# CLI reference
 
-Generated from the commands' own `--help` by `python -m histoguard.cli_docs > docs/cli.md`
+Generated from the commands' own `--help` by `python -m histoguard.cli._docs > docs/cli.md`
 (`make docs`); a test keeps it in sync. Every command is one call into the Python library:
 `tile` is `histoguard.tile_slides`, `extract` is `histoguard.features.extract_features`,
 `train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
-`demo` is `histoguard._demo.run_demo`.
+`demo` is `histoguard.demo._run.run_demo`.
 """
 
 

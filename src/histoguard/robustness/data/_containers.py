@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from histoguard._exceptions import AuditDataError
+from histoguard.errors import AuditDataError
 
 StrArray = npt.NDArray[np.str_]
 IndexArray = npt.NDArray[np.int64] | npt.NDArray[np.bool_]

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import TileDataset, read_tile
-from histoguard.robustness._perturbations import jpeg_round_trip
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import TileDataset, read_tile
+from histoguard.robustness.shifts._perturbations import jpeg_round_trip
 from histoguard.stain import MacenkoNormalizer
 from histoguard.stain._optical_density import od_to_rgb, rgb_to_od
 

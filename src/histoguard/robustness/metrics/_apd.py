@@ -50,10 +50,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from histoguard._exceptions import AuditDataError
-from histoguard.robustness._data import LabelledEmbeddings
-from histoguard.robustness._linear_probe import DEFAULT_C_GRID, fit_linear_probe
-from histoguard.robustness._stats import center_class_association, mean_confidence_interval
+from histoguard.errors import AuditDataError
+from histoguard.robustness.data._containers import LabelledEmbeddings
+from histoguard.robustness.metrics._linear_probe import DEFAULT_C_GRID, fit_linear_probe
+from histoguard.robustness.metrics._stats import center_class_association, mean_confidence_interval
 
 IntArray = npt.NDArray[np.int64]
 

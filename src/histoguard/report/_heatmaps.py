@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 from scipy.stats import rankdata
 
-from histoguard._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic
 from histoguard.slide._geojson import tile_geojson
 
 Colormap = Literal["turbo", "viridis"]
@@ -286,7 +286,7 @@ def write_heatmaps(
 ) -> dict[str, Path]:
     """Write a slide's attention overlay, QuPath GeoJSON and (optionally) top-tile gallery.
 
-    Each file is written atomically (see :mod:`histoguard._atomic`): a file present under its
+    Each file is written atomically (see :mod:`histoguard.core._atomic`): a file present under its
     final name is complete.
 
     Args:

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from histoguard._exceptions import UnsafeWeightsError, WeightsError
+from histoguard.errors import UnsafeWeightsError, WeightsError
 
 if TYPE_CHECKING:
     import torch

@@ -1,0 +1,15 @@
+"""The ``histoguard`` command line: every command is one library call."""
+
+# Command modules register their commands on ``app`` when imported; the order here is the order
+# of ``histoguard --help``.
+# isort: off
+from histoguard.cli import _slides as _slides
+from histoguard.cli import _features as _features
+from histoguard.cli import _mil as _mil
+from histoguard.cli import _audit as _audit
+from histoguard.cli import _demo as _demo
+
+# isort: on
+from histoguard.cli._app import app, main
+
+__all__ = ["app", "main"]

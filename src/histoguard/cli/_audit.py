@@ -1,0 +1,122 @@
+"""The ``audit`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoguard.cli._app import (
+    OutDir,
+    Quiet,
+    app,
+)
+
+
+@app.command()
+def audit(
+    out: OutDir,
+    features: Annotated[
+        Path | None, typer.Option(help="Folder of <slide_id>.h5 feature files (with --cohort).")
+    ] = None,
+    cohort: Annotated[
+        Path | None,
+        typer.Option(help="Cohort table: slide_id, label, center (applied to all its tiles)."),
+    ] = None,
+    tiles: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tile table: path (or PathoROB patch_id), label, center, slide_id "
+            "(with --encoder). The PathoROB layout is accepted as is."
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="Encoder to audit on --tiles; `histoguard encoders`.")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Encoder weights file or model folder.")
+    ] = None,
+    image_root: Annotated[
+        Path | None, typer.Option(help="Folder the tile table's images are in (default: its own).")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A `histoguard train` model folder: stress-tests and attacks it too."),
+    ] = None,
+    ood_center: Annotated[
+        list[str] | None,
+        typer.Option(help="A center never trained on in APD (repeatable; default: OOD rows)."),
+    ] = None,
+    parts: Annotated[
+        str, typer.Option(help="Comma-separated subset of the measurements to run.")
+    ] = "robustness_index,apd,clustering_score,stress,adversarial",
+    k: Annotated[
+        int | None,
+        typer.Option(
+            help="Neighbours for the robustness index (default: best kNN accuracy).", min=1
+        ),
+    ] = None,
+    max_k: Annotated[int, typer.Option(help="Largest k of the RI(k) curve.", min=1)] = 100,
+    tolerance: Annotated[
+        float, typer.Option(help="Accuracy drop a perturbation may cause and still pass.", min=0)
+    ] = 0.05,
+    eps: Annotated[
+        str, typer.Option(help="PGD L-inf budgets, comma-separated, in 0-255 pixel units.")
+    ] = "1,2,4,8",
+    transfer_encoder: Annotated[
+        list[str] | None,
+        typer.Option(help="Encoder the universal perturbation is transferred to (repeatable)."),
+    ] = None,
+    slide_fraction: Annotated[
+        float, typer.Option(help="Share of each slide's tiles the slide attack perturbs.", min=0)
+    ] = 0.001,
+    max_tiles_per_slide: Annotated[
+        int, typer.Option(help="Embeddings read per slide from feature files.", min=1)
+    ] = 256,
+    seed: Annotated[int, typer.Option(help="Seeds every random choice of the audit.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Audit an encoder or its embeddings: does it see biology or the hospital?
+
+    Writes OUT/audit.json (robustness_index, apd, clustering_score, stress, adversarial) and
+    OUT/audit.html (plots, each with a one-line reading). From feature files only the
+    representation metrics run; stress tests and attacks need --tiles and --encoder.
+    Attack budgets are reported in the 0-1 pixel scale.
+    """
+    from histoguard.errors import HistoguardError
+    from histoguard.robustness import (
+        AttackSettings,
+        AuditConfig,
+        RobustnessIndexConfig,
+        StressConfig,
+        run_audit,
+    )
+
+    try:
+        config = AuditConfig(
+            parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
+            robustness_index=RobustnessIndexConfig(k=k, max_k=max_k),
+            stress=StressConfig(tolerance=tolerance),
+            attacks=AttackSettings(
+                pgd_eps=tuple(float(e) / 255 for e in eps.split(",")),
+                transfer_encoders=tuple(transfer_encoder or ()),
+                slide_fraction=slide_fraction,
+            ),
+            max_tiles_per_slide=max_tiles_per_slide,
+            seed=seed,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    try:
+        outputs = run_audit(
+            out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
+            image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),
+            config=config, progress=not quiet, log=None if quiet else typer.echo,
+        )  # fmt: skip
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    except HistoguardError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"audit: {outputs.json_path}\nreport: {outputs.html_path}")

@@ -1,0 +1,147 @@
+"""Feature commands: ``extract`` and ``encoders``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoguard.cli._app import (
+    Backend,
+    MinTissue,
+    MppOverride,
+    OutDir,
+    Quiet,
+    TargetMpp,
+    TileSize,
+    _print_report,
+    app,
+)
+
+
+@app.command()
+def extract(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Slide files, folders of slides, or folders of tile images (one slide each).",
+            show_default=False,
+        ),
+    ],
+    encoder: Annotated[str, typer.Option(help="Encoder name; `histoguard encoders` lists them.")],
+    out: OutDir,
+    weights: Annotated[
+        Path | None, typer.Option(help="Local weights file or model directory for the encoder.")
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Accept a pickled checkpoint (.pt/.pth/.bin). Pickles can run code; even with "
+            "this flag they load with torch.load(weights_only=True).",
+        ),
+    ] = False,
+    tiles_dir: Annotated[
+        Path | None,
+        typer.Option(help="Reuse `histoguard tile` output from this folder instead of tiling."),
+    ] = None,
+    mpp: TargetMpp = 0.5,
+    tile_size: TileSize = 224,
+    min_tissue: MinTissue = 0.5,
+    mpp_override: MppOverride = None,
+    backend: Backend = None,
+    stain_normalize: Annotated[
+        str | None, typer.Option(help="Normalise stains before encoding: macenko or reinhard.")
+    ] = None,
+    stain_reference: Annotated[
+        Path | None, typer.Option(help="Reference H&E image for --stain-normalize.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Tiles per encoder call.", min=1)] = 64,
+    readers: Annotated[
+        int, typer.Option(help="Reader processes per slide (0: read in the main process).", min=0)
+    ] = 2,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Run on a local Dask cluster of N worker processes (one slide per task)."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on an existing Dask scheduler, e.g. tcp://host:8786 (Slurm: dask-jobqueue)."
+        ),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Extract tile features into OUT/<slide>.h5 (features N×D float32, coords, provenance).
+
+    Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
+    isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
+    any slide failed.
+    """
+    from histoguard.features import ExtractionConfig, extract_features
+    from histoguard.slide import TilingConfig
+
+    try:
+        config = ExtractionConfig(
+            encoder=encoder,
+            weights=weights,
+            allow_pickle=allow_pickle,
+            tiling=TilingConfig(
+                mpp=mpp,
+                tile_size=tile_size,
+                min_tissue_fraction=min_tissue,
+                mpp_override=mpp_override,
+                backend=backend,
+            ),
+            tiles_dir=tiles_dir,
+            stain_normalize=stain_normalize,
+            stain_reference=stain_reference,
+            batch_size=batch_size,
+            readers=readers,
+            device=device,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    from histoguard.errors import EncoderError
+
+    try:
+        report = extract_features(
+            inputs, out, config, scheduler=scheduler, dask_workers=workers, progress=not quiet
+        )
+    except EncoderError as error:  # nothing can run without the encoder: say why, no traceback
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    _print_report(report)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def encoders(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the registered encoders with their embedding size, input size and licence."""
+    from histoguard.encoders import list_encoders
+
+    infos = [info.to_dict() for info in list_encoders()]
+    if as_json:
+        typer.echo(json.dumps(infos, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "dim", "input", "weights", "licence", "description")
+    for info in infos:
+        needs = (
+            "needs file" + (" (gated)" if info["gated"] else "") if info["needs_weights"] else "-"
+        )
+        table.add_row(
+            info["name"], str(info["embed_dim"]), str(info["input_size"]), needs,
+            info["licence"], info["description"],
+        )  # fmt: skip
+    Console().print(table)

@@ -1,0 +1,99 @@
+"""Slide commands: ``tile`` and ``info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoguard.cli._app import (
+    Backend,
+    MinTissue,
+    MppOverride,
+    OutDir,
+    Quiet,
+    TargetMpp,
+    TileSize,
+    _print_report,
+    app,
+)
+
+
+@app.command()
+def tile(
+    slides: Annotated[
+        list[Path], typer.Argument(help="Slide files and/or folders of slides.", show_default=False)
+    ],
+    out: OutDir,
+    mpp: TargetMpp = 0.5,
+    tile_size: TileSize = 224,
+    overlap: Annotated[
+        int, typer.Option(help="Pixels (at --mpp) shared by neighbours.", min=0)
+    ] = 0,
+    min_tissue: MinTissue = 0.5,
+    mpp_override: MppOverride = None,
+    backend: Backend = None,
+    threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1)] = 2,
+    thumbnail_size: Annotated[
+        int, typer.Option(help="Longest side (px) of the tissue-detection thumbnail.", min=64)
+    ] = 2048,
+    quiet: Quiet = False,
+) -> None:
+    """Detect tissue and tile slides into OUT/<slide>.h5 (coords + tile QC), with a thumbnail
+    PNG showing the tissue outline and tile grid, and the tissue as QuPath GeoJSON.
+
+    Resumable: slides whose verified output exists with the same settings are skipped. Failures
+    are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
+    slide failed.
+    """
+    from histoguard.slide import TilingConfig, tile_slides
+
+    try:
+        config = TilingConfig(
+            mpp=mpp,
+            tile_size=tile_size,
+            overlap=overlap,
+            min_tissue_fraction=min_tissue,
+            mpp_override=mpp_override,
+            backend=backend,
+            threads=threads,
+            thumbnail_size=thumbnail_size,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    report = tile_slides(slides, out, config, progress=not quiet)
+    _print_report(report)
+    if report.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def info(
+    slide: Annotated[Path, typer.Argument(help="A slide file.", show_default=False)],
+    mpp_override: MppOverride = None,
+    backend: Backend = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a slide's levels, resolution (mpp), vendor and associated images."""
+    from histoguard.errors import SlideError
+    from histoguard.slide import slide_info
+
+    try:
+        facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
+    except SlideError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in facts.items():
+        if key == "mpp" and value is None:
+            value = "[red]unknown: pass --mpp-override[/red]"
+        table.add_row(f"[bold]{key}[/bold]", str(value))
+    Console().print(table)

@@ -1,0 +1,1 @@
+"""``histoguard demo``: the whole current pipeline, offline, on real data when given."""
