@@ -14,13 +14,22 @@
     │   ├── UnknownEncoderError     no encoder registered under that name
     │   └── WeightsError            a weights file is missing, corrupt or does not fit
     │       └── UnsafeWeightsError  a pickled checkpoint, refused without explicit consent
-    └── AuditDataError              a table or dataset given to the robustness audit is unusable
+    ├── AuditDataError              a table or dataset given to the robustness audit is unusable
+    ├── CohortError                 a cohort table, or a split drawn from it, is unusable
+    ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
+    ├── ConfigError (ValueError)    a configuration value or file is invalid
+    └── UnknownNameError (KeyError) no registry entry under that name; lists the known ones
+        └── UnknownEncoderError     ... in the encoder registry (also an EncoderError)
 
-Messages always name the file and say what to do about it.
+Messages always name the file and say what to do about it. The command line maps usage and
+configuration errors (``ConfigError``, ``UnknownNameError``) to exit code 2 and every other
+``HistoguardError`` to exit code 1, printing the message without a traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -87,13 +96,6 @@ class EncoderError(HistoguardError):
     """An encoder cannot be built or loaded."""
 
 
-class UnknownEncoderError(EncoderError, KeyError):
-    """No encoder is registered under the requested name."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
 class WeightsError(EncoderError):
     """A weights file is missing, corrupt, or does not fit the encoder."""
 
@@ -105,3 +107,64 @@ class UnsafeWeightsError(WeightsError):
 class AuditDataError(HistoguardError):
     """A table, tile dataset or embedding set given to the robustness audit cannot be used
     (missing columns, unknown files, too few classes or centers for a metric)."""
+
+
+class CohortError(HistoguardError):
+    """A cohort table, or a split drawn from it, cannot be used as it is.
+
+    Args:
+        message: what is wrong and what to do, naming the file, rows or slides.
+        problems: the individual problems, one line each (all of them, even when the message
+            lists only the first few).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems = tuple(problems)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[CohortError], tuple[str, tuple[str, ...]]]:
+        # Keep the exception picklable so it can cross process boundaries intact.
+        return (type(self), (str(self), self.problems))
+
+
+class ModelMismatchError(HistoguardError):
+    """Features do not fit a trained model: another encoder, weights, scale or tile size."""
+
+
+class ConfigError(HistoguardError, ValueError):
+    """A configuration value or configuration file is invalid.
+
+    Also a :class:`ValueError`, so code that validated arguments with ``except ValueError``
+    keeps working.
+    """
+
+
+class UnknownNameError(HistoguardError, KeyError):
+    """No entry is registered under the requested name.
+
+    Args:
+        kind: what the registry holds, e.g. ``"encoder"``.
+        name: the name asked for.
+        known: every registered name.
+
+    The message lists the known names and the closest match.
+    """
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = tuple(sorted(known))
+        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        listed = ", ".join(self.known) if self.known else "(none registered)"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known: {listed}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> tuple[type[UnknownNameError], tuple[str, str, tuple[str, ...]]]:
+        return (type(self), (self.kind, self.name, self.known))
+
+
+class UnknownEncoderError(UnknownNameError, EncoderError):
+    """No encoder is registered under the requested name."""

@@ -145,8 +145,7 @@ def get_encoder_info(name: str) -> EncoderInfo:
     try:
         return _ENCODERS[name]
     except KeyError:
-        known = ", ".join(sorted(_ENCODERS))
-        raise UnknownEncoderError(f"unknown encoder {name!r}; choose one of: {known}") from None
+        raise UnknownEncoderError("encoder", name, _ENCODERS) from None
 
 
 def _load_builtins() -> None:

@@ -4,8 +4,9 @@ One contract (:class:`MILModel`: ``forward(features, mask) -> MILOutput``, ``com
 ``predict``, ``config``) and one registry (:func:`build_model`, :func:`list_models`).
 """
 
+from histoguard.errors import CohortError
 from histoguard.mil._base import MILModel, MILOutput
-from histoguard.mil._cohort import Cohort, CohortError, CohortRow, load_cohort
+from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
 from histoguard.mil._metrics import (
     binary_metrics,
     bootstrap_ci,

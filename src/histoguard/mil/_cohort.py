@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoguard.core._tables import read_delimited
-from histoguard.errors import HistoguardError
+from histoguard.errors import CohortError
 
 #: Values the ``split`` column may hold.
 SPLIT_PARTS = ("train", "val", "test")
@@ -35,24 +35,6 @@ OPTIONAL_COLUMNS = ("patient_id", "center", "split", "path")
 
 # Enough to show the pattern of what is wrong without burying the first problem.
 _MAX_LISTED = 20
-
-
-class CohortError(HistoguardError):
-    """A cohort table, or a split drawn from it, cannot be used as it is.
-
-    Args:
-        message: what is wrong and what to do, naming the file, rows or slides.
-        problems: the individual problems, one line each (all of them, even when the message
-            lists only the first few).
-    """
-
-    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
-        self.problems = tuple(problems)
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[type[CohortError], tuple[str, tuple[str, ...]]]:
-        # Keep the exception picklable so it can cross process boundaries intact.
-        return (type(self), (str(self), self.problems))
 
 
 def format_problems(header: str, problems: Sequence[str], fix: str) -> str:

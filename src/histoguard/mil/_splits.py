@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.mil._cohort import SPLIT_PARTS, Cohort, CohortError, format_problems
+from histoguard.errors import CohortError
+from histoguard.mil._cohort import SPLIT_PARTS, Cohort, format_problems
 
 _FORMAT = "histoguard.splits"
 _FORMAT_VERSION = 1
