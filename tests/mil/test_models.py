@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
+from histoguard.errors import UnknownNameError
 from histoguard.mil import MILModel, MILOutput, build_model, get_model_info, list_models
 
 MODEL_NAMES = [info.name for info in list_models()]
@@ -40,8 +41,10 @@ def test_registry_lists_every_model_with_metadata() -> None:
 
 
 def test_unknown_model_names_the_registered_ones() -> None:
-    with pytest.raises(ValueError, match="unknown MIL model 'nope'.*abmil"):
+    with pytest.raises(UnknownNameError, match="unknown MIL model 'nope'.*abmil"):
         build_model("nope", in_dim=DIM, n_classes=2)
+    with pytest.raises(UnknownNameError, match="Did you mean 'clam-sb'"):
+        build_model("clam_sb", in_dim=DIM, n_classes=2)
 
 
 def test_registering_a_name_twice_is_refused() -> None:

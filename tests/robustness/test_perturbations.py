@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, UnknownNameError
 from histoguard.robustness.data._containers import TileDataset, read_tile
 from histoguard.robustness.shifts._perturbations import (
     D4_PERTURBATIONS,
@@ -198,7 +198,7 @@ def test_stain_transfer_rejects_unusable_references() -> None:
 
 def test_bad_names_severities_and_tiles_are_typed_errors() -> None:
     tiles = he_like_tiles(1)
-    with pytest.raises(AuditDataError, match=r"unknown perturbation 'focus'.*blur.*rot90"):
+    with pytest.raises(UnknownNameError, match=r"unknown perturbation 'focus'.*blur.*rot90"):
         apply_perturbation("focus", tiles, 1)
     for severity in (-1, 6):
         with pytest.raises(AuditDataError, match="outside 0..5"):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from skimage.color import rgb2lab
 
+from histoguard.errors import UnknownNameError
 from histoguard.stain import (
     STAIN_METHODS,
     MacenkoNormalizer,
@@ -168,8 +169,10 @@ def test_registry(target: np.ndarray) -> None:
     assert isinstance(stain_normalizer("macenko", target), MacenkoNormalizer)
     normalizer: StainNormalizer = stain_normalizer("Reinhard", target)
     assert isinstance(normalizer, ReinhardNormalizer)
-    with pytest.raises(ValueError, match="macenko, reinhard"):
+    with pytest.raises(UnknownNameError, match="Known: macenko, reinhard"):
         stain_normalizer("vahadane", target)
+    with pytest.raises(UnknownNameError, match="Did you mean 'macenko'"):
+        stain_normalizer("Makenko", target)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,19 @@
-"""The ``histoguard`` app, the option types commands share, and the batch-report printer."""
+"""The ``histoguard`` app, the option types commands share, and the batch-report printer.
+
+Option help that lists registered names (back-ends, encoders, MIL models, stain methods,
+perturbations) holds a placeholder such as ``{encoders}``, filled from the registry by
+:class:`RegistryHelpCommand` when the help is shown: the lists are never hard-coded, and
+running a command does not import the rooms (torch) just to spell its help.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from histoguard.core._batch import BatchReport
@@ -39,11 +47,69 @@ MinTissue = Annotated[
 ]
 Backend = Annotated[
     str | None,
-    typer.Option(
-        help="Force a slide back-end: openslide, tiffslide or image. "
-        "Default: try them in that order."
-    ),
+    typer.Option(help="Force a slide back-end: {backends}. Default: try them in that order."),
 ]
+
+
+def _backend_names() -> list[str]:
+    from histoguard.slide import list_backends
+
+    return [info.name for info in list_backends()]  # in the order they are tried
+
+
+def _encoder_names() -> tuple[str, ...]:
+    from histoguard.encoders._registry import ENCODERS
+
+    return ENCODERS.names()
+
+
+def _mil_model_names() -> tuple[str, ...]:
+    from histoguard.mil._registry import MODELS
+
+    return MODELS.names()
+
+
+def _stain_method_names() -> tuple[str, ...]:
+    from histoguard.stain._registry import STAIN_REGISTRY
+
+    return STAIN_REGISTRY.names()
+
+
+def _perturbation_names() -> tuple[str, ...]:
+    from histoguard.robustness.shifts._registry import PERTURBATIONS
+
+    return PERTURBATIONS.names()
+
+
+#: Placeholders option help may hold (``{backends}``, ...), each with the registry names it
+#: stands for, read when the help is shown.
+REGISTRY_PLACEHOLDERS: dict[str, Callable[[], Sequence[str]]] = {
+    "backends": _backend_names,
+    "encoders": _encoder_names,
+    "mil_models": _mil_model_names,
+    "perturbations": _perturbation_names,
+    "stain_methods": _stain_method_names,
+}
+
+
+def fill_registry_names(text: str) -> str:
+    """``text`` with every registry placeholder (``{encoders}``, ...) replaced by the names."""
+    for key, names in REGISTRY_PLACEHOLDERS.items():
+        if "{" + key + "}" in text:
+            text = text.replace("{" + key + "}", ", ".join(names()))
+    return text
+
+
+class RegistryHelpCommand(TyperCommand):
+    """A command whose option help lists registry names, filled in when the help is shown."""
+
+    # Any: typer vendors its own click, whose Context and HelpFormatter are private names.
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if isinstance(text, str) and "{" in text:
+                param.help = fill_registry_names(text)  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
 
 
 def _version_callback(value: bool) -> None:

@@ -10,11 +10,12 @@ import typer
 from histoguard.cli._app import (
     OutDir,
     Quiet,
+    RegistryHelpCommand,
     app,
 )
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 def audit(
     out: OutDir,
     features: Annotated[
@@ -32,7 +33,7 @@ def audit(
         ),
     ] = None,
     encoder: Annotated[
-        str | None, typer.Option(help="Encoder to audit on --tiles; `histoguard encoders`.")
+        str | None, typer.Option(help="Encoder to audit on --tiles: {encoders}.")
     ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Encoder weights file or model folder.")
@@ -66,7 +67,10 @@ def audit(
     ] = "1,2,4,8",
     transfer_encoder: Annotated[
         list[str] | None,
-        typer.Option(help="Encoder the universal perturbation is transferred to (repeatable)."),
+        typer.Option(
+            help="Encoder the universal perturbation is transferred to (repeatable; names as "
+            "for --encoder)."
+        ),
     ] = None,
     slide_fraction: Annotated[
         float, typer.Option(help="Share of each slide's tiles the slide attack perturbs.", min=0)

@@ -14,6 +14,7 @@ from histoguard.cli._app import (
     MppOverride,
     OutDir,
     Quiet,
+    RegistryHelpCommand,
     TargetMpp,
     TileSize,
     _print_report,
@@ -21,7 +22,7 @@ from histoguard.cli._app import (
 )
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 def extract(
     inputs: Annotated[
         list[Path],
@@ -30,7 +31,9 @@ def extract(
             show_default=False,
         ),
     ],
-    encoder: Annotated[str, typer.Option(help="Encoder name; `histoguard encoders` lists them.")],
+    encoder: Annotated[
+        str, typer.Option(help="Encoder: {encoders}. `histoguard encoders` shows their metadata.")
+    ],
     out: OutDir,
     weights: Annotated[
         Path | None, typer.Option(help="Local weights file or model directory for the encoder.")
@@ -53,7 +56,7 @@ def extract(
     mpp_override: MppOverride = None,
     backend: Backend = None,
     stain_normalize: Annotated[
-        str | None, typer.Option(help="Normalise stains before encoding: macenko or reinhard.")
+        str | None, typer.Option(help="Normalise stains before encoding: {stain_methods}.")
     ] = None,
     stain_reference: Annotated[
         Path | None, typer.Option(help="Reference H&E image for --stain-normalize.")
@@ -83,6 +86,7 @@ def extract(
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
     any slide failed.
     """
+    from histoguard.errors import UnknownNameError
     from histoguard.features import ExtractionConfig, extract_features
     from histoguard.slide import TilingConfig
 
@@ -105,7 +109,7 @@ def extract(
             readers=readers,
             device=device,
         )
-    except ValueError as error:
+    except (ValueError, UnknownNameError) as error:
         raise typer.BadParameter(str(error)) from error
     from histoguard.errors import EncoderError
 

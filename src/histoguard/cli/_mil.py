@@ -10,11 +10,12 @@ import typer
 
 from histoguard.cli._app import (
     OutDir,
+    RegistryHelpCommand,
     app,
 )
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 def train(
     config: Annotated[
         Path | None,
@@ -32,9 +33,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
     model: Annotated[
         str | None,
-        typer.Option(
-            help="MIL model: abmil, clam-sb, clam-mb, transmil, dsmil, topk, mean-pool, max-pool."
-        ),
+        typer.Option(help="MIL model: {mil_models}."),
     ] = None,
     split: Annotated[
         str | None,

@@ -14,6 +14,7 @@ from histoguard.cli._app import (
     MppOverride,
     OutDir,
     Quiet,
+    RegistryHelpCommand,
     TargetMpp,
     TileSize,
     _print_report,
@@ -21,7 +22,7 @@ from histoguard.cli._app import (
 )
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 def tile(
     slides: Annotated[
         list[Path], typer.Argument(help="Slide files and/or folders of slides.", show_default=False)
@@ -48,6 +49,7 @@ def tile(
     are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
     slide failed.
     """
+    from histoguard.errors import UnknownNameError
     from histoguard.slide import TilingConfig, tile_slides
 
     try:
@@ -61,7 +63,7 @@ def tile(
             threads=threads,
             thumbnail_size=thumbnail_size,
         )
-    except ValueError as error:
+    except (ValueError, UnknownNameError) as error:
         raise typer.BadParameter(str(error)) from error
     report = tile_slides(slides, out, config, progress=not quiet)
     _print_report(report)
@@ -69,7 +71,7 @@ def tile(
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(cls=RegistryHelpCommand)
 def info(
     slide: Annotated[Path, typer.Argument(help="A slide file.", show_default=False)],
     mpp_override: MppOverride = None,
@@ -77,11 +79,13 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a slide's levels, resolution (mpp), vendor and associated images."""
-    from histoguard.errors import SlideError
+    from histoguard.errors import SlideError, UnknownNameError
     from histoguard.slide import slide_info
 
     try:
         facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
+    except UnknownNameError as error:
+        raise typer.BadParameter(str(error), param_hint="--backend") from error
     except SlideError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error

@@ -1,6 +1,10 @@
 """Encoders: tiles in, embeddings out. One registry, one contract, weights from local files."""
 
 from histoguard.core._weights import load_state_dict
+
+# Imported for their registration side effect: the built-in encoders and the adapters for
+# encoders users bring fill the registry (the registry itself imports none of them).
+from histoguard.encoders import _adapters, _builtin  # noqa: F401
 from histoguard.encoders._hf import load_hf_encoder
 from histoguard.encoders._onnx import export_onnx, load_onnx_encoder
 from histoguard.encoders._registry import (

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from histoguard.core._registry import Registry
 from histoguard.errors import EncoderError, UnknownEncoderError
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class EncoderInfo:
         }
 
 
-_ENCODERS: dict[str, EncoderInfo] = {}
+#: Every encoder by name; the package ``__init__`` imports the built-in modules that fill it.
+ENCODERS: Registry[EncoderInfo] = Registry("encoder", error=UnknownEncoderError)
 
 
 def register_encoder(
@@ -105,12 +107,13 @@ def register_encoder(
 
     The module must map ``(B, 3, input_size, input_size)`` float32 normalised tiles to
     ``(B, embed_dim)`` embeddings.
+
+    Raises:
+        ConfigError: ``name`` is already registered (also a ``ValueError``).
     """
 
     def decorate(factory: EncoderFactory) -> EncoderFactory:
-        if name in _ENCODERS:
-            raise ValueError(f"encoder {name!r} is already registered")
-        _ENCODERS[name] = EncoderInfo(
+        info = EncoderInfo(
             name=name,
             embed_dim=embed_dim,
             input_size=input_size,
@@ -124,6 +127,7 @@ def register_encoder(
             weights_hint=weights_hint,
             factory=factory,
         )
+        ENCODERS.add(name, info)
         return factory
 
     return decorate
@@ -131,26 +135,17 @@ def register_encoder(
 
 def list_encoders() -> list[EncoderInfo]:
     """Every registered encoder, sorted by name."""
-    _load_builtins()
-    return sorted(_ENCODERS.values(), key=lambda info: info.name)
+    return list(ENCODERS.entries())
 
 
 def get_encoder_info(name: str) -> EncoderInfo:
     """The registry entry for ``name``.
 
     Raises:
-        UnknownEncoderError: no such encoder; the message lists the registered ones.
+        UnknownEncoderError: no such encoder; the message lists the registered ones and the
+            closest match.
     """
-    _load_builtins()
-    try:
-        return _ENCODERS[name]
-    except KeyError:
-        raise UnknownEncoderError("encoder", name, _ENCODERS) from None
-
-
-def _load_builtins() -> None:
-    # Imported for their registration side effect, lazily so `import histoguard` stays light.
-    from histoguard.encoders import _adapters, _builtin  # noqa: F401
+    return ENCODERS.get(name)
 
 
 class Encoder:

@@ -69,6 +69,10 @@ class ExtractionConfig:
             )
         if (self.stain_normalize is None) != (self.stain_reference is None):
             raise ValueError("stain_normalize and stain_reference must be given together")
+        if self.stain_normalize is not None:
+            from histoguard.stain._registry import STAIN_REGISTRY
+
+            STAIN_REGISTRY.get(self.stain_normalize)  # raises with the registered methods
 
     def result_key(self, weights_sha256: str) -> str:
         """JSON of what changes the features (not batch size, readers or device)."""

@@ -5,6 +5,10 @@ One contract (:class:`MILModel`: ``forward(features, mask) -> MILOutput``, ``com
 """
 
 from histoguard.errors import CohortError
+
+# Imported for their registration side effect: each module registers its models (the registry
+# itself imports none of them).
+from histoguard.mil import _abmil, _clam, _dsmil, _pooling, _topk, _transmil  # noqa: F401
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
 from histoguard.mil._metrics import (

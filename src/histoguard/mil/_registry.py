@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from histoguard.core._registry import Registry
 from histoguard.mil._base import MILModel
 
 ModelT = TypeVar("ModelT", bound=type[MILModel])
@@ -32,7 +33,8 @@ class ModelInfo:
         return {"name": self.name, "description": self.description, "citation": self.citation}
 
 
-_MODELS: dict[str, ModelInfo] = {}
+#: Every MIL model by name; the package ``__init__`` imports the built-in modules that fill it.
+MODELS: Registry[ModelInfo] = Registry("MIL model")
 
 
 def register_model(name: str, *, description: str, citation: str) -> Callable[[ModelT], ModelT]:
@@ -42,14 +44,12 @@ def register_model(name: str, *, description: str, citation: str) -> Callable[[M
     hyperparameters on to ``MILModel.__init__`` so that ``config()`` can rebuild it.
 
     Raises:
-        ValueError: ``name`` is already registered.
+        ConfigError: ``name`` is already registered (also a ``ValueError``).
     """
 
     def decorate(cls: ModelT) -> ModelT:
-        if name in _MODELS:
-            raise ValueError(f"MIL model {name!r} is already registered")
+        MODELS.add(name, ModelInfo(name=name, description=description, citation=citation, cls=cls))
         cls.registry_name = name
-        _MODELS[name] = ModelInfo(name=name, description=description, citation=citation, cls=cls)
         return cls
 
     return decorate
@@ -57,22 +57,17 @@ def register_model(name: str, *, description: str, citation: str) -> Callable[[M
 
 def list_models() -> list[ModelInfo]:
     """Every registered MIL model, sorted by name."""
-    _load_builtins()
-    return sorted(_MODELS.values(), key=lambda info: info.name)
+    return list(MODELS.entries())
 
 
 def get_model_info(name: str) -> ModelInfo:
     """The registry entry for ``name``.
 
     Raises:
-        ValueError: no such model; the message lists the registered ones.
+        UnknownNameError: no such model; the message lists the registered ones and the
+            closest match.
     """
-    _load_builtins()
-    try:
-        return _MODELS[name]
-    except KeyError:
-        known = ", ".join(sorted(_MODELS))
-        raise ValueError(f"unknown MIL model {name!r}; choose one of: {known}") from None
+    return MODELS.get(name)
 
 
 def build_model(name: str, *, in_dim: int, n_classes: int, **kwargs: Any) -> MILModel:
@@ -85,12 +80,8 @@ def build_model(name: str, *, in_dim: int, n_classes: int, **kwargs: Any) -> MIL
         **kwargs: the model's hyperparameters (hidden sizes, dropout, ...).
 
     Raises:
-        ValueError: unknown model name or invalid hyperparameter values.
+        UnknownNameError: unknown model name.
+        ValueError: invalid hyperparameter values.
         TypeError: a hyperparameter the model does not take.
     """
     return get_model_info(name).cls(in_dim=in_dim, n_classes=n_classes, **kwargs)
-
-
-def _load_builtins() -> None:
-    # Imported for their registration side effect, lazily to avoid an import cycle.
-    from histoguard.mil import _abmil, _clam, _dsmil, _pooling, _topk, _transmil  # noqa: F401

@@ -3,6 +3,9 @@
 Coordinates are level-0 pixels everywhere; scale is micrometres per pixel (mpp).
 """
 
+# Imported for their registration side effect: each back-end module registers one back-end
+# (the registry itself imports none of them).
+from histoguard.slide import _openslide_backend, _tiffslide_backend  # noqa: F401
 from histoguard.slide._array_backend import ArraySlide, ImageSlide
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tile_geojson, tissue_geojson

@@ -6,9 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from histoguard.errors import SlideError, UnsupportedFormatError
-
-# Imported for their registration side effect: each module registers one back-end.
-from histoguard.slide import _array_backend, _openslide_backend, _tiffslide_backend  # noqa: F401
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, preflight
 from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import BackendInfo, get_backend, list_backends
@@ -42,12 +39,14 @@ def open_slide(
     Raises:
         SlideNotFoundError, CorruptSlideError, UnsupportedFormatError, SlideTooLargeError,
         MissingMppError: see :mod:`histoguard.errors`.
+        UnknownNameError: ``backend`` is not a registered back-end (see :func:`list_backends`).
     """
     path = Path(path)
+    forced = None if backend is None else get_backend(backend)  # a wrong name fails first
     checked = preflight(path, max_pixels=max_pixels)
     candidates: list[BackendInfo]
-    if backend is not None:
-        candidates = [get_backend(backend)]
+    if forced is not None:
+        candidates = [forced]
     else:
         candidates = [info for info in list_backends() if checked.kind in info.kinds]
     if not candidates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from histoguard.core._registry import Registry
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader
 
@@ -28,21 +29,27 @@ class BackendInfo:
     formats: str
 
 
-_BACKENDS: dict[str, BackendInfo] = {}
+#: Every back-end by name; the package ``__init__`` imports the back-end modules that fill it.
+BACKENDS: Registry[BackendInfo] = Registry("slide back-end")
 
 
 def register_backend(
     name: str, *, priority: int, kinds: set[FileKind], formats: str
 ) -> Callable[[type[SlideReader]], type[SlideReader]]:
-    """Class decorator adding a :class:`SlideReader` subclass to the registry under ``name``."""
+    """Class decorator adding a :class:`SlideReader` subclass to the registry under ``name``.
+
+    Raises:
+        ConfigError: ``name`` is already registered (also a ``ValueError``).
+    """
 
     def decorate(cls: type[SlideReader]) -> type[SlideReader]:
-        if name in _BACKENDS:
-            raise ValueError(f"slide back-end {name!r} is already registered")
-        cls.backend_name = name
-        _BACKENDS[name] = BackendInfo(
-            name=name, reader=cls, priority=priority, kinds=frozenset(kinds), formats=formats
+        BACKENDS.add(
+            name,
+            BackendInfo(
+                name=name, reader=cls, priority=priority, kinds=frozenset(kinds), formats=formats
+            ),
         )
+        cls.backend_name = name
         return cls
 
     return decorate
@@ -50,17 +57,14 @@ def register_backend(
 
 def list_backends() -> list[BackendInfo]:
     """All registered back-ends, in the order they are tried."""
-    return sorted(_BACKENDS.values(), key=lambda info: info.priority)
+    return sorted(BACKENDS.entries(), key=lambda info: info.priority)
 
 
 def get_backend(name: str) -> BackendInfo:
     """The back-end registered as ``name``.
 
     Raises:
-        ValueError: no such back-end; the message lists the registered ones.
+        UnknownNameError: no such back-end; the message lists the registered ones and the
+            closest match.
     """
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        known = ", ".join(info.name for info in list_backends())
-        raise ValueError(f"unknown slide back-end {name!r}; choose one of: {known}") from None
+    return BACKENDS.get(name)

@@ -1,13 +1,36 @@
 """Stain normalisation of H&E tiles (numpy, vectorised over batches), upstream of encoders."""
 
 from histoguard.stain._macenko import MacenkoNormalizer
-from histoguard.stain._registry import STAIN_METHODS, StainNormalizer, stain_normalizer
+from histoguard.stain._registry import (
+    STAIN_REGISTRY,
+    StainMethodInfo,
+    StainNormalizer,
+    register_stain_method,
+    stain_normalizer,
+)
 from histoguard.stain._reinhard import ReinhardNormalizer
+
+# The built-in methods; the registry itself imports none of them.
+register_stain_method(
+    "macenko",
+    MacenkoNormalizer.fit,
+    description="Macenko et al. 2009: per-tile H&E stain vectors mapped onto the reference's",
+)
+register_stain_method(
+    "reinhard",
+    ReinhardNormalizer.fit,
+    description="Reinhard et al. 2001: CIELAB channel means and deviations matched",
+)
+
+#: Names of the built-in methods accepted by :func:`stain_normalizer`, sorted.
+STAIN_METHODS: tuple[str, ...] = STAIN_REGISTRY.names()
 
 __all__ = [
     "STAIN_METHODS",
     "MacenkoNormalizer",
     "ReinhardNormalizer",
+    "StainMethodInfo",
     "StainNormalizer",
+    "register_stain_method",
     "stain_normalizer",
 ]

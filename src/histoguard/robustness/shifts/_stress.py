@@ -54,7 +54,8 @@ class StressConfig:
             perturbation ``stain_transfer_{name}``.
 
     Raises:
-        AuditDataError: an unknown perturbation, a severity below 1 or above every requested
+        UnknownNameError: an unknown perturbation name.
+        AuditDataError: a severity below 1 or above every requested
             perturbation's scale, tolerance outside [0, 1], batch size below 1, negative seed.
     """
 
