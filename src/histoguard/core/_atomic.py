@@ -29,7 +29,7 @@ def _current_umask() -> int:
 
 def _publish_mode(path: Path) -> None:
     """Give ``path`` the mode of a file created by ``open()``: ``0o666 & ~umask``."""
-    os.chmod(path, 0o666 & ~_current_umask())
+    path.chmod(0o666 & ~_current_umask())
 
 
 def _fsync_path(path: Path) -> None:
