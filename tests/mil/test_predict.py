@@ -161,3 +161,22 @@ def test_no_mil_module_imports_drawing_libraries() -> None:
                 top = name.split(".")[0]
                 assert top not in {"PIL", "matplotlib"}, (module.name, name)
                 assert not name.startswith("histoguard.report"), (module.name, name)
+
+
+def test_cli_predict_refuses_other_features_unless_forced(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    model = save_tiny_model(tmp_path / "model")
+    file = histoguard_file(tmp_path / "s1.h5", encoder="phikon-v2", level0_tile_size=256)
+    args = ["predict", str(file), "--model", str(model), "--out", str(tmp_path / "out")]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1
+    assert "phikon-v2" in refused.output and "--force" in refused.output
+    forced = CliRunner().invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "forced" in forced.output and (tmp_path / "out" / "predictions.csv").is_file()
+    # No slide recorded: the map of tiles is written, no overlay, and the output says why.
+    assert (tmp_path / "out" / "s1.attention.geojson").is_file()
+    assert "cannot reopen the slide" in forced.output
