@@ -314,3 +314,23 @@ def test_prediction_title_names_the_slide_class_and_probability(tmp_path: Path) 
     assert prediction_title(prediction) == "s1: predicted tumour (p = 0.75)"
     drawn = write_prediction_heatmaps([prediction], tmp_path)  # no attention: nothing to draw
     assert drawn.paths == {} and drawn.warnings == () and not list(tmp_path.iterdir())
+
+
+def test_histoguard_file_on_its_slide_gets_overlay_gallery_and_map(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    from histoguard.slide import TileSpec
+
+    spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=[1, 2, 4], mpp=0.5, tile_size=128)
+    assert spec.level0_tile_size == 256
+    file = histoguard_file(tmp_path / "known.h5", **spec.to_dict(), slide_path=str(known_slide))
+    (prediction,) = _predictions(tmp_path, [file])
+    assert prediction.slide_path == known_slide and prediction.tile_size0 == 256
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps", top_k=5)
+    assert drawn.warnings == ()
+    paths = drawn.paths["known"]
+    assert set(paths) == {"attention", "geojson", "top_tiles"}
+    with Image.open(paths["top_tiles"]) as image:
+        assert image.size == (4 + 5 * (128 + 4), 4 + 128 + 4)
+    with Image.open(paths["attention"]) as image:
+        assert image.size[0] == 2048  # the slide's thumbnail, not a stand-in canvas
