@@ -51,7 +51,7 @@ def test_demo_prefers_the_real_slide(
     assert [r.status for r in result.features_report.results] == ["done"]
     assert result.training_source == "real"
     assert result.training_report["overall"]["metrics"]["auc"]["value"] > 0.8
-    assert result.predictions[0].heatmaps["attention"].is_file()
+    assert result.heatmaps[result.predictions[0].slide]["attention"].is_file()
     audit = result.audit.audit
     assert audit["metadata"]["tile_source"] == "real"
     for part in ("robustness_index", "apd", "clustering_score", "stress", "adversarial"):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ from histoguard.mil import (
     train_split,
 )
 from histoguard.mil._splits import kfold_splits
-from tests.mil.conftest import PseudoCohort
+from tests.mil.conftest import N_BAGS, TILE_SIZE0, PseudoCohort
 
 MODELS = ["mean-pool", "max-pool", "topk", "abmil", "clam-sb", "clam-mb", "transmil", "dsmil"]
 ATTENTION_MODELS = ["topk", "abmil", "clam-sb", "clam-mb", "transmil", "dsmil"]
@@ -38,6 +40,31 @@ def _config(cohort: PseudoCohort, out: Path, **kwargs: object) -> TrainConfig:
     options: dict[str, object] = {"epochs": 30, "patience": 6, "lr": 1e-3, "n_boot": 200, "k": 3}
     options.update(kwargs)
     return TrainConfig(cohort=cohort.table, features=cohort.features, out=out, **options)  # type: ignore[arg-type]
+
+
+def test_pseudo_cohort_bags_share_no_tile_and_no_source_image(
+    pseudo_cohort: PseudoCohort,
+) -> None:
+    bags = sorted(pseudo_cohort.tile_paths)
+    assert len(bags) == N_BAGS
+    for a, b in itertools.combinations(bags, 2):
+        assert not set(pseudo_cohort.tile_paths[a]) & set(pseudo_cohort.tile_paths[b]), (a, b)
+        assert not set(pseudo_cohort.tile_groups[a]) & set(pseudo_cohort.tile_groups[b]), (a, b)
+    # Hence every split the training uses is disjoint in tiles and source images.
+    cohort = load_cohort(pseudo_cohort.table, features_dir=pseudo_cohort.features)
+    for split in kfold_splits(cohort, k=3, seed=0):
+        parts = {"train": split.train, "val": split.val, "test": split.test}
+        groups = {
+            name: {g for s in ids for g in pseudo_cohort.tile_groups[s]}
+            for name, ids in parts.items()
+        }
+        tiles = {
+            name: {t for s in ids for t in pseudo_cohort.tile_paths[s]}
+            for name, ids in parts.items()
+        }
+        for x, y in itertools.combinations(parts, 2):
+            assert not groups[x] & groups[y], (split.name, x, y)
+            assert not tiles[x] & tiles[y], (split.name, x, y)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -59,6 +86,7 @@ def test_every_model_learns_from_real_tile_bags(
     )
     tumour = cohort.labels.index("tumour")
     slide_auc = auc(probs[:, tumour], truth == tumour)
+    print(f"{model}: held-out slide AUC {slide_auc:.3f}")
     assert slide_auc > 0.8, f"{model}: held-out slide AUC {slide_auc:.2f}"
     if model in ATTENTION_MODELS:
         scores = np.concatenate(
@@ -76,6 +104,7 @@ def test_every_model_learns_from_real_tile_bags(
             ]
         )
         instance_auc = auc(scores, truth_tiles)
+        print(f"{model}: held-out instance AUC {instance_auc:.3f}")
         assert instance_auc > 0.75, f"{model}: instance AUC {instance_auc:.2f}"
 
 
@@ -85,6 +114,9 @@ def test_train_writes_reusable_outputs(pseudo_cohort: PseudoCohort, tmp_path: Pa
     for name in ("config.json", "splits.json", "predictions.csv", "metrics.json", "metrics.txt"):
         assert (out / name).is_file(), name
     assert len(result.fold_dirs) == 3
+    for fold in result.fold_dirs:  # the training features' provenance travels with the model
+        provenance = json.loads((fold / "model.json").read_text())["provenance"]
+        assert provenance == {"encoder": "hg-handcrafted", "weights_sha256": "", "tile_size": 224}
     report = json.loads((out / "metrics.json").read_text())
     assert report["design"] == "kfold"
     splits_before = (out / "splits.json").read_text()
@@ -121,10 +153,10 @@ def test_reloaded_model_in_a_fresh_process_predicts_identically(
 ) -> None:
     result = train(_config(pseudo_cohort, tmp_path / "run", model="abmil", epochs=3))
     files = sorted(pseudo_cohort.features.glob("*.h5"))[:5]
-    here = predict(result.out, files, tmp_path / "here", heatmaps=False)
+    here = predict(result.out, files, tmp_path / "here")
     code = (
         "import sys, json; from histoguard.mil import predict; "
-        "r = predict(sys.argv[1], sys.argv[3:], sys.argv[2], heatmaps=False); "
+        "r = predict(sys.argv[1], sys.argv[3:], sys.argv[2]); "
         "print(json.dumps([x.probabilities for x in r]))"
     )
     run = subprocess.run(
@@ -160,7 +192,13 @@ def test_cli_train_then_predict(pseudo_cohort: PseudoCohort, tmp_path: Path) -> 
     assert predicted.exit_code == 0, predicted.output
     rows = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "slide,predicted,p_normal,p_tumour" and len(rows) == 4
-    assert (tmp_path / "pred" / "bag000.attention.geojson").is_file()
+    # The pseudo-slides have no slide file: the QuPath map is written, the overlay is not
+    # drawn on a blank canvas, and the user is told why.
+    geojson = json.loads((tmp_path / "pred" / "bag000.attention.geojson").read_text())
+    corners = geojson["features"][0]["geometry"]["coordinates"][0]
+    assert corners[2][0] - corners[0][0] == TILE_SIZE0
+    assert not (tmp_path / "pred" / "bag000.attention.png").exists()
+    assert "cannot reopen the slide" in predicted.output
     bad = runner.invoke(
         app, ["train", str(settings), "--out", str(tmp_path / "x"), "--split", "nope"]
     )
@@ -169,3 +207,31 @@ def test_cli_train_then_predict(pseudo_cohort: PseudoCohort, tmp_path: Path) -> 
         app, ["predict", *files, "--model", str(tmp_path), "--out", str(tmp_path / "p")]
     )
     assert missing.exit_code == 1 and "model.json" in missing.output
+
+
+def test_predict_averages_the_folds(pseudo_cohort: PseudoCohort, tmp_path: Path) -> None:
+    result = train(_config(pseudo_cohort, tmp_path / "run", model="abmil", epochs=3))
+    files = sorted(pseudo_cohort.features.glob("*.h5"))[:4]
+    ensemble = predict(result.out, files, tmp_path / "all")
+    per_fold = [predict(fold, files, tmp_path / fold.name) for fold in result.fold_dirs]
+    assert len(per_fold) == 3
+    for i, prediction in enumerate(ensemble):
+        for label, p in prediction.probabilities.items():
+            folds = [fold[i].probabilities[label] for fold in per_fold]
+            assert p == pytest.approx(float(np.mean(folds)), abs=1e-6), (prediction.slide, label)
+            assert len({round(f, 6) for f in folds}) > 1  # the folds differ: a real average
+        assert prediction.attention is not None
+        np.testing.assert_allclose(
+            prediction.attention, np.mean([fold[i].attention for fold in per_fold], axis=0)
+        )
+
+
+def test_train_logs_every_epoch_and_draws_progress(
+    pseudo_cohort: PseudoCohort, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="histoguard.mil"):
+        train(_config(pseudo_cohort, tmp_path / "run", model="mean-pool", epochs=2), progress=True)
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(epochs) == 3 * 2, epochs
+    assert all("train loss" in m and "validation loss" in m for m in epochs)
+    assert {m.split(" epoch ")[0] for m in epochs} == {"fold0", "fold1", "fold2"}

@@ -10,6 +10,7 @@ import typer
 
 from histoguard.cli._app import (
     OutDir,
+    Quiet,
     RegistryHelpCommand,
     app,
 )
@@ -61,6 +62,7 @@ def train(
     model_kwargs: Annotated[
         str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
     ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train a MIL model from slide labels on every split of the chosen design; writes models
     (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
@@ -79,7 +81,7 @@ def train(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     try:
-        result = run_training(settings, log=typer.echo)
+        result = run_training(settings, log=typer.echo, progress=not quiet)
     except HistoguardError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
@@ -104,14 +106,32 @@ def predict(
     no_heatmaps: Annotated[
         bool, typer.Option("--no-heatmaps", help="Skip attention heatmaps.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Predict even from features of another encoder, weights, mpp or tile size "
+            "than the model was trained on.",
+        ),
+    ] = False,
+    slide: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--slide",
+            help="A slide, matched to its feature file by stem (repeatable): for heatmaps of "
+            "CLAM/TRIDENT files, which do not record their slide.",
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Tiles in the top-tile gallery.", min=0)] = 16,
 ) -> None:
     """Predict slides: OUT/predictions.csv (one row per slide) and attention heatmaps (PNG
-    overlay, top-tile gallery, QuPath GeoJSON measurement map)."""
+    overlay, top-tile gallery, QuPath GeoJSON measurement map). Refuses features from another
+    encoder or scale than the model's unless --force."""
     from histoguard.errors import HistoguardError
     from histoguard.mil import predict as run_prediction
 
     try:
-        results = run_prediction(model, feature_files, out, heatmaps=not no_heatmaps)
+        results = run_prediction(model, feature_files, out, force=force, slides=slide or ())
     except (HistoguardError, FileNotFoundError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
@@ -120,7 +140,17 @@ def predict(
             f"{r.slide}: {r.predicted} "
             + " ".join(f"{k}={v:.3f}" for k, v in r.probabilities.items())
         )
+        for warning in r.warnings:
+            typer.echo(f"  warning: {warning}", err=True)
     typer.echo(f"predictions: {out / 'predictions.csv'}")
+    if not no_heatmaps:
+        from histoguard.report import write_prediction_heatmaps
+
+        drawn = write_prediction_heatmaps(results, out, top_k=top_k)
+        for warning in drawn.warnings:
+            typer.echo(f"  warning: {warning}", err=True)
+        n_files = sum(len(paths) for paths in drawn.paths.values())
+        typer.echo(f"heatmaps: {n_files} files for {len(drawn.paths)} slides in {out}")
 
 
 @app.command()

@@ -1,18 +1,35 @@
 """Crash-safe output files: write to a temporary sibling, fsync, verify, then rename.
 
 A file that exists under its final name has always been completely written and verified; a
-killed run leaves only hidden temporaries, which the next run removes.
+killed run leaves only hidden temporaries, which the next run removes. Published files get the
+mode a plain ``open()`` would give them (``0o666`` less the umask, so 0644 under umask 022),
+whatever mode the writer created the temporary with (some, like safetensors, use 0600).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _TMP_MARK = ".tmp-"
+_UMASK_LOCK = threading.Lock()
+
+
+def _current_umask() -> int:
+    """The process umask (reading it means setting it; the lock keeps threads from racing)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path) -> None:
+    """Give ``path`` the mode of a file created by ``open()``: ``0o666 & ~umask``."""
+    path.chmod(0o666 & ~_current_umask())
 
 
 def _fsync_path(path: Path) -> None:
@@ -38,7 +55,8 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
         verify: called with the temporary path after fsync; it raises if the content is wrong.
 
     Yields:
-        The temporary path (same directory, hidden name carrying this process id).
+        The temporary path (same directory, hidden name carrying this process id). The published
+        file's mode is ``0o666 & ~umask`` (0644 under umask 022), as for ``open()``.
 
     Raises:
         Whatever the writer or ``verify`` raises; the temporary file is removed and ``final``
@@ -51,6 +69,7 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
         _fsync_path(tmp)
         if verify is not None:
             verify(tmp)
+        _publish_mode(tmp)
         tmp.replace(final)
         _fsync_dir(final.parent)
     finally:

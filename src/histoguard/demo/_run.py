@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from histoguard.demo._pseudo_slides import build_training_slides
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
+from histoguard.report import write_prediction_heatmaps
 from histoguard.robustness import AuditOutputs
 from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
@@ -44,6 +45,7 @@ class DemoResult:
     training_report: dict[str, Any]
     predictions: tuple[SlidePrediction, ...]
     audit: AuditOutputs
+    heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """Per slide stem: paths of ``tiles`` (h5), ``thumbnail``, ``geojson``, ``features``."""
@@ -58,11 +60,8 @@ class DemoResult:
                 "model": self.out_dir / "model",
                 "predictions": self.out_dir / "predictions" / "predictions.csv",
             }
-            prediction = next((p for p in self.predictions if p.slide == slide.stem), None)
-            if prediction is not None:
-                outputs[slide.stem] |= {
-                    f"heatmap {kind}": path for kind, path in prediction.heatmaps.items()
-                }
+            heatmaps = self.heatmaps.get(slide.stem, {})
+            outputs[slide.stem] |= {f"heatmap {kind}": path for kind, path in heatmaps.items()}
         return outputs
 
 
@@ -152,6 +151,7 @@ def run_demo(
     )
     done = [r.output for r in features.results if r.output is not None]
     predictions = predict(out / "model", done, out / "predictions") if done else []
+    heatmaps = write_prediction_heatmaps(predictions, out / "predictions").paths
     audit = run_demo_audit(out / "audit", find_shared_data(), progress=progress)
     return DemoResult(
         source=source,
@@ -163,4 +163,5 @@ def run_demo(
         training_report=training.report,
         predictions=tuple(predictions),
         audit=audit,
+        heatmaps=heatmaps,
     )

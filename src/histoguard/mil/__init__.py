@@ -2,6 +2,8 @@
 
 One contract (:class:`MILModel`: ``forward(features, mask) -> MILOutput``, ``compute_loss``,
 ``predict``, ``config``) and one registry (:func:`build_model`, :func:`list_models`).
+:func:`predict` returns predictions with attention and draws nothing; heatmaps are drawn by
+:func:`histoguard.report.write_prediction_heatmaps`.
 """
 
 from histoguard.errors import CohortError
@@ -19,7 +21,8 @@ from histoguard.mil._metrics import (
     metrics_report,
     multiclass_metrics,
 )
-from histoguard.mil._predict import SlidePrediction, predict
+from histoguard.mil._predict import SlidePrediction, level0_tile_size, predict
+from histoguard.mil._provenance import PROVENANCE_FIELDS, read_provenance
 from histoguard.mil._registry import (
     ModelInfo,
     build_model,
@@ -50,14 +53,9 @@ from histoguard.mil._train import (
     train,
     train_split,
 )
-from histoguard.report._heatmaps import (
-    attention_geojson,
-    attention_overlay,
-    top_tiles_gallery,
-    write_heatmaps,
-)
 
 __all__ = [
+    "PROVENANCE_FIELDS",
     "Bag",
     "Cohort",
     "CohortError",
@@ -69,8 +67,6 @@ __all__ = [
     "Split",
     "TrainConfig",
     "TrainResult",
-    "attention_geojson",
-    "attention_overlay",
     "binary_metrics",
     "bootstrap_ci",
     "build_model",
@@ -82,6 +78,7 @@ __all__ = [
     "given_split",
     "kfold_splits",
     "leave_one_center_out",
+    "level0_tile_size",
     "list_models",
     "load_bags",
     "load_cohort",
@@ -92,12 +89,11 @@ __all__ = [
     "multiclass_metrics",
     "predict",
     "predict_bags",
+    "read_provenance",
     "register_model",
     "save_model",
     "save_splits",
-    "top_tiles_gallery",
     "train",
     "train_split",
     "unseen_center_splits",
-    "write_heatmaps",
 ]

@@ -1,36 +1,70 @@
-"""Predicting with trained MIL models: one row per slide, plus attention heatmaps."""
+"""Predicting with trained MIL models: one row per slide, with attention per tile.
+
+This room computes; it draws nothing. :func:`histoguard.report.write_prediction_heatmaps` turns
+the returned :class:`SlidePrediction` objects into heatmaps.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.errors import SlideError
 from histoguard.features import read_feature_file
+from histoguard.mil._provenance import check_provenance, read_provenance
 from histoguard.mil._train import Bag, load_model, predict_bags
+
+logger = logging.getLogger(__name__)
 
 PREDICTIONS_NAME = "predictions.csv"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SlidePrediction:
-    """One slide's prediction: class probabilities (averaged over the models) and attention."""
+    """One slide's prediction, averaged over the models (folds) that made it.
+
+    Attributes:
+        slide: the slide's name (the feature file's stem).
+        probabilities: class name -> probability.
+        predicted: the most probable class.
+        attention: ``(N,)`` attention per tile (mean over the models), or None for models
+            without attention.
+        coords: ``(N, 2)`` level-0 x, y of each tile's top-left corner, or None.
+        tile_size0: tile side in level-0 pixels, or None when the feature file does not say
+            (see :func:`level0_tile_size`).
+        slide_path: the slide the features came from, when known.
+        feature_file: the feature file predicted from.
+        attrs: the feature file's attributes (provenance, tiling).
+        warnings: what could not be checked or was forced (also logged).
+    """
 
     slide: str
     probabilities: dict[str, float]
     predicted: str
     attention: np.ndarray | None
-    heatmaps: dict[str, Path]
+    coords: np.ndarray | None = None
+    tile_size0: float | None = None
+    slide_path: Path | None = None
+    feature_file: Path | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def model_dirs(model: Path) -> list[Path]:
-    """The model folders under ``model``: itself if it holds ``model.json``, else ``fold_*``."""
+    """The model folders under ``model``: itself if it holds ``model.json``, else ``fold_*``.
+
+    Raises:
+        FileNotFoundError: neither is there.
+    """
     if (model / "model.json").is_file():
         return [model]
     folds = sorted(p for p in model.glob("fold_*") if (p / "model.json").is_file())
@@ -41,50 +75,118 @@ def model_dirs(model: Path) -> list[Path]:
     return folds
 
 
+def _downsample_of_level(slide_path: Path | None, level: int) -> float | None:
+    """Level-0 pixels per pixel of ``level`` of the slide, or None if it cannot be opened."""
+    from histoguard.slide import open_slide
+
+    if slide_path is None:
+        return None
+    try:
+        with open_slide(slide_path, require_mpp=False) as slide:
+            downsamples = slide.level_downsamples
+    except (SlideError, OSError, ValueError) as error:
+        logger.debug("cannot open %s for its level downsamples: %s", slide_path, error)
+        return None
+    return float(downsamples[level]) if 0 <= level < len(downsamples) else None
+
+
+def level0_tile_size(attrs: Mapping[str, Any], slide_path: Path | None = None) -> float | None:
+    """A feature file's tile side in level-0 pixels, from whichever tool wrote it.
+
+    Looks, in order, for TRIDENT's (and histoguard's) ``patch_size_level0``, histoguard's
+    ``level0_tile_size``, then CLAM's ``patch_size`` (pixels at ``patch_level``) times the
+    downsample of that level: from CLAM's ``downsample`` attribute, else read from the slide.
+
+    Args:
+        attrs: the feature file's attributes (root merged with those of ``coords``).
+        slide_path: the slide, to read a level's downsample when the file does not record it.
+
+    Returns:
+        The size, or None when the file does not say and the slide cannot tell.
+    """
+    for name in ("patch_size_level0", "level0_tile_size"):
+        if name in attrs and float(attrs[name]) > 0:
+            return float(attrs[name])
+    if "patch_size" not in attrs:
+        return None
+    size, level = float(attrs["patch_size"]), int(attrs.get("patch_level", 0))
+    if level == 0:
+        return size
+    recorded = attrs.get("downsample")
+    if recorded is not None:
+        return size * float(np.asarray(recorded, dtype=np.float64).ravel()[0])
+    downsample = _downsample_of_level(slide_path, level)
+    return None if downsample is None else size * downsample
+
+
+def _slide_for(path: Path, attrs: Mapping[str, Any], slides: Mapping[str, Path]) -> Path | None:
+    if path.stem in slides:
+        return slides[path.stem]
+    recorded = str(attrs.get("slide_path", ""))
+    return Path(recorded) if recorded else None
+
+
 def predict(
     model: str | Path,
     feature_files: Sequence[str | Path],
     out_dir: str | Path,
     *,
-    heatmaps: bool = True,
-    top_k: int = 16,
+    force: bool = False,
+    slides: Sequence[str | Path] = (),
 ) -> list[SlidePrediction]:
     """Predict slides from their feature files with a trained model (or the ensemble of folds).
 
-    Writes ``out_dir/predictions.csv`` (slide, predicted label, one probability per class) and,
-    for models with attention, per slide ``<stem>.attention.png`` (overlay on the thumbnail when
-    the slide can be opened), ``<stem>.top_tiles.png`` and ``<stem>.attention.geojson`` (QuPath
-    measurement map).
+    Writes ``out_dir/predictions.csv`` (slide, predicted label, one probability per class) and
+    nothing else; draw the attention with :func:`histoguard.report.write_prediction_heatmaps`.
+    Each feature file's provenance (encoder, weights SHA-256, mpp, tile size) is checked against
+    what the model was trained on; a field either side lacks is a warning, not an error.
 
     Args:
-        model: a ``train`` output folder (all folds are averaged) or one ``fold_i`` folder.
+        model: a ``train`` output folder (the folds' probabilities and attention are averaged)
+            or one ``fold_i`` folder.
         feature_files: per-slide feature files.
-        out_dir: where predictions and heatmaps go.
-        heatmaps: write attention heatmaps.
-        top_k: tiles in the top-tile gallery.
+        out_dir: where ``predictions.csv`` goes.
+        force: predict from features whose provenance differs from the model's (a warning).
+        slides: the slides themselves, matched to feature files by stem; used when a file does
+            not record its slide (CLAM, TRIDENT) or the slide has moved.
+
+    Returns:
+        One :class:`SlidePrediction` per feature file, in order.
+
+    Raises:
+        FileNotFoundError: ``model`` holds no model.
+        ModelMismatchError: a file's features come from another encoder, weights, mpp or tile
+            size than the model's (unless ``force``).
+        OutputError: a feature file cannot be read.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    models = [load_model(d) for d in model_dirs(Path(model))]
+    directories = model_dirs(Path(model))
+    models = [load_model(d) for d in directories]
+    provenance = read_provenance(directories[0])
     labels = models[0][1]
+    slide_of = {Path(s).stem: Path(s) for s in slides}
     results = []
     for path in map(Path, feature_files):
         data = read_feature_file(path)
-        bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords)
+        warnings = check_provenance(provenance, data.attrs, path, force=force)
+        bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords, data.attrs)
         outputs = [predict_bags(m, [bag]) for m, _ in models]
         probs = np.mean([p[0] for p, _ in outputs], axis=0)
         maps = [a[0] for _, a in outputs if a[0] is not None]
-        attention = np.mean(maps, axis=0) if maps else None
-        written: dict[str, Path] = {}
-        if heatmaps and attention is not None and data.coords is not None:
-            written = _write_heatmaps(out, path.stem, data.attrs, data.coords, attention, top_k)
+        slide_path = _slide_for(path, data.attrs, slide_of)
         results.append(
             SlidePrediction(
                 slide=path.stem,
                 probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
                 predicted=labels[int(np.argmax(probs))],
-                attention=attention,
-                heatmaps=written,
+                attention=np.mean(maps, axis=0) if maps else None,
+                coords=data.coords,
+                tile_size0=level0_tile_size(data.attrs, slide_path),
+                slide_path=slide_path,
+                feature_file=path,
+                attrs=data.attrs,
+                warnings=tuple(warnings),
             )
         )
     buffer = io.StringIO()
@@ -96,40 +198,3 @@ def predict(
         )
     write_bytes_atomic(out / PREDICTIONS_NAME, buffer.getvalue().encode())
     return results
-
-
-def _write_heatmaps(
-    out: Path,
-    stem: str,
-    attrs: dict[str, object],
-    coords: np.ndarray,
-    scores: np.ndarray,
-    top_k: int,
-) -> dict[str, Path]:
-    from histoguard.errors import SlideError
-    from histoguard.report._heatmaps import top_tile_indices, write_heatmaps
-    from histoguard.slide import TileSpec, open_slide, read_tiles
-
-    size0 = float(attrs.get("level0_tile_size", 1))  # type: ignore[arg-type]
-    slide_path = Path(str(attrs.get("slide_path", "")))
-    thumbnail = None
-    top_tiles = None
-    try:
-        with open_slide(slide_path, mpp_override=float(attrs["slide_mpp"])) as slide:  # type: ignore[arg-type]
-            thumbnail = slide.get_thumbnail(2048)
-            spec = TileSpec.from_attrs(attrs)
-            best = top_tile_indices(scores, top_k)
-            reads = sorted(read_tiles(slide, spec, coords[best]), key=lambda r: r.index)
-            # The gallery pairs tiles with scores by position: only draw it when all were read.
-            tiles = [r.tile for r in reads if r.tile is not None]
-            if len(tiles) == len(reads):
-                top_tiles = np.stack(tiles)
-    except (SlideError, KeyError, OSError, ValueError):
-        pass  # features without a readable slide still get the GeoJSON map
-    if thumbnail is None:
-        return write_heatmaps(out, stem, thumbnail=None, downsample=1.0, coords=coords,
-                              tile_size0=size0, scores=scores, top_tiles=None)  # fmt: skip
-    return write_heatmaps(
-        out, stem, thumbnail=thumbnail.image, downsample=thumbnail.downsample, coords=coords,
-        tile_size0=size0, scores=scores, top_tiles=top_tiles,
-    )  # fmt: skip

@@ -2,15 +2,18 @@
 
 Feature bags are read once and cached in memory; each split trains one model with AdamW,
 class-balanced loss, early stopping on the validation split and a fixed seed; the best state is
-saved as safetensors plus a JSON config that rebuilds the model (no pickles).
+saved as safetensors plus a JSON config that rebuilds the model (no pickles) and records the
+training features' provenance (encoder, weights, mpp, tile size) so prediction can check it.
+Progress: per-epoch losses are logged at INFO; ``progress=True`` draws split and epoch bars.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +27,7 @@ from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._metrics import format_table, metrics_report
+from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
 from histoguard.mil._splits import (
     Split,
@@ -32,6 +36,8 @@ from histoguard.mil._splits import (
     kfold_splits,
     leave_one_center_out,
 )
+
+logger = logging.getLogger(__name__)
 
 SplitDesign = Literal["kfold", "leave-one-center-out", "given"]
 
@@ -96,11 +102,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Bag:
-    """One slide's features: ``features (N, D)`` float32 and ``coords (N, 2)`` or None."""
+    """One slide's features: ``features (N, D)`` float32, ``coords (N, 2)`` level-0 px or None,
+    and the feature file's attributes (provenance)."""
 
     slide_id: str
     features: torch.Tensor
     coords: np.ndarray | None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,9 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     bags = {}
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
-        bags[row.slide_id] = Bag(row.slide_id, torch.from_numpy(data.features.copy()), data.coords)
+        bags[row.slide_id] = Bag(
+            row.slide_id, torch.from_numpy(data.features.copy()), data.coords, data.attrs
+        )
     return bags
 
 
@@ -183,8 +193,10 @@ def train_split(
 ) -> MILModel:
     """Train one model on ``split.train``, early-stopped on ``split.val``; returns the best.
 
+    Each epoch's mean training loss and validation loss are logged at INFO.
+
     Args:
-        on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)``.
+        on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)`` after every epoch.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -218,6 +230,10 @@ def train_split(
             optimiser.step()
             running += float(loss.detach())
         val_loss = _mean_loss(model, [bags[s] for s in val_ids], val_labels, weights)
+        logger.info(
+            "%s epoch %d/%d: train loss %.4f, validation loss %.4f",
+            split.name, epoch + 1, config.epochs, running / len(train_ids), val_loss,
+        )  # fmt: skip
         if on_epoch is not None:
             on_epoch(epoch, running / len(train_ids), val_loss)
         if val_loss < best_loss - 1e-6:
@@ -243,8 +259,16 @@ def predict_bags(
     return np.stack(probabilities), attentions
 
 
-def save_model(model: MILModel, directory: Path, *, labels: Sequence[str]) -> None:
-    """Write ``model.safetensors`` and ``model.json`` (constructor config + class names)."""
+def save_model(
+    model: MILModel,
+    directory: Path,
+    *,
+    labels: Sequence[str],
+    provenance: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (constructor config, class names and the
+    training features' provenance: ``encoder``, ``weights_sha256``, ``mpp``, ``tile_size``, as
+    far as known; see :func:`~histoguard.mil._provenance.training_provenance`)."""
     from safetensors.torch import save_file
 
     from histoguard.core._weights import load_state_dict
@@ -264,6 +288,7 @@ def save_model(model: MILModel, directory: Path, *, labels: Sequence[str]) -> No
     description = {
         "model": model.config(),
         "labels": list(labels),
+        "provenance": dict(provenance or {}),
         "histoguard_version": __version__,
     }
     write_bytes_atomic(
@@ -273,6 +298,8 @@ def save_model(model: MILModel, directory: Path, *, labels: Sequence[str]) -> No
 
 def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (no pickles).
+
+    Checkpoints saved before provenance was recorded load the same way.
 
     Returns:
         ``(model in eval mode, class names)``.
@@ -286,17 +313,31 @@ def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     return model.eval(), list(description["labels"])
 
 
-def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
     """Train and validate a MIL model on every split of the chosen design.
 
     Writes to ``config.out``: ``config.json`` (resolved), ``splits.json`` (reused on reruns,
     never silently redrawn), ``fold_<i>/model.safetensors`` + ``model.json``,
     ``predictions.csv`` (one row per test slide and fold), ``metrics.json`` and ``metrics.txt``
-    (per fold and per center, with bootstrap confidence intervals).
+    (per fold and per center, with bootstrap confidence intervals). Each model records the
+    provenance its training features share (encoder, weights SHA-256, mpp, tile size).
+
+    Args:
+        config: the run's settings.
+        log: called with one line per finished split.
+        progress: draw rich progress bars (splits, and epochs within a split); per-epoch losses
+            are logged at INFO either way.
 
     Raises:
         CohortError: the cohort table is invalid (all problems listed), or splits would leak.
     """
+    from histoguard.core._batch import progress_bars
+
     say = log or (lambda message: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +351,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
         cohort,
         lambda: _SPLIT_MAKERS[config.split](cohort, config.k, config.seed),
     )
+    provenance = training_provenance((slide_id, bag.attrs) for slide_id, bag in bags.items())
     center_of = {row.slide_id: row.center or "" for row in cohort.rows}
     label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
     y_true: list[int] = []
@@ -318,26 +360,35 @@ def train(config: TrainConfig, *, log: Callable[[str], None] | None = None) -> T
     folds: list[str] = []
     rows = ["fold,slide_id,center,label," + ",".join(f"p_{label}" for label in cohort.labels)]
     fold_dirs = []
-    for i, split in enumerate(splits):
-        started = time.perf_counter()
-        model = train_split(split, cohort, bags, config)
-        fold_dir = out / f"fold_{i}"
-        save_model(model, fold_dir, labels=cohort.labels)
-        fold_dirs.append(fold_dir)
-        test_ids = list(split.test)
-        p, _ = predict_bags(model, [bags[s] for s in test_ids])
-        for slide_id, row_probs in zip(test_ids, p, strict=True):
-            y_true.append(label_of[slide_id])
-            probs.append(row_probs)
-            centers.append(center_of[slide_id])
-            folds.append(split.name)
-            values = ",".join(f"{v:.6f}" for v in row_probs)
-            rows.append(
-                f"{split.name},{slide_id},{center_of[slide_id]},{cohort.labels[label_of[slide_id]]},{values}"
-            )
-        seconds = time.perf_counter() - started
-        sizes = f"trained on {len(split.train)}, tested on {len(test_ids)}"
-        say(f"{split.name}: {sizes} slides ({seconds:.1f} s)")
+    with progress_bars(progress) as bars:
+        split_task = bars.add_task("splits", total=len(splits))
+        epoch_task = bars.add_task("epochs", total=config.epochs)
+        for i, split in enumerate(splits):
+            bars.reset(epoch_task, total=config.epochs, description=f"{split.name} epochs")
+            started = time.perf_counter()
+            model = train_split(
+                split, cohort, bags, config,
+                on_epoch=lambda *_: bars.advance(epoch_task),
+            )  # fmt: skip
+            fold_dir = out / f"fold_{i}"
+            save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
+            fold_dirs.append(fold_dir)
+            test_ids = list(split.test)
+            p, _ = predict_bags(model, [bags[s] for s in test_ids])
+            for slide_id, row_probs in zip(test_ids, p, strict=True):
+                y_true.append(label_of[slide_id])
+                probs.append(row_probs)
+                centers.append(center_of[slide_id])
+                folds.append(split.name)
+                values = ",".join(f"{v:.6f}" for v in row_probs)
+                rows.append(
+                    f"{split.name},{slide_id},{center_of[slide_id]},{cohort.labels[label_of[slide_id]]},{values}"
+                )
+            seconds = time.perf_counter() - started
+            sizes = f"trained on {len(split.train)}, tested on {len(test_ids)}"
+            logger.info("%s: %s slides (%.1f s)", split.name, sizes, seconds)
+            say(f"{split.name}: {sizes} slides ({seconds:.1f} s)")
+            bars.advance(split_task)
     write_bytes_atomic(out / "predictions.csv", ("\n".join(rows) + "\n").encode())
     report = metrics_report(
         np.asarray(y_true),

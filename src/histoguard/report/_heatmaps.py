@@ -4,23 +4,36 @@ Scores are shown by *rank*, not by value: MIL attention is a softmax, so a handf
 most of the mass and a min–max scale would paint everything else the bottom colour. With ranks
 every colour of the map is used and "red" always means "the top few percent of this slide".
 The raw scores still travel in the GeoJSON for anyone who needs them.
+
+:func:`write_prediction_heatmaps` draws what :func:`histoguard.mil.predict` returned: it reads
+results and never runs a model. It draws only what it can draw truthfully: without the tiles'
+size in level-0 pixels there is no map, and without the slide there is no overlay (the
+GeoJSON, which needs no pixels, is still written); each case is a warning naming the fix.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 from numpy.typing import ArrayLike
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import rankdata
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.slide._geojson import tile_geojson
+
+if TYPE_CHECKING:
+    from histoguard.mil import SlidePrediction
+
+logger = logging.getLogger(__name__)
 
 Colormap = Literal["turbo", "viridis"]
 
@@ -107,25 +120,76 @@ def top_tile_indices(scores: ArrayLike, k: int) -> npt.NDArray[np.int64]:
     return order[: max(k, 0)].astype(np.int64)
 
 
+_TEXT_RGB = (0, 0, 0)
+_MIN_FONT_PX = 10
+_PAD_PX = 4
+#: Colour-bar tick positions (attention rank) and the captions under its two ends.
+_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_CAPTIONS = ("low attention", "attention rank", "high attention")
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font at ``size`` pixels."""
+    return ImageFont.load_default(size=max(_MIN_FONT_PX, size))
+
+
+def _fitting_font_size(texts: Sequence[str], width: int, largest: int) -> int:
+    """The largest font size (at most ``largest``) at which ``texts`` fit side by side in
+    ``width`` pixels with padding between them; never below the legibility floor."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(_MIN_FONT_PX, largest)
+    room = width - (len(texts) + 1) * 2 * _PAD_PX
+    while size > _MIN_FONT_PX and sum(draw.textlength(t, font=_font(size)) for t in texts) > room:
+        size -= 1
+    return size
+
+
 def _colorbar(width: int, height: int, lut: npt.NDArray[np.uint8]) -> Image.Image:
-    """A strip with a low→high gradient and its labels, as wide as the map."""
-    bar_h = max(8, height // 2)
+    """A strip as wide as the map: the low→high gradient, ticks labelled with the attention
+    rank (0, 0.25, ..., 1), and "low attention" / "attention rank" / "high attention" below."""
     canvas = Image.new("RGB", (width, height), _BACKGROUND_RGB)
-    pad = 4
-    gradient = lut[np.linspace(0, len(lut) - 1, max(1, width - 2 * pad)).round().astype(int)]
-    canvas.paste(Image.fromarray(np.repeat(gradient[None], bar_h, axis=0)), (pad, 2))
+    size = _fitting_font_size(_CAPTIONS, width, max(_MIN_FONT_PX, (height - 8) // 4))
+    font = _font(size)
+    bar_top, bar_h = 2, max(8, height - 2 * size - 18)
+    bar_w = max(1, width - 2 * _PAD_PX)
+    gradient = lut[np.linspace(0, len(lut) - 1, bar_w).round().astype(int)]
+    canvas.paste(Image.fromarray(np.repeat(gradient[None], bar_h, axis=0)), (_PAD_PX, bar_top))
     draw = ImageDraw.Draw(canvas)
-    text_y = 2 + bar_h + 1
-    draw.text((pad, text_y), "low", fill=(0, 0, 0))
-    caption = "attention rank"
-    draw.text(((width - draw.textlength(caption)) / 2, text_y), caption, fill=(0, 0, 0))
-    draw.text((width - pad - draw.textlength("high"), text_y), "high", fill=(0, 0, 0))
+    tick_y = bar_top + bar_h
+    for tick in _TICKS:
+        x = _PAD_PX + tick * (bar_w - 1)
+        draw.line((x, tick_y, x, tick_y + 4), fill=_TEXT_RGB, width=1)
+        label = f"{tick:g}"
+        half = draw.textlength(label, font=font) / 2
+        left = min(max(x - half, 0), width - 2 * half)
+        draw.text((left, tick_y + 5), label, fill=_TEXT_RGB, font=font)
+    caption_y = tick_y + 5 + size + 4
+    low, middle, high = _CAPTIONS
+    draw.text((_PAD_PX, caption_y), low, fill=_TEXT_RGB, font=font)
+    centre = (width - draw.textlength(middle, font=font)) / 2
+    draw.text((centre, caption_y), middle, fill=_TEXT_RGB, font=font)
+    right = width - _PAD_PX - draw.textlength(high, font=font)
+    draw.text((right, caption_y), high, fill=_TEXT_RGB, font=font)
     return canvas
 
 
 def colorbar_height(map_height: int) -> int:
     """Height in pixels of the colour-bar strip that :func:`attention_overlay` appends."""
-    return max(32, map_height // 12)
+    return max(56, map_height // 8)
+
+
+def _title_strip(width: int, title: str) -> Image.Image:
+    """A white strip as wide as the map with ``title`` in black, shrunk to fit the width."""
+    size = _fitting_font_size([title], width, min(40, max(14, width // 40)))
+    strip = Image.new("RGB", (width, size + 2 * _PAD_PX + 4), _BACKGROUND_RGB)
+    ImageDraw.Draw(strip).text((_PAD_PX, _PAD_PX), title, fill=_TEXT_RGB, font=_font(size))
+    return strip
+
+
+def title_height(map_width: int, title: str | None) -> int:
+    """Height in pixels of the title strip :func:`attention_overlay` puts above the map (0
+    without a title)."""
+    return 0 if not title else _title_strip(map_width, title).height
 
 
 def attention_overlay(
@@ -137,6 +201,7 @@ def attention_overlay(
     *,
     alpha: float = 0.5,
     colormap: Colormap = "turbo",
+    title: str | None = None,
 ) -> Image.Image:
     """Paint each tile's rank-normalised attention over a slide thumbnail, with a colour bar.
 
@@ -148,10 +213,12 @@ def attention_overlay(
         scores: ``(N,)`` attention scores; tiles with a non-finite score are not painted.
         alpha: opacity of the colour over the tissue, in [0, 1].
         colormap: ``"turbo"`` (jet-like, low blue → high dark red) or ``"viridis"``.
+        title: a line above the map (e.g. the slide, its predicted class and probability).
 
     Returns:
-        An RGB image ``W`` wide and ``H + colorbar_height(H)`` tall: the map on top, the colour
-        bar (low → high attention rank) below it. Where tiles overlap, the higher score shows.
+        An RGB image ``W`` wide and ``title_height(W, title) + H + colorbar_height(H)`` tall:
+        the title, the map, and the colour bar (attention rank 0 → 1, labelled ticks) below it.
+        Where tiles overlap, the higher score shows.
 
     Raises:
         ValueError: on inconsistent shapes, a non-positive downsample or tile size, or alpha
@@ -184,9 +251,12 @@ def attention_overlay(
     blended = image.astype(np.float64)
     blended[painted] = (1 - alpha) * blended[painted] + alpha * lut[shade[painted]]
     heatmap = Image.fromarray(np.round(blended).astype(np.uint8))
-    out = Image.new("RGB", (width, height + colorbar_height(height)), _BACKGROUND_RGB)
-    out.paste(heatmap, (0, 0))
-    out.paste(_colorbar(width, colorbar_height(height), lut), (0, height))
+    top = title_height(width, title)
+    out = Image.new("RGB", (width, top + height + colorbar_height(height)), _BACKGROUND_RGB)
+    if title:
+        out.paste(_title_strip(width, title), (0, 0))
+    out.paste(heatmap, (0, top))
+    out.paste(_colorbar(width, colorbar_height(height), lut), (0, top + height))
     return out
 
 
@@ -283,6 +353,7 @@ def write_heatmaps(
     tile_size0: float,
     scores: ArrayLike,
     top_tiles: np.ndarray | None = None,
+    title: str | None = None,
 ) -> dict[str, Path]:
     """Write a slide's attention overlay, QuPath GeoJSON and (optionally) top-tile gallery.
 
@@ -297,6 +368,7 @@ def write_heatmaps(
             at a downsample raised so that its longest side is at most 2048 pixels.
         top_tiles: ``(K, S, S, 3)`` uint8 pixels of the tiles at
             ``top_tile_indices(scores, K)``, in that order (highest score first).
+        title: a line above the overlay (see :func:`attention_overlay`).
 
     Returns:
         ``{"attention": <stem>.attention.png, "geojson": <stem>.attention.geojson}`` plus
@@ -309,13 +381,132 @@ def write_heatmaps(
     }
     if thumbnail is None:
         thumbnail, downsample = _blank_canvas(coords, tile_size0, downsample)
-    overlay = attention_overlay(thumbnail, downsample, coords, tile_size0, s)
+    overlay = attention_overlay(thumbnail, downsample, coords, tile_size0, s, title=title)
     write_bytes_atomic(paths["attention"], _png_bytes(overlay))
-    geojson = attention_geojson(coords, tile_size0, s)
-    write_bytes_atomic(paths["geojson"], json.dumps(geojson, allow_nan=False).encode())
+    _write_geojson(paths["geojson"], coords, tile_size0, s)
     if top_tiles is not None:
         k = len(top_tiles)
         gallery = top_tiles_gallery(top_tiles, s[top_tile_indices(s, k)], columns=8)
         paths["top_tiles"] = out_dir / f"{slide_stem}.top_tiles.png"
         write_bytes_atomic(paths["top_tiles"], _png_bytes(gallery))
     return paths
+
+
+def _write_geojson(path: Path, coords: ArrayLike, tile_size0: float, scores: ArrayLike) -> None:
+    geojson = attention_geojson(coords, tile_size0, scores)
+    write_bytes_atomic(path, json.dumps(geojson, allow_nan=False).encode())
+
+
+@dataclass(frozen=True)
+class PredictionHeatmaps:
+    """What :func:`write_prediction_heatmaps` wrote.
+
+    Attributes:
+        paths: slide -> ``{"attention", "geojson", "top_tiles"}`` -> file, for the files
+            written (a slide that got none is absent).
+        warnings: why something was not drawn (also logged).
+    """
+
+    paths: dict[str, dict[str, Path]]
+    warnings: tuple[str, ...]
+
+
+def prediction_title(prediction: SlidePrediction) -> str:
+    """``"<slide>: predicted <class> (p = 0.93)"``."""
+    probability = prediction.probabilities[prediction.predicted]
+    return f"{prediction.slide}: predicted {prediction.predicted} (p = {probability:.2f})"
+
+
+def write_prediction_heatmaps(
+    predictions: Sequence[SlidePrediction], out_dir: str | Path, *, top_k: int = 16
+) -> PredictionHeatmaps:
+    """Draw the attention of :func:`histoguard.mil.predict`'s results.
+
+    Per slide with attention and coordinates: ``<slide>.attention.png`` (the overlay on the
+    slide's thumbnail, titled with the predicted class and its probability, with a colour bar),
+    ``<slide>.attention.geojson`` (QuPath measurement map) and ``<slide>.top_tiles.png`` (the
+    ``top_k`` tiles, for histoguard feature files whose slide opens).
+
+    Nothing is drawn from a guess: a slide whose tile size in level-0 pixels is unknown gets no
+    files, and one whose slide cannot be reopened gets the GeoJSON only; both are warnings
+    (logged and returned) naming the feature file and the fix.
+
+    Args:
+        predictions: what :func:`histoguard.mil.predict` returned.
+        out_dir: output folder, created if missing.
+        top_k: tiles in the gallery.
+
+    Returns:
+        The files written and the warnings.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, dict[str, Path]] = {}
+    warnings: list[str] = []
+    for prediction in predictions:
+        written, problem = _draw_prediction(prediction, out, top_k)
+        if written:
+            paths[prediction.slide] = written
+        if problem:
+            logger.warning("%s", problem)
+            warnings.append(problem)
+    return PredictionHeatmaps(paths=paths, warnings=tuple(warnings))
+
+
+def _draw_prediction(
+    prediction: SlidePrediction, out: Path, top_k: int
+) -> tuple[dict[str, Path], str]:
+    """One slide's heatmap files, and a warning ("" when everything was drawn)."""
+    from histoguard.errors import SlideError
+    from histoguard.slide import TileSpec, open_slide, read_tiles
+
+    source = prediction.feature_file or prediction.slide
+    if prediction.attention is None:
+        return {}, ""  # a model without attention: nothing to draw, nothing wrong
+    if prediction.coords is None:
+        return {}, f"{source}: no heatmap: the feature file has no tile coordinates"
+    if prediction.tile_size0 is None:
+        return {}, (
+            f"{source}: no heatmap: the feature file does not say how large its tiles are in "
+            "level-0 pixels (patch_size_level0, level0_tile_size, or CLAM's patch_size with "
+            "patch_level 0 or a known downsample). Pass the slide (--slide / slides=) so its "
+            "level downsample can be read, or extract the features with histoguard"
+        )
+    scores = np.asarray(prediction.attention, dtype=np.float64)
+    coords, size0 = prediction.coords, prediction.tile_size0
+    attrs = prediction.attrs
+    geojson = out / f"{prediction.slide}.attention.geojson"
+    slide_path = prediction.slide_path
+    mpp = attrs.get("slide_mpp")
+    try:
+        if slide_path is None:
+            raise FileNotFoundError("the feature file does not record its slide")
+        with open_slide(
+            slide_path, mpp_override=None if mpp is None else float(mpp), require_mpp=False
+        ) as slide:
+            thumbnail = slide.get_thumbnail(2048)
+            top_tiles = None
+            try:
+                spec = TileSpec.from_attrs(attrs)
+            except KeyError:
+                spec = None  # another tool's file: no tile spec to read the gallery with
+            if spec is not None:
+                best = top_tile_indices(scores, top_k)
+                reads = sorted(read_tiles(slide, spec, coords[best]), key=lambda r: r.index)
+                # The gallery pairs tiles with scores by position: only draw it when all read.
+                tiles = [r.tile for r in reads if r.tile is not None]
+                if tiles and len(tiles) == len(reads):
+                    top_tiles = np.stack(tiles)
+    except (SlideError, OSError, ValueError) as error:
+        _write_geojson(geojson, coords, size0, scores)
+        where = slide_path if slide_path is not None else "(unknown)"
+        return {"geojson": geojson}, (
+            f"{source}: attention overlay not drawn: cannot reopen the slide {where} ({error}); "
+            f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay"
+        )
+    written = write_heatmaps(
+        out, prediction.slide, thumbnail=thumbnail.image, downsample=thumbnail.downsample,
+        coords=coords, tile_size0=size0, scores=scores, top_tiles=top_tiles,
+        title=prediction_title(prediction),
+    )  # fmt: skip
+    return written, ""

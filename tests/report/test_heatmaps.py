@@ -1,4 +1,5 @@
-"""Attention overlays, top-tile galleries and QuPath measurement maps."""
+"""Attention overlays, top-tile galleries and QuPath measurement maps, and the heatmaps of
+predictions: drawn at the tiles' true size, or not drawn, with a warning saying why."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from histoguard.mil import SlidePrediction, predict
+from histoguard.report import write_prediction_heatmaps
 from histoguard.report._heatmaps import (
     attention_geojson,
     attention_overlay,
     colorbar_height,
     colormap_lut,
+    prediction_title,
     rank_normalise,
+    title_height,
     top_tile_indices,
     top_tiles_gallery,
     write_heatmaps,
 )
+from tests.mil.test_predict import clam_file, histoguard_file, save_tiny_model
 
 #: A 4 x 3 grid of 512-px tiles on a 2048 x 1536 level-0 slide, thumbnail downsample 8.
 DOWNSAMPLE = 8.0
@@ -190,3 +196,141 @@ def test_write_heatmaps_without_thumbnail_draws_on_white(tmp_path: Path) -> None
     with Image.open(paths["attention"]) as image:
         assert max(image.size) <= 2048
         assert np.asarray(image)[0, 0].tolist() != [255, 255, 255]  # tile 0 is painted
+
+
+def _dark_rows(strip: np.ndarray) -> np.ndarray:
+    """Indices of the rows of an RGB strip that hold dark (text) pixels."""
+    return np.flatnonzero((strip.max(axis=2) < 100).any(axis=1))
+
+
+def test_overlay_has_a_title_and_a_colour_bar_legible_at_the_default_size() -> None:
+    big = np.full((1536, 2048, 3), GREY, dtype=np.uint8)  # a default 2048-px thumbnail
+    title = "slide-1: predicted tumour (p = 0.93)"
+    scores = np.arange(12.0)
+    image = np.asarray(attention_overlay(big, 1.0, grid_coords(), TILE0, scores, title=title))
+    top = title_height(2048, title)
+    assert image.shape == (top + 1536 + colorbar_height(1536), 2048, 3)
+    title_rows = _dark_rows(image[:top])
+    assert title_rows.size and np.ptp(title_rows) >= 20  # letters at least 20 px tall
+    bar = image[top + 1536 :]
+    lut = colormap_lut("turbo")
+    gradient_end = (
+        2 + np.flatnonzero((np.abs(bar[2:, 4].astype(int) - lut[0]) <= 2).all(axis=1))[-1]
+    )
+    labels = _dark_rows(bar[gradient_end + 1 :])
+    # Two lines of text under the gradient (tick values, then captions), each 20+ px tall.
+    assert labels.size and np.ptp(labels) >= 40
+    plain = np.asarray(attention_overlay(big, 1.0, grid_coords(), TILE0, scores))
+    assert plain.shape[0] == image.shape[0] - top
+
+
+def test_small_overlays_keep_their_labels_inside_the_image() -> None:
+    image = np.asarray(
+        attention_overlay(thumbnail(), DOWNSAMPLE, grid_coords(), TILE0, np.ones(12), title="x")
+    )
+    bar = image[-colorbar_height(thumbnail().shape[0]) :]
+    assert _dark_rows(bar).size  # labelled
+    assert (bar[:, :2].max(axis=2) > 200).all()  # nothing cut at the left edge
+
+
+def _predictions(tmp_path: Path, files: list[Path], **kwargs: object) -> list[SlidePrediction]:
+    model = save_tiny_model(tmp_path / "model", provenance={})
+    return predict(model, files, tmp_path / "pred", **kwargs)  # type: ignore[arg-type]
+
+
+def _tile_width(geojson: Path) -> float:
+    corners = json.loads(geojson.read_text())["features"][0]["geometry"]["coordinates"][0]
+    return float(corners[2][0] - corners[0][0])
+
+
+@pytest.mark.parametrize(
+    ("name", "attrs", "size0"),
+    [
+        ("clam-level0", {"patch_size": 256, "patch_level": 0}, 256),
+        ("clam-level1", {"patch_size": 256, "patch_level": 1, "downsample": [2.0, 2.0]}, 512),
+        ("trident", {"patch_size": 256, "patch_size_level0": 512, "target_magnification": 20}, 512),
+    ],
+)
+def test_clam_and_trident_tiles_are_drawn_at_their_size(
+    tmp_path: Path, name: str, attrs: dict[str, object], size0: int
+) -> None:
+    file = clam_file(tmp_path / f"{name}.h5", **attrs)
+    (prediction,) = _predictions(tmp_path, [file])
+    assert prediction.tile_size0 == size0
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert _tile_width(drawn.paths[name]["geojson"]) == size0
+    # The file names no slide: no overlay on a blank canvas, and a warning that says so.
+    assert "attention" not in drawn.paths[name]
+    (warning,) = drawn.warnings
+    assert str(file) in warning and "cannot reopen the slide" in warning and "--slide" in warning
+
+
+def test_clam_level_without_downsample_is_read_from_the_given_slide(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    file = clam_file(tmp_path / f"{known_slide.stem}.h5", patch_size=128, patch_level=1)
+    (prediction,) = _predictions(tmp_path, [file], slides=[known_slide])
+    assert prediction.tile_size0 == 256 and prediction.slide_path == known_slide
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert drawn.warnings == ()
+    paths = drawn.paths[known_slide.stem]
+    assert _tile_width(paths["geojson"]) == 256
+    with Image.open(paths["attention"]) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert _dark_rows(pixels[:20]).size  # titled
+
+
+def test_unknown_tile_size_draws_nothing_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = clam_file(tmp_path / "bare.h5", patch_size=256, patch_level=1)
+    (prediction,) = _predictions(tmp_path, [file])
+    assert prediction.tile_size0 is None
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert drawn.paths == {} and not list((tmp_path / "maps").iterdir())  # no 1-px GeoJSON
+    (warning,) = drawn.warnings
+    assert str(file) in warning and "level-0 pixels" in warning and "--slide" in warning
+    assert warning in caplog.text
+
+
+def test_a_slide_that_cannot_be_reopened_is_a_warning_not_a_white_map(tmp_path: Path) -> None:
+    gone = tmp_path / "moved-away.svs"
+    file = histoguard_file(
+        tmp_path / "s1.h5", slide_path=str(gone), level0_tile_size=256, slide_mpp=0.5
+    )
+    (prediction,) = _predictions(tmp_path, [file])
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert set(drawn.paths["s1"]) == {"geojson"}
+    assert not (tmp_path / "maps" / "s1.attention.png").exists()
+    (warning,) = drawn.warnings
+    assert str(gone) in warning and "cannot reopen the slide" in warning
+
+
+def test_prediction_title_names_the_slide_class_and_probability(tmp_path: Path) -> None:
+    prediction = SlidePrediction(
+        slide="s1", probabilities={"normal": 0.25, "tumour": 0.75}, predicted="tumour",
+        attention=None,
+    )  # fmt: skip
+    assert prediction_title(prediction) == "s1: predicted tumour (p = 0.75)"
+    drawn = write_prediction_heatmaps([prediction], tmp_path)  # no attention: nothing to draw
+    assert drawn.paths == {} and drawn.warnings == () and not list(tmp_path.iterdir())
+
+
+def test_histoguard_file_on_its_slide_gets_overlay_gallery_and_map(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    from histoguard.slide import TileSpec
+
+    spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=[1, 2, 4], mpp=0.5, tile_size=128)
+    assert spec.level0_tile_size == 256
+    file = histoguard_file(tmp_path / "known.h5", **spec.to_dict(), slide_path=str(known_slide))
+    (prediction,) = _predictions(tmp_path, [file])
+    assert prediction.slide_path == known_slide and prediction.tile_size0 == 256
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps", top_k=5)
+    assert drawn.warnings == ()
+    paths = drawn.paths["known"]
+    assert set(paths) == {"attention", "geojson", "top_tiles"}
+    with Image.open(paths["top_tiles"]) as image:
+        assert image.size == (4 + 5 * (128 + 4), 4 + 128 + 4)
+    with Image.open(paths["attention"]) as image:
+        assert image.size[0] == 2048  # the slide's thumbnail, not a stand-in canvas
