@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -83,13 +86,17 @@ def audit(
 ) -> None:
     """Audit an encoder or its embeddings: does it see biology or the hospital?
 
-    Writes OUT/audit.json (robustness_index, apd, clustering_score, stress, adversarial) and
-    OUT/audit.html (plots, each with a one-line reading). From feature files only the
-    representation metrics run; stress tests and attacks need --tiles and --encoder.
+    Writes OUT/audit.json (schema_version, metadata, robustness_index, apd, clustering_score,
+    stress, adversarial) and OUT/audit.html (plots, each with a one-line reading that says
+    "inconclusive" when a confidence interval spans its threshold). From feature files only
+    the representation metrics run; stress tests and attacks need --tiles and --encoder.
+    A k-fold --model is used as the average of its folds, as `histoguard predict` does.
     Attack budgets are reported in the 0-1 pixel scale.
     """
     from histoguard.errors import HistoguardError
+    from histoguard.report import write_audit_page
     from histoguard.robustness import (
+        AUDIT_JSON,
         AttackSettings,
         AuditConfig,
         RobustnessIndexConfig,
@@ -113,14 +120,40 @@ def audit(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     try:
-        outputs = run_audit(
-            out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
-            image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),
-            config=config, progress=not quiet, log=None if quiet else typer.echo,
-        )  # fmt: skip
+        with _progress_lines(enabled=not quiet):
+            result = run_audit(
+                out, features=features, cohort=cohort, tiles=tiles, encoder=encoder,
+                weights=weights, image_root=image_root, model=model,
+                ood_centers=tuple(ood_center or ()), config=config, progress=not quiet,
+            )  # fmt: skip
+        page = write_audit_page(result, out / "audit.html")
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     except HistoguardError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
-    typer.echo(f"audit: {outputs.json_path}\nreport: {outputs.html_path}")
+    typer.echo(f"audit: {out / AUDIT_JSON}\nreport: {page}")
+
+
+@contextlib.contextmanager
+def _progress_lines(*, enabled: bool) -> Iterator[None]:
+    """Echo the audit's progress log lines while it runs, unless logging is already set up
+    (then the configured handlers show them) or the user asked for quiet."""
+    logger = logging.getLogger("histoguard.robustness")
+    if not enabled or logging.getLogger().handlers or logger.handlers:
+        yield
+        return
+
+    class _Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            typer.echo(self.format(record))
+
+    handler = _Echo(level=logging.INFO)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

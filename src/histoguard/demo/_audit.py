@@ -17,6 +17,7 @@ import numpy as np
 from histoguard.demo._pseudo_slides import real_tile_paths
 from histoguard.encoders import load_encoder
 from histoguard.errors import AuditDataError
+from histoguard.report import write_audit_page
 from histoguard.robustness import (
     AttackSettings,
     AuditConfig,
@@ -108,11 +109,14 @@ def run_demo_audit(out: Path, data_root: Path | None, *, progress: bool) -> Audi
     """Build the demo cohort, audit ``hg-cnn`` on it, write ``out/audit.json`` + ``.html``."""
     tiles, source = demo_audit_tiles(data_root)
     encoder = load_encoder(DEMO_AUDIT_ENCODER)
-    audit = audit_encoder(tiles, encoder, config=DEMO_AUDIT_CONFIG, progress=progress)
+    result = audit_encoder(tiles, encoder, config=DEMO_AUDIT_CONFIG, progress=progress)
     meta = audit_metadata(
         f"encoder {DEMO_AUDIT_ENCODER} on a simulated two-center cohort ({source} tiles)",
         DEMO_AUDIT_CONFIG, encoder=DEMO_AUDIT_ENCODER, n_tiles=len(tiles),
         tile_source=source, simulated_correlation=CORRELATION,
         center_class_association=center_class_association(tiles.label, tiles.center),
     )  # fmt: skip
-    return write_audit({"metadata": meta, **audit}, out)
+    result = result.with_metadata(meta)
+    json_path = write_audit(result, out)
+    html_path = write_audit_page(result, out / "audit.html")
+    return AuditOutputs(json_path=json_path, html_path=html_path, audit=result.to_dict())

@@ -1,9 +1,11 @@
 """The audit as one self-contained HTML page: a plot per measurement, each with a one-line reading.
 
-The page reads only ``audit.json``'s content (the dictionary :func:`run_audit` writes), so it can
-be rebuilt from a saved audit. Plots are PNGs embedded as data URIs: the file can be mailed or
-attached to a validation record without its folder. Matplotlib is used through its object API
-(``Figure`` + Agg canvas), which leaves the user's global backend untouched.
+The page reads only an :class:`~histoguard.robustness.AuditResult` (what ``run_audit`` returns)
+or the ``audit.json`` it was saved as, so it can be rebuilt from a saved audit; it never runs a
+model. Each reading comes from :mod:`._readings` and says "inconclusive" when a confidence
+interval spans the reading's threshold. Plots are PNGs embedded as data URIs: the file can be
+mailed or attached to a validation record without its folder. Matplotlib is used through its
+object API (``Figure`` + Agg canvas), which leaves the user's global backend untouched.
 """
 
 from __future__ import annotations
@@ -12,10 +14,29 @@ import base64
 import html
 import io
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from histoguard.report._readings import (
+    RI_THRESHOLDS,
+    RI_VERDICTS,
+    apd_reading,
+    clustering_reading,
+    ri_reading,
+    verdict,
+)
+from histoguard.robustness._result import (
+    AdversarialSection,
+    APDSection,
+    AuditResult,
+    ClusteringSection,
+    RobustnessIndexSection,
+    Skipped,
+    StressSection,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; }
@@ -29,90 +50,96 @@ img { max-width: 100%; }
 """
 
 
-def render_audit_html(audit: Mapping[str, Any]) -> str:
-    """The HTML page for an audit dictionary (the content of ``audit.json``).
+def render_audit_html(audit: AuditResult | Mapping[str, Any]) -> str:
+    """The HTML page of an audit: an :class:`~histoguard.robustness.AuditResult`, or the
+    content of ``audit.json`` (read with :meth:`AuditResult.from_json`).
 
-    Sections whose entry is missing or ``{"skipped": reason}`` say why they were skipped.
+    Sections whose part is :class:`~histoguard.robustness.Skipped` (or missing) say why.
+
+    Raises:
+        AuditDataError: ``audit`` is a mapping that is not an audit.
     """
-    meta = audit.get("metadata", {})
+    result = audit if isinstance(audit, AuditResult) else AuditResult.from_json(audit)
+    meta = result.metadata
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>histoguard audit: {_e(meta.get('subject', ''))}</title>",
+        f"<title>histoguard audit: {_e(str(meta.get('subject', '')))}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>Robustness audit: {_e(meta.get('subject', ''))}</h1>",
+        f"<h1>Robustness audit: {_e(str(meta.get('subject', '')))}</h1>",
         _metadata_table(meta),
     ]
-    sections: Sequence[tuple[str, str, Callable[[Mapping[str, Any]], str]]] = (
-        ("robustness_index", "Robustness index (PathoROB)", _ri_section),
-        ("apd", "Average performance drop under center-class confounding", _apd_section),
-        ("clustering_score", "Clustering score", _clustering_section),
-        ("stress", "Stain, scanner and geometry stress tests", _stress_section),
-        ("adversarial", "Adversarial attacks", _adversarial_section),
+    slide_model = meta.get("slide_model")
+    if isinstance(slide_model, Mapping):
+        parts.append(_reading(_models_line(slide_model)))
+    sections: Sequence[tuple[str, Any, Callable[[Any], str]]] = (
+        ("Robustness index (PathoROB)", result.robustness_index, _ri_section),
+        ("Average performance drop under center-class confounding", result.apd, _apd_section),
+        ("Clustering score", result.clustering_score, _clustering_section),
+        ("Stain, scanner and geometry stress tests", result.stress, _stress_section),
+        ("Adversarial attacks", result.adversarial, _adversarial_section),
     )
-    for key, title, render in sections:
+    for title, section, render in sections:
         parts.append(f"<h2>{_e(title)}</h2>")
-        entry = audit.get(key)
-        if not isinstance(entry, Mapping) or "skipped" in entry:
-            reason = entry.get("skipped", "not run") if isinstance(entry, Mapping) else "not run"
-            parts.append(f"<p class='skipped'>Skipped: {_e(str(reason))}</p>")
+        if isinstance(section, Skipped):
+            parts.append(f"<p class='skipped'>Skipped: {_e(section.reason)}</p>")
         else:
-            parts.append(render(entry))
+            parts.append(render(section))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-# --- readings: one line saying what a number means ---------------------------------------------
+def write_audit_page(audit: AuditResult | Mapping[str, Any] | str | Path, out: Path) -> Path:
+    """Draw the audit page and write it (atomically) to ``out`` (e.g. ``OUT/audit.html``).
+
+    Args:
+        audit: an :class:`~histoguard.robustness.AuditResult`, the content of ``audit.json``,
+            or the path of an ``audit.json``. No model runs: the page only reads results.
+        out: the HTML file to write; its folder is created.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        AuditDataError: ``audit`` cannot be read as an audit (the message names the file).
+        OutputError: the page could not be written as intended.
+    """
+    from histoguard.core._atomic import write_bytes_atomic
+
+    result = audit if isinstance(audit, AuditResult) else AuditResult.from_json(audit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, render_audit_html(result).encode())
+    return out
 
 
-def ri_reading(value: float, ci: Sequence[float] | None, k: int) -> str:
-    """What a robustness index means for a reader who does not know the metric."""
-    interval = f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if ci else ""
-    if value >= 0.7:
-        verdict = "neighbours mostly share the biology across centers: the center signal is weak"
-    elif value > 0.5:
-        verdict = "biology dominates the neighbourhood, but the center is clearly visible too"
-    elif value > 0.3:
-        verdict = (
-            "neighbours share the center more often than the biology: the embeddings encode "
-            "the hospital, and downstream models can learn it"
-        )
-    else:
-        verdict = "the neighbourhood is organised by center, not biology: a strong center signal"
-    return f"RI = {value:.2f}{interval} at k = {k}: {verdict}. (1 = only biology, 0 = only center)"
+def _models_line(described: Mapping[str, Any]) -> str:
+    """Which slide models the stress test and attack used."""
+    models = [str(m) for m in described.get("models", [])]
+    n = described.get("n_models", len(models))
+    how = described.get("combination", "")
+    if n and n > 1:
+        return f"Slide model: the ensemble of {n} fold models ({how}): {', '.join(models)}."
+    return f"Slide model: {', '.join(models) or 'one model'} ({how or 'single model'})."
 
 
-def apd_reading(apd_id: float, apd_ood: float | None) -> str:
-    """What the average performance drops mean."""
-    ood = f", {apd_ood:+.1%} on held-out centers" if apd_ood is not None else ""
-    worst = min(apd_id, apd_ood if apd_ood is not None else apd_id)
-    if worst > -0.02:
-        verdict = "a linear probe barely suffers when training data confound center and class"
-    elif worst > -0.1:
-        verdict = "confounded training data cost a linear probe noticeable accuracy"
-    else:
-        verdict = (
-            "a probe trained on confounded data learns the center shortcut and loses much of "
-            "its accuracy"
-        )
-    return f"APD {apd_id:+.1%} in-distribution{ood}: {verdict}. (0 = no drop)"
-
-
-def clustering_reading(value: float) -> str:
-    """What a clustering score means."""
-    if value > 0.3:
-        verdict = "unsupervised clusters follow the biology more than the center"
-    elif value > -0.3:
-        verdict = "unsupervised clusters follow neither biology nor center strongly"
-    else:
-        verdict = "unsupervised clusters follow the center more than the biology"
-    return f"Clustering score {value:+.2f}: {verdict}. (+1 = biology, −1 = center)"
+# Every plot of a share or an accuracy: 0 to a little above 1, so a line at 1.0 stays visible.
+_UNIT_RANGE = (0.0, 1.05)
 
 
 # --- sections ---------------------------------------------------------------------------------
 
 
-def _ri_section(ri: Mapping[str, Any]) -> str:
-    parts = [_reading(ri_reading(ri["value"], ri.get("ci"), ri["k"]))]
+def _ri_section(section: RobustnessIndexSection) -> str:
+    ri = section.details
+    acc = ri.get("knn_balanced_accuracy") or {}
+    at_k = dict(zip(acc.get("k", []), acc.get("balanced_accuracy", []), strict=False))
+    parts = [
+        _reading(
+            ri_reading(
+                section.value, section.ci, section.k, k_selection=section.k_selection,
+                knn_accuracy=at_k.get(section.k), confidence=section.confidence,
+            )
+        )
+    ]  # fmt: skip
     counts = ri.get("counts") or {}
     total = sum(counts.values())
     if total and (counts.get("SO", 0) + counts.get("OS", 0)) < 0.05 * total:
@@ -127,13 +154,15 @@ def _ri_section(ri: Mapping[str, Any]) -> str:
     curve, comp = ri["curve"], ri["composition"]
 
     def draw_curve(ax: Axes) -> None:
-        ax.plot(curve["k"], curve["ri"], label="all queries")
+        ax.plot(curve["k"], _nan(curve["ri"]), label="all queries")
         paired = ri.get("paired") or {}
         if paired.get("value") is not None and paired.get("curve"):
-            ax.plot(paired["curve"]["k"], paired["curve"]["ri"], label="paired 2×2 design")
+            ax.plot(paired["curve"]["k"], _nan(paired["curve"]["ri"]), label="paired 2×2 design")
         ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
-        ax.axvline(ri["k"], color="black", linestyle="--", linewidth=1, label=f"k = {ri['k']}")
-        ax.set(xlabel="k (neighbours)", ylabel="robustness index", ylim=(0, 1))
+        ax.axvline(section.k, color="black", linestyle="--", linewidth=1,
+                   label=f"headline k = {section.k}")  # fmt: skip
+        ax.plot([section.k], [section.value], marker="o", color="black")
+        ax.set(xlabel="k (neighbours)", ylabel="robustness index", ylim=_UNIT_RANGE)
         ax.legend()
 
     def draw_composition(ax: Axes) -> None:
@@ -144,8 +173,8 @@ def _ri_section(ri: Mapping[str, Any]) -> str:
             "OO": "other class, other center",
         }
         for key, name in names.items():
-            ax.plot(comp["k"], comp[key], label=name)
-        ax.set(xlabel="k (neighbours)", ylabel="fraction of neighbours", ylim=(0, 1))
+            ax.plot(comp["k"], _nan(comp[key]), label=name)
+        ax.set(xlabel="k (neighbours)", ylabel="fraction of neighbours", ylim=_UNIT_RANGE)
         ax.legend(fontsize="small")
 
     parts.append(_figure(draw_curve, "RI(k): share of same-class-other-center neighbours"))
@@ -156,24 +185,44 @@ def _ri_section(ri: Mapping[str, Any]) -> str:
         parts.append(
             _reading(
                 f"Paired design ({paired.get('n_subsets')} balanced 2 classes × 2 centers "
-                f"subsets): RI = {paired['value']:.2f}"
-                + (f" (95% CI {ci[0]:.2f}–{ci[1]:.2f})" if ci else "")
+                f"subsets): " + _verdict_line("RI", paired["value"], ci, RI_THRESHOLDS, RI_VERDICTS)
             )
         )
     elif paired.get("reason"):
         parts.append(f"<p class='skipped'>Paired design: {_e(paired['reason'])}</p>")
-    acc = ri.get("knn_balanced_accuracy")
     if acc and acc.get("k"):
         rows = list(zip(acc["k"], acc["balanced_accuracy"], strict=True))
         parts.append(
-            _table(["k", "kNN balanced accuracy (class)"], [[k, f"{a:.3f}"] for k, a in rows])
+            _table(
+                ["k", "kNN balanced accuracy (class)"],
+                [[k, "–" if a is None else f"{a:.3f}"] for k, a in rows],
+            )
         )
     return "\n".join(parts)
 
 
-def _apd_section(apd: Mapping[str, Any]) -> str:
-    parts = [_reading(apd_reading(apd["in_distribution"], apd.get("out_of_distribution")))]
-    splits = apd["splits"]
+def _verdict_line(
+    name: str,
+    value: float,
+    ci: Sequence[float] | None,
+    thresholds: Sequence[float],
+    verdicts: Sequence[str],
+) -> str:
+    """``"<name> = v (95 % CI a to b): <verdict>."``"""
+    interval = "" if not ci or None in ci else f" (95 % CI {ci[0]:.2f} to {ci[1]:.2f})"
+    return f"{name} = {value:.2f}{interval}: {verdict(value, ci, thresholds, verdicts)}."
+
+
+def _apd_section(section: APDSection) -> str:
+    parts = [
+        _reading(
+            apd_reading(
+                section.in_distribution, section.out_of_distribution,
+                section.ci_in_distribution, section.ci_out_of_distribution,
+            )
+        )
+    ]  # fmt: skip
+    splits = section.details["splits"]
 
     def draw(ax: Axes) -> None:
         levels = [s["level"] for s in splits]
@@ -182,7 +231,9 @@ def _apd_section(apd: Mapping[str, Any]) -> str:
             ax.plot(
                 levels, [s["accuracy_ood"] for s in splits], marker="s", label="held-out centers"
             )
-        ax.set(xlabel="confounding level (0 = balanced)", ylabel="balanced accuracy")
+        ax.set(
+            xlabel="confounding level (0 = balanced)", ylabel="balanced accuracy", ylim=_UNIT_RANGE
+        )
         ax.legend()
 
     parts.append(_figure(draw, "Linear-probe accuracy as training data get more confounded"))
@@ -203,39 +254,46 @@ def _apd_section(apd: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _clustering_section(cs: Mapping[str, Any]) -> str:
-    parts = [_reading(clustering_reading(cs["value"]))]
-    subsets = cs.get("per_subset", [])
+def _clustering_section(section: ClusteringSection) -> str:
+    parts = [_reading(clustering_reading(section.value, section.ci))]
+    subsets = section.details.get("per_subset", [])
     if subsets:
 
         def draw(ax: Axes) -> None:
             ax.scatter([s["ari_center"] for s in subsets], [s["ari_class"] for s in subsets])
-            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-            ax.set(
-                xlabel="ARI with center", ylabel="ARI with class", xlim=(-0.05, 1), ylim=(-0.05, 1)
-            )
+            ax.plot([-0.5, 1], [-0.5, 1], color="grey", linestyle=":", linewidth=1)
+            # An ARI lies in [-0.5, 1]; the axes show all of it, 1.0 included.
+            ax.set(xlabel="ARI with center", ylabel="ARI with class", xlim=(-0.55, 1.05),
+                   ylim=(-0.55, 1.05))  # fmt: skip
 
         parts.append(_figure(draw, "Each 2×2 subset: agreement of clusters with class vs center"))
     return "\n".join(parts)
 
 
-def _stress_section(stress: Mapping[str, Any]) -> str:
-    perturbations: Mapping[str, Any] = stress["perturbations"]
-    clean = stress["clean"]["balanced_accuracy"]
-    tolerance = stress["tolerance"]
+def _stress_section(section: StressSection) -> str:
+    perturbations = section.perturbations
+    clean = section.clean_balanced_accuracy
+    tolerance = section.tolerance
     fragile = [n for n, p in perturbations.items() if p["graceful_severity"] < max(p["severities"])]
-    verdict = (
+    verdict_text = (
         f"performance stays within {tolerance:.0%} of clean under every perturbation tested"
         if not fragile
         else f"performance falls by more than {tolerance:.0%} under: {', '.join(fragile)}"
     )
-    parts = [_reading(f"Clean balanced accuracy {clean:.3f}; {verdict}.")]
+    parts = [
+        _reading(
+            f"Clean balanced accuracy {clean:.3f} on held-out tiles (slides the probe was not "
+            f"trained on); {verdict_text}."
+        )
+    ]
 
     def draw(metric: str, ylabel: str) -> Callable[[Axes], None]:
         def plot(ax: Axes) -> None:
             for name, p in perturbations.items():
                 ax.plot([0, *p["severities"]], [_zero(metric, clean), *p[metric]], label=name)
             ax.set(xlabel="severity (0 = clean)", ylabel=ylabel)
+            if metric == "balanced_accuracy":
+                ax.set_ylim(*_UNIT_RANGE)
             ax.legend(fontsize="x-small", ncol=2)
 
         return plot
@@ -251,15 +309,16 @@ def _stress_section(stress: Mapping[str, Any]) -> str:
             ],
         )
     )
-    slide = stress.get("slide_model")
-    if isinstance(slide, Mapping) and "skipped" in slide:
-        parts.append(f"<p class='skipped'>Slide model: {_e(str(slide['skipped']))}</p>")
+    slide = section.slide_model
+    if isinstance(slide, Skipped):
+        parts.append(f"<p class='skipped'>Slide model: {_e(slide.reason)}</p>")
     elif isinstance(slide, Mapping):
         parts.append(
             _reading(
-                f"Slide model: clean balanced accuracy {slide['clean']['balanced_accuracy']:.3f} "
-                f"on {slide['parameters']['n_items']} slides; per perturbation, the share of "
-                "slide predictions that change at the highest severity:"
+                f"Slide model ({_models_short(slide)}): clean balanced accuracy "
+                f"{slide['clean']['balanced_accuracy']:.3f} on {slide['parameters']['n_items']} "
+                "held-out slides; per perturbation, the share of slide predictions that change "
+                "at the highest severity:"
             )
         )
         parts.append(
@@ -274,19 +333,24 @@ def _stress_section(stress: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _models_short(entry: Mapping[str, Any]) -> str:
+    n = entry.get("n_models", 1)
+    return f"ensemble of {n} fold models" if n and n > 1 else "one model"
+
+
 def _zero(metric: str, clean: float) -> float:
     return clean if metric == "balanced_accuracy" else 0.0
 
 
-def _adversarial_section(adv: Mapping[str, Any]) -> str:
+def _adversarial_section(section: AdversarialSection) -> str:
     parts = []
-    pgd = adv.get("pgd") or []
+    pgd = section.pgd
     if pgd:
         strongest = max(pgd, key=lambda r: r["eps"])
         parts.append(
             _reading(
                 f"PGD ({strongest['norm']}, ε = {strongest['eps']:.4f} in 0–1 pixel units) "
-                f"takes tile accuracy from {strongest['clean_accuracy']:.2f} to "
+                f"takes accuracy on held-out tiles from {strongest['clean_accuracy']:.2f} to "
                 f"{strongest['adversarial_accuracy']:.2f}: changes invisible to a pathologist "
                 "can flip the encoder's decisions."
             )
@@ -295,17 +359,19 @@ def _adversarial_section(adv: Mapping[str, Any]) -> str:
         def draw(ax: Axes) -> None:
             for norm in sorted({r["norm"] for r in pgd}):
                 rows = sorted((r for r in pgd if r["norm"] == norm), key=lambda r: r["eps"])
+                # ε = 0 is the clean accuracy: the curve starts where the attack starts.
                 ax.plot(
-                    [r["eps"] for r in rows],
-                    [r["adversarial_accuracy"] for r in rows],
+                    [0.0, *(r["eps"] for r in rows)],
+                    [rows[0]["clean_accuracy"], *(r["adversarial_accuracy"] for r in rows)],
                     marker="o",
                     label=f"PGD {norm}",
                 )
-            ax.set(xlabel="budget ε (0–1 pixel scale)", ylabel="accuracy under attack")
+            ax.set(xlabel="budget ε (0–1 pixel scale; 0 = clean)",
+                   ylabel="accuracy under attack", ylim=_UNIT_RANGE)  # fmt: skip
             ax.legend()
 
         parts.append(_figure(draw, "Tile accuracy under PGD"))
-    universal = adv.get("universal")
+    universal = section.universal
     if universal:
         unseen = universal["unseen"]
         line = (
@@ -320,14 +386,14 @@ def _adversarial_section(adv: Mapping[str, Any]) -> str:
                 for name, t in transfer.items()
             )
         parts.append(_reading(line + "."))
-    slide = adv.get("slide")
+    slide = section.slide
     if slide:
         parts.append(
             _reading(
-                f"Perturbing {slide['fraction']:.2%} of each slide's tiles (at least one, chosen "
-                f"by {slide['selection']}) flips {slide['flip_rate']:.0%} of slide predictions "
-                "(mean change in predicted-class probability "
-                f"{slide['mean_probability_change']:+.3f})."
+                f"Perturbing {slide['fraction']:.2%} of each held-out slide's tiles (at least "
+                f"one, chosen by {slide['selection']}) of the {_models_short(slide)} flips "
+                f"{slide['flip_rate']:.0%} of slide predictions (mean change in "
+                f"predicted-class probability {slide['mean_probability_change']:+.3f})."
             )
         )
     return "\n".join(parts) or "<p class='skipped'>No attack results.</p>"
@@ -362,6 +428,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _metadata_table(meta: Mapping[str, Any]) -> str:
     rows = [[k, v] for k, v in meta.items() if not isinstance(v, Mapping | list)]
     return _table(["", ""], rows) if rows else ""
+
+
+def _nan(values: Sequence[float | None]) -> list[float]:
+    """JSON's None (an undefined point) as NaN, which matplotlib leaves as a gap."""
+    return [float("nan") if v is None else v for v in values]
 
 
 def _e(text: str) -> str:

@@ -3,11 +3,12 @@
 Representation metrics on labelled embeddings (PathoROB: robustness index, average performance
 drop, clustering score), stress tests under stain/scanner/geometry shifts, adversarial attacks
 on tiles and slides, loaders for the multi-center layouts users bring, a simulated multi-center
-cohort builder, and the audit that runs them all and writes ``audit.json`` + ``audit.html``.
+cohort builder, and the audit that runs them all and returns a typed :class:`AuditResult`
+(written as ``audit.json``; ``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
 """
 
-from histoguard.report._audit_page import render_audit_html
 from histoguard.robustness._audit import (
+    AUDIT_JSON,
     AUDIT_PARTS,
     AttackSettings,
     AuditConfig,
@@ -19,6 +20,17 @@ from histoguard.robustness._audit import (
     run_audit,
     write_audit,
 )
+from histoguard.robustness._result import (
+    SCHEMA_VERSION,
+    AdversarialSection,
+    APDSection,
+    AuditResult,
+    ClusteringSection,
+    RobustnessIndexSection,
+    Skipped,
+    StressSection,
+)
+from histoguard.robustness._slide_models import FoldEnsemble, SlideModel, load_slide_model
 from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PGDResult,
@@ -79,14 +91,21 @@ from histoguard.robustness.shifts._simulated_centers import (
 from histoguard.robustness.shifts._stress import StressConfig, StressResult, stress_test
 
 __all__ = [
+    "AUDIT_JSON",
     "AUDIT_PARTS",
+    "SCHEMA_VERSION",
     "APDConfig",
     "APDResult",
+    "APDSection",
+    "AdversarialSection",
     "AttackSettings",
     "AuditConfig",
     "AuditOutputs",
+    "AuditResult",
     "ClusteringConfig",
     "ClusteringScoreResult",
+    "ClusteringSection",
+    "FoldEnsemble",
     "LabelledEmbeddings",
     "LinearProbe",
     "PGDConfig",
@@ -94,11 +113,15 @@ __all__ = [
     "PerturbationInfo",
     "RobustnessIndexConfig",
     "RobustnessIndexResult",
+    "RobustnessIndexSection",
+    "Skipped",
     "SlideAttackConfig",
     "SlideAttackResult",
+    "SlideModel",
     "StainProfile",
     "StressConfig",
     "StressResult",
+    "StressSection",
     "TileDataset",
     "UniversalConfig",
     "UniversalResult",
@@ -119,6 +142,7 @@ __all__ = [
     "load_class_folders",
     "load_feature_cohort",
     "load_medmnist",
+    "load_slide_model",
     "load_tile_table",
     "nearest_neighbours",
     "ood_centers_from_table",
@@ -126,7 +150,6 @@ __all__ = [
     "planted_embeddings",
     "read_tile",
     "register_perturbation",
-    "render_audit_html",
     "robustness_index",
     "run_audit",
     "simulate_centers",

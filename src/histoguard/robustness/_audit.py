@@ -1,5 +1,7 @@
 """The audit: every robustness measurement on one encoder's embeddings (and, given tiles, on the
-encoder itself and an optional slide model), written as ``audit.json`` and ``audit.html``.
+encoder itself and an optional slide model), returned as a typed :class:`AuditResult` and written
+as ``audit.json`` (the page, ``audit.html``, is drawn by :func:`histoguard.report.write_audit_page`
+from that result or file).
 
 Two entry points, one per kind of input:
 
@@ -8,16 +10,19 @@ Two entry points, one per kind of input:
   recorded as skipped, with the reason;
 - tile images with labels + an encoder: the tiles are embedded, the representation metrics run
   on those embeddings, then a linear probe is trained on a slide-disjoint part of the tiles and
-  stress-tested and attacked on the other part; given a MIL model, its slides are attacked too.
+  stress-tested and attacked on the other part; given a slide model (one fold, or every fold of
+  a k-fold ``train`` output, averaged as ``predict`` averages them), its held-out slides are
+  stress-tested and attacked too.
 
 A metric that cannot run on the data (for example APD with a single center) does not stop the
-others: its entry records ``{"skipped": reason}``.
+others: its part is a :class:`Skipped` with the reason. Progress messages go to
+``logging.getLogger(__name__)`` (the command line shows them).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import logging
 import platform
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -28,27 +33,31 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.errors import AuditDataError, EncoderError
-from histoguard.report._audit_page import render_audit_html
-from histoguard.robustness.attacks._pgd import (
-    PGDConfig,
-    UniversalConfig,
-    pgd_attack,
+from histoguard.errors import AuditDataError
+from histoguard.robustness._audit_attacks import (
+    Bags,
+    SlideModelUnderTest,
+    adversarial,
+    held_out_bags,
+    stress,
 )
-from histoguard.robustness.attacks._slide_attack import SlideAttackConfig, slide_attack
-from histoguard.robustness.attacks._universal import (
-    universal_attack,
-)
+from histoguard.robustness._result import AuditResult, Skipped, jsonable
 from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset
 from histoguard.robustness.metrics._apd import APDConfig, average_performance_drop
 from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
-from histoguard.robustness.metrics._linear_probe import LinearProbe, fit_linear_probe
+from histoguard.robustness.metrics._linear_probe import fit_linear_probe
 from histoguard.robustness.metrics._robustness_index import RobustnessIndexConfig, robustness_index
-from histoguard.robustness.shifts._stress import StressConfig, stress_slide_model, stress_test
+from histoguard.robustness.shifts._stress import StressConfig
 
 if TYPE_CHECKING:
     from histoguard.encoders import Encoder
     from histoguard.mil import MILModel
+    from histoguard.robustness._slide_models import SlideModel
+
+logger = logging.getLogger(__name__)
+
+#: File name of the audit's JSON form inside the output folder.
+AUDIT_JSON = "audit.json"
 
 #: The measurements an audit can run, in report order (the top-level keys of ``audit.json``).
 AUDIT_PARTS = ("robustness_index", "apd", "clustering_score", "stress", "adversarial")
@@ -129,18 +138,18 @@ class AuditConfig:
         """JSON-compatible settings (stain references are named, not embedded)."""
         settings = asdict(replace(self, stress=replace(self.stress, references={})))
         settings["stress"]["references"] = sorted(self.stress.references)
-        jsonable: dict[str, Any] = _jsonable(settings)
-        return jsonable
+        content: dict[str, Any] = jsonable(settings)
+        return content
 
 
 @dataclass(frozen=True)
 class AuditOutputs:
-    """Where an audit was written, and its content.
+    """Where an audit's files were written, and their content.
 
     Attributes:
-        json_path: ``audit.json``.
-        html_path: ``audit.html``.
-        audit: the dictionary written to ``audit.json``.
+        json_path: ``audit.json`` (written by :func:`write_audit`).
+        html_path: ``audit.html`` (written by :func:`histoguard.report.write_audit_page`).
+        audit: the content of ``audit.json`` (``AuditResult.to_dict()``).
     """
 
     json_path: Path
@@ -148,16 +157,12 @@ class AuditOutputs:
     audit: dict[str, Any]
 
 
-Log = Callable[[str], None]
-
-
 def audit_embeddings(
     data: LabelledEmbeddings,
     *,
     config: AuditConfig | None = None,
     ood_centers: Sequence[str] = (),
-    log: Log | None = None,
-) -> dict[str, Any]:
+) -> AuditResult:
     """The representation metrics of labelled embeddings.
 
     Args:
@@ -165,35 +170,39 @@ def audit_embeddings(
         config: audit settings (defaults if None).
         ood_centers: centers APD must hold out of training (PathoROB's OOD subset); overrides
             ``config.apd.ood_centers`` when not empty.
-        log: called with one line per step.
 
     Returns:
-        ``{"robustness_index": ..., "apd": ..., "clustering_score": ...}``, each the metric's
-        result dictionary or ``{"skipped": reason}``.
+        An :class:`AuditResult` without metadata whose ``robustness_index``, ``apd`` and
+        ``clustering_score`` hold the metrics (or :class:`Skipped` with the reason);
+        ``stress`` and ``adversarial`` are ``Skipped("not requested")``.
     """
     config = config or AuditConfig()
-    say = log or (lambda _: None)
     apd_config = replace(config.apd, ood_centers=tuple(ood_centers)) if ood_centers else config.apd
     metrics: dict[str, Callable[[], Any]] = {
         "robustness_index": lambda: robustness_index(data, config.robustness_index),
         "apd": lambda: average_performance_drop(data, apd_config),
         "clustering_score": lambda: clustering_score(data, config.clustering),
     }
-    results: dict[str, Any] = {}
+    entries: dict[str, Mapping[str, Any]] = {}
     for name, compute in metrics.items():
         if name not in config.parts:
-            results[name] = {"skipped": "not requested"}
+            entries[name] = {"skipped": "not requested"}
             continue
-        say(
-            f"{name}: {len(data)} embeddings, {len(data.classes)} classes, "
-            f"{len(data.centers)} centers"
-        )
+        logger.info(
+            "%s: %d embeddings, %d classes, %d centers",
+            name, len(data), len(data.classes), len(data.centers),
+        )  # fmt: skip
         try:
-            results[name] = compute().to_dict()
+            entries[name] = compute().to_dict()
         except AuditDataError as error:
-            say(f"{name}: skipped ({error})")
-            results[name] = {"skipped": str(error)}
-    return results
+            logger.info("%s: skipped (%s)", name, error)
+            entries[name] = {"skipped": str(error)}
+    return AuditResult.from_dict(
+        {**entries, "stress": _NOT_REQUESTED, "adversarial": _NOT_REQUESTED}
+    )
+
+
+_NOT_REQUESTED = {"skipped": "not requested"}
 
 
 def embed_tiles(
@@ -228,11 +237,10 @@ def audit_encoder(
     *,
     config: AuditConfig | None = None,
     ood_centers: Sequence[str] = (),
-    model: MILModel | None = None,
+    model: MILModel | SlideModel | None = None,
     model_labels: Sequence[str] = (),
     progress: bool = False,
-    log: Log | None = None,
-) -> dict[str, Any]:
+) -> AuditResult:
     """The full audit of an encoder on labelled tiles (and of a slide model, if given).
 
     Args:
@@ -241,50 +249,57 @@ def audit_encoder(
         config: audit settings (defaults if None).
         ood_centers: centers held out of every training (APD's OOD centers; never used to train
             the probe).
-        model: a trained MIL model on this encoder's features; its slides (the test tiles
-            grouped by ``slide_id``, at most ``config.max_tiles_per_bag`` each) are
-            stress-tested and attacked.
-        model_labels: the model's class names, index order (from :func:`histoguard.mil.load_model`).
+        model: a trained MIL model on this encoder's features, or a :class:`SlideModel` (every
+            fold of a ``train`` output, see :func:`load_slide_model`); its slides (the probe's
+            held-out test tiles grouped by ``slide_id``, at most ``config.max_tiles_per_bag``
+            each) are stress-tested and attacked, and its results name the models used.
+        model_labels: a bare model's class names, index order (a ``SlideModel`` brings its own).
         progress: show progress bars.
-        log: called with one line per step.
 
     Returns:
-        The audit dictionary with all five :data:`AUDIT_PARTS` keys.
+        An :class:`AuditResult` without metadata (add it with ``with_metadata``).
     """
     config = config or AuditConfig()
-    say = log or (lambda _: None)
     data = embed_tiles(encoder, tiles, batch_size=config.batch_size, progress=progress)
-    audit = audit_embeddings(data, config=config, ood_centers=ood_centers, log=say)
-    wants_pixels = {"stress", "adversarial"} & set(config.parts)
-    if not wants_pixels:
-        return {
-            **audit,
-            "stress": {"skipped": "not requested"},
-            "adversarial": {"skipped": "not requested"},
-        }
+    result = audit_embeddings(data, config=config, ood_centers=ood_centers)
+    if not {"stress", "adversarial"} & set(config.parts):
+        return result
     try:
         train, test = slide_disjoint_split(
             data, ood_centers, fraction=config.probe_train_fraction, seed=config.seed
         )
     except AuditDataError as error:
-        reason = f"no linear probe: {error}"
-        return {**audit, "stress": {"skipped": reason}, "adversarial": {"skipped": reason}}
-    say(f"linear probe: {len(train)} training tiles, {len(test)} test tiles")
+        reason = Skipped(reason=f"no linear probe: {error}")
+        return replace(result, stress=reason, adversarial=reason)
+    logger.info("linear probe: %d training tiles, %d test tiles", len(train), len(test))
     probe = fit_linear_probe(
         data.embeddings[train], data.label[train], groups=data.slide_id[train], seed=config.seed
     )
-    bags = _test_bags(tiles, test, encoder, config) if model is not None else None
-    audit["stress"] = (
-        _stress(encoder, tiles, probe, test, config, say, model, model_labels, bags)
-        if "stress" in config.parts
-        else {"skipped": "not requested"}
-    )
-    audit["adversarial"] = (
-        _adversarial(encoder, tiles, probe, train, test, config, model, bags, say)
-        if "adversarial" in config.parts
-        else {"skipped": "not requested"}
-    )
-    return audit
+    under_test = None
+    if model is not None:
+        under_test = _under_test(model, model_labels, held_out_bags(tiles, test, encoder, config))
+    if "stress" in config.parts:
+        entry = stress(encoder, tiles, probe, test, config, under_test)
+        result = replace(result, stress=AuditResult.from_dict({"stress": entry}).stress)
+    if "adversarial" in config.parts:
+        entry = adversarial(encoder, tiles, probe, train, test, config, under_test)
+        parsed = AuditResult.from_dict({"adversarial": entry}).adversarial
+        result = replace(result, adversarial=parsed)
+    return result
+
+
+def _under_test(
+    model: MILModel | SlideModel, labels: Sequence[str], bags: Bags
+) -> SlideModelUnderTest:
+    """The model with its class names, the held-out bags and the record of which models."""
+    from histoguard.robustness._slide_models import SlideModel
+
+    if isinstance(model, SlideModel):
+        return SlideModelUnderTest(
+            model=model.model, labels=model.labels, bags=bags, models=model.describe()
+        )
+    single = {"models": [type(model).__name__], "n_models": 1, "combination": "single model"}
+    return SlideModelUnderTest(model=model, labels=list(labels), bags=bags, models=single)
 
 
 def slide_disjoint_split(
@@ -312,174 +327,19 @@ def slide_disjoint_split(
     return np.flatnonzero(is_train), np.flatnonzero(in_dist & ~is_train)
 
 
-def _stratified_sample(labels: np.ndarray, rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most ``limit`` of ``rows``, as equal per class as the data allow, sorted."""
-    if len(rows) <= limit:
-        return rows
-    rng = np.random.default_rng(seed)
-    shuffled = rng.permutation(rows)
-    # Rank of each row within its class; taking the lowest ranks first interleaves the classes,
-    # so a small class is kept whole before a large one fills the rest.
-    rank = np.empty(len(shuffled), dtype=np.int64)
-    for label in np.unique(labels[shuffled]):
-        members = labels[shuffled] == label
-        rank[members] = np.arange(int(members.sum()))
-    return np.sort(shuffled[np.argsort(rank, kind="stable")[:limit]])
+def write_audit(result: AuditResult, out: Path) -> Path:
+    """Write ``out/audit.json`` (atomically, verified) and return its path.
 
-
-def _stress(
-    encoder: Encoder,
-    tiles: TileDataset,
-    probe: LinearProbe,
-    test: np.ndarray,
-    config: AuditConfig,
-    say: Log,
-    model: MILModel | None,
-    model_labels: Sequence[str],
-    bags: _Bags | None,
-) -> dict[str, Any]:
-    rows = _stratified_sample(tiles.label, test, config.max_stress_tiles, config.seed)
-    say(f"stress tests: {len(rows)} tiles")
-    images = tiles.load(rows, size=encoder.info.input_size)
-    result = stress_test(encoder, images, tiles.label[rows], probe.predict, config=config.stress)
-    out = result.to_dict()
-    if model is not None and bags is not None:
-        say(f"stress tests of the slide model: {len(bags.slides)} slides")
-        try:
-            out["slide_model"] = stress_slide_model(
-                encoder, model, bags.tiles, bags.labels, model_labels, config=config.stress
-            ).to_dict()
-        except AuditDataError as error:
-            out["slide_model"] = {"skipped": str(error)}
-    return out
-
-
-@dataclass(frozen=True)
-class _Bags:
-    """The test slides as bags of tiles for a slide model: ``slides`` (M,), ``tiles`` (M arrays
-    of ``(N_i, S, S, 3)`` uint8), ``labels`` (M,) each slide's majority tile label."""
-
-    slides: list[str]
-    tiles: list[np.ndarray]
-    labels: np.ndarray
-
-
-def _test_bags(
-    tiles: TileDataset, test: np.ndarray, encoder: Encoder, config: AuditConfig
-) -> _Bags:
-    """Each test slide's tiles (at most ``config.max_tiles_per_bag``, seeded) at the encoder's
-    input size."""
-    rng = np.random.default_rng(config.seed)
-    slides = sorted(set(tiles.slide_id[test].tolist()))
-    bags, labels = [], []
-    for slide in slides:
-        rows = test[tiles.slide_id[test] == slide]
-        if len(rows) > config.max_tiles_per_bag:
-            rows = np.sort(rng.choice(rows, size=config.max_tiles_per_bag, replace=False))
-        bags.append(tiles.load(rows, size=encoder.info.input_size))
-        values, counts = np.unique(tiles.label[rows], return_counts=True)
-        labels.append(values[np.argmax(counts)])
-    return _Bags(slides=slides, tiles=bags, labels=np.array(labels))
-
-
-def _adversarial(
-    encoder: Encoder,
-    tiles: TileDataset,
-    probe: LinearProbe,
-    train: np.ndarray,
-    test: np.ndarray,
-    config: AuditConfig,
-    model: MILModel | None,
-    bags: _Bags | None,
-    say: Log,
-) -> dict[str, Any]:
-    settings = config.attacks
-    rows = _stratified_sample(tiles.label, test, settings.max_tiles, config.seed)
-    images = tiles.load(rows, size=encoder.info.input_size)
-    class_index = {c: i for i, c in enumerate(probe.classes)}
-    labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
-    head = probe.as_torch()
-    out: dict[str, Any] = {}
-    try:
-        out["pgd"] = []
-        for norm in settings.pgd_norms:
-            for eps in settings.pgd_eps:
-                budget = eps if norm == "linf" else eps * float(np.sqrt(images[0].size))
-                say(f"PGD {norm} eps={budget:.4f}: {len(rows)} tiles")
-                pgd = PGDConfig(norm=norm, eps=budget, steps=settings.pgd_steps, seed=config.seed)
-                out["pgd"].append(pgd_attack(encoder, head, images, labels, config=pgd).to_dict())
-        out["universal"] = _universal(encoder, tiles, probe, train, images, labels, config, say)
-        if model is not None and bags is not None:
-            out["slide"] = _slide_attack(encoder, model, bags, config, say)
-    except EncoderError as error:
-        return {"skipped": f"encoder {encoder.info.name!r} cannot be attacked: {error}", **out}
-    return out
-
-
-def _universal(
-    encoder: Encoder,
-    tiles: TileDataset,
-    probe: LinearProbe,
-    train: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    config: AuditConfig,
-    say: Log,
-) -> dict[str, Any]:
-    """A universal perturbation learned on probe-training tiles, applied to the unseen test
-    tiles, and transferred to the configured other encoders (each with its own probe)."""
-    from histoguard.encoders import load_encoder
-
-    settings = config.attacks
-    rows = _stratified_sample(tiles.label, train, settings.max_tiles, config.seed)
-    train_images = tiles.load(rows, size=encoder.info.input_size)
-    class_index = {c: i for i, c in enumerate(probe.classes)}
-    train_labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
-    targets = {}
-    for name in settings.transfer_encoders:
-        other = load_encoder(name)
-        emb = embed_tiles(other, tiles.subset(rows), batch_size=config.batch_size)
-        other_probe = fit_linear_probe(
-            emb.embeddings, emb.label, groups=emb.slide_id, seed=config.seed
-        )
-        targets[name] = (other, other_probe.as_torch())
-    say(f"universal perturbation: learned on {len(rows)} tiles, tested on {len(test_labels)}")
-    universal = UniversalConfig(eps=settings.universal_eps, seed=config.seed)
-    return universal_attack(
-        source=(encoder, probe.as_torch()),
-        targets=targets,
-        train_tiles=train_images,
-        train_labels=train_labels,
-        test_tiles=test_images,
-        test_labels=test_labels,
-        config=universal,
-    ).to_dict()
-
-
-def _slide_attack(
-    encoder: Encoder, model: MILModel, bags: _Bags, config: AuditConfig, say: Log
-) -> dict[str, Any]:
-    say(f"slide-level attack: {len(bags.slides)} slides")
-    attack = SlideAttackConfig(
-        fraction=config.attacks.slide_fraction, eps=config.attacks.slide_eps, seed=config.seed
-    )
-    result = slide_attack(encoder, model, bags.tiles, config=attack).to_dict()
-    result["slides"] = bags.slides
-    return result
-
-
-def write_audit(audit: Mapping[str, Any], out: Path) -> AuditOutputs:
-    """Write ``audit.json`` and ``audit.html`` into ``out`` (atomically, verified).
+    The page is drawn separately from the result or this file:
+    :func:`histoguard.report.write_audit_page`.
 
     Raises:
-        OutputError: a file could not be written as intended.
+        OutputError: the file could not be written as intended.
     """
     out.mkdir(parents=True, exist_ok=True)
-    content = json.dumps(_jsonable(audit), indent=2, allow_nan=False) + "\n"
-    json_path, html_path = out / "audit.json", out / "audit.html"
-    write_bytes_atomic(json_path, content.encode())
-    write_bytes_atomic(html_path, render_audit_html(json.loads(content)).encode())
-    return AuditOutputs(json_path=json_path, html_path=html_path, audit=json.loads(content))
+    json_path = out / AUDIT_JSON
+    write_bytes_atomic(json_path, result.to_json().encode())
+    return json_path
 
 
 def audit_metadata(subject: str, config: AuditConfig, **extra: Any) -> dict[str, Any]:
@@ -507,28 +367,28 @@ def run_audit(
     ood_centers: Sequence[str] = (),
     config: AuditConfig | None = None,
     progress: bool = False,
-    log: Log | None = None,
-) -> AuditOutputs:
-    """Audit feature files + a cohort table, or tile images + an encoder; write the report.
+) -> AuditResult:
+    """Audit feature files + a cohort table, or tile images + an encoder; write ``audit.json``.
 
     Exactly one input mode: ``features`` and ``cohort`` (each slide's ``slide_id``, ``label``
     and ``center``), or ``tiles`` (a tile table; the PathoROB layout is accepted as is) and
-    ``encoder``. ``model`` (a ``histoguard train`` model folder) adds the slide-level attack in
-    the tiles mode. OOD centers come from ``ood_centers``, else from a tile table's ``subset``
-    column (PathoROB ``OOD`` rows).
+    ``encoder``. ``model`` (a ``histoguard train`` output: every ``fold_*`` model, averaged as
+    ``histoguard predict`` averages them; or one model folder) adds the slide model's stress
+    test and attack in the tiles mode; ``metadata["slide_model"]`` names the models used. OOD
+    centers come from ``ood_centers``, else from a tile table's ``subset`` column (PathoROB
+    ``OOD`` rows). Draw the page with :func:`histoguard.report.write_audit_page`.
+
+    Returns:
+        The :class:`AuditResult`, also written to ``out/audit.json``.
 
     Raises:
         ValueError: not exactly one complete input mode.
-        AuditDataError: the table, images or feature files cannot be used (named in the message).
+        AuditDataError: the table, images, feature files or model cannot be used (named in the
+            message).
         EncoderError: the encoder cannot be loaded.
     """
-    from histoguard.robustness.data._layouts import (
-        load_feature_cohort,
-    )
-    from histoguard.robustness.data._tile_tables import (
-        load_tile_table,
-        ood_centers_from_table,
-    )
+    from histoguard.robustness.data._layouts import load_feature_cohort
+    from histoguard.robustness.data._tile_tables import load_tile_table, ood_centers_from_table
 
     config = config or AuditConfig()
     features_mode = features is not None or cohort is not None
@@ -541,56 +401,26 @@ def run_audit(
         data = load_feature_cohort(
             features, cohort, max_tiles_per_slide=config.max_tiles_per_slide, seed=config.seed
         )
-        audit = audit_embeddings(data, config=config, ood_centers=ood_centers, log=log)
-        reason = "needs tile images: run the audit with --tiles and --encoder"
-        audit |= {"stress": {"skipped": reason}, "adversarial": {"skipped": reason}}
+        result = audit_embeddings(data, config=config, ood_centers=ood_centers)
+        reason = Skipped(reason="needs tile images: run the audit with --tiles and --encoder")
+        result = replace(result, stress=reason, adversarial=reason)
         meta = audit_metadata(f"features in {features}", config, features=str(features),
                               cohort=str(cohort), n_embeddings=len(data))  # fmt: skip
     else:
         if tiles is None or encoder is None:
             raise ValueError("--tiles and --encoder go together")
         from histoguard.encoders import load_encoder
+        from histoguard.robustness._slide_models import load_slide_model
 
         dataset = load_tile_table(tiles, image_root=image_root)
         ood = tuple(ood_centers) or ood_centers_from_table(tiles)
         enc = load_encoder(encoder, weights=weights)
-        mil_model, labels = _load_mil(model, enc.embed_dim) if model else (None, [])
-        audit = audit_encoder(dataset, enc, config=config, ood_centers=ood, model=mil_model,
-                              model_labels=labels, progress=progress, log=log)  # fmt: skip
+        slide_model = load_slide_model(model, enc.embed_dim) if model else None
+        result = audit_encoder(dataset, enc, config=config, ood_centers=ood, model=slide_model,
+                               progress=progress)  # fmt: skip
+        extra = {"slide_model": slide_model.describe()} if slide_model else {}
         meta = audit_metadata(f"encoder {encoder}", config, tiles=str(tiles), encoder=encoder,
-                              n_tiles=len(dataset), ood_centers=list(ood))  # fmt: skip
-    return write_audit({"metadata": meta, **audit}, out)
-
-
-def _load_mil(model: Path, embed_dim: int) -> tuple[MILModel, list[str]]:
-    from histoguard.mil import load_model
-    from histoguard.mil._predict import model_dirs
-
-    try:
-        directory = model_dirs(model)[0]
-    except FileNotFoundError as error:
-        raise AuditDataError(str(error)) from None
-    mil_model, labels = load_model(directory)
-    if mil_model.in_dim != embed_dim:
-        raise AuditDataError(
-            f"{directory}: the model takes {mil_model.in_dim}-d features but the encoder makes "
-            f"{embed_dim}-d ones; audit it with the encoder it was trained on"
-        )
-    return mil_model, labels
-
-
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays, tuples and paths as JSON types; NaN as None."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
+                              n_tiles=len(dataset), ood_centers=list(ood), **extra)  # fmt: skip
+    result = result.with_metadata(meta)
+    write_audit(result, out)
+    return result

@@ -1,0 +1,162 @@
+"""One-line readings of the audit's numbers: value + confidence interval + thresholds -> words.
+
+Each measurement has thresholds that separate its verdicts (for the robustness index 0.3, 0.5
+and 0.7). A reading gives the verdict of the band the value lies in only when the whole
+confidence interval lies in that band too; when the interval reaches across a threshold the
+data cannot tell the verdicts apart, and the reading says so::
+
+    inconclusive: the 95 % CI [0.41, 0.62] spans the threshold 0.50
+
+Pure functions of numbers, so every reading on the audit page is testable without a page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+Format = Callable[[float], str]
+
+#: Robustness-index thresholds (center signal strong / visible / weak) and their verdicts.
+RI_THRESHOLDS = (0.3, 0.5, 0.7)
+RI_VERDICTS = (
+    "the neighbourhood is organised by center, not biology: a strong center signal",
+    "neighbours share the center more often than the biology: the embeddings encode the "
+    "hospital, and downstream models can learn it",
+    "biology dominates the neighbourhood, but the center is clearly visible too",
+    "neighbours mostly share the biology across centers: the center signal is weak",
+)
+#: APD thresholds (relative accuracy drop of 10 % and 2 %) and their verdicts.
+APD_THRESHOLDS = (-0.1, -0.02)
+APD_VERDICTS = (
+    "a probe trained on confounded data learns the center shortcut and loses much of its accuracy",
+    "confounded training data cost a linear probe noticeable accuracy",
+    "a linear probe barely suffers when training data confound center and class",
+)
+#: Clustering-score thresholds and their verdicts.
+CLUSTERING_THRESHOLDS = (-0.3, 0.3)
+CLUSTERING_VERDICTS = (
+    "unsupervised clusters follow the center more than the biology",
+    "unsupervised clusters follow neither biology nor center strongly",
+    "unsupervised clusters follow the biology more than the center",
+)
+#: The true range of the clustering score: an ARI lies in [-0.5, 1], so a difference of two
+#: lies in [-1.5, 1.5].
+CLUSTERING_BOUNDS = (-1.5, 1.5)
+
+
+def verdict(
+    value: float,
+    ci: Sequence[float] | None,
+    thresholds: Sequence[float],
+    verdicts: Sequence[str],
+    *,
+    fmt: Format = "{:.2f}".format,
+    confidence: float = 0.95,
+) -> str:
+    """The verdict for ``value``, or why there is none.
+
+    Args:
+        value: the measurement.
+        ci: its confidence interval ``(low, high)``, or None when there is none (the verdict
+            then rests on the value alone).
+        thresholds: ascending; band ``i`` is ``thresholds[i-1] < value <= thresholds[i]``.
+        verdicts: one per band, ``len(thresholds) + 1``, lowest band first.
+        fmt: how numbers are written.
+        confidence: coverage of ``ci``, for the text.
+
+    Returns:
+        ``verdicts[band]``, or ``"inconclusive: the 95 % CI [a, b] spans the threshold t"``
+        when the interval reaches across a threshold (the one nearest the value is named).
+
+    Raises:
+        ValueError: ``verdicts`` does not have one entry per band.
+    """
+    if len(verdicts) != len(thresholds) + 1:
+        raise ValueError(f"need {len(thresholds) + 1} verdicts, got {len(verdicts)}")
+    if ci is not None and None not in ci:
+        low, high = sorted(float(c) for c in ci)
+        spanned = [t for t in thresholds if low < t < high]
+        if spanned:
+            nearest = min(spanned, key=lambda t: abs(t - value))
+            return (
+                f"inconclusive: the {_level(confidence)} CI [{fmt(low)}, {fmt(high)}] spans the "
+                f"threshold {fmt(nearest)}"
+            )
+    band = sum(value > t for t in thresholds)
+    return verdicts[band]
+
+
+def _interval(ci: Sequence[float] | None, fmt: Format, confidence: float = 0.95) -> str:
+    if ci is None or None in ci:
+        return ""
+    return f" ({_level(confidence)} CI {fmt(ci[0])} to {fmt(ci[1])})"
+
+
+def _level(confidence: float) -> str:
+    """``0.95`` as ``"95 %"``."""
+    return f"{confidence * 100:g} %"
+
+
+def k_rule(k: int, k_selection: str, knn_accuracy: float | None = None) -> str:
+    """How the headline ``k`` of the robustness index was chosen, in words."""
+    if k_selection == "user":
+        return f"k = {k} was set by the user (--k)"
+    accuracy = f" ({knn_accuracy:.3f})" if knn_accuracy is not None else ""
+    return (
+        f"k = {k} is the number of neighbours at which majority-vote kNN classifies the "
+        f"biological class best (balanced accuracy{accuracy}), among the k where the index "
+        "is defined; this is the rule when no --k is given"
+    )
+
+
+def ri_reading(
+    value: float,
+    ci: Sequence[float] | None,
+    k: int,
+    *,
+    k_selection: str = "knn_balanced_accuracy",
+    knn_accuracy: float | None = None,
+    confidence: float = 0.95,
+) -> str:
+    """What a robustness index means, for a reader who does not know the metric."""
+    text = verdict(value, ci, RI_THRESHOLDS, RI_VERDICTS, confidence=confidence)
+    return (
+        f"RI = {value:.2f}{_interval(ci, '{:.2f}'.format, confidence)} at k = {k}: {text}. "
+        f"Headline k: {k_rule(k, k_selection, knn_accuracy)}. "
+        "(1 = only biology, 0 = only center, 0.5 = both equally)"
+    )
+
+
+def _percent(value: float) -> str:
+    return f"{value:+.1%}".replace("%", " %")
+
+
+def apd_reading(
+    apd_id: float,
+    apd_ood: float | None,
+    ci_id: Sequence[float] | None = None,
+    ci_ood: Sequence[float] | None = None,
+) -> str:
+    """What the average performance drops mean; the verdict is that of the worse of the two
+    (in distribution, held-out centers), with its interval."""
+    ood = ""
+    if apd_ood is not None:
+        ood = f", {_percent(apd_ood)} on held-out centers{_interval(ci_ood, _percent)}"
+    worst, worst_ci = (apd_id, ci_id) if apd_ood is None or apd_id <= apd_ood else (apd_ood, ci_ood)
+    text = verdict(worst, worst_ci, APD_THRESHOLDS, APD_VERDICTS, fmt=_percent)
+    return (
+        f"APD {_percent(apd_id)} in-distribution{_interval(ci_id, _percent)}{ood}: {text}. "
+        "(0 = no drop; -10 % = a tenth of the accuracy lost)"
+    )
+
+
+def clustering_reading(value: float, ci: Sequence[float] | None = None) -> str:
+    """What a clustering score means, with its true range."""
+    text = verdict(value, ci, CLUSTERING_THRESHOLDS, CLUSTERING_VERDICTS, fmt="{:+.2f}".format)
+    low, high = CLUSTERING_BOUNDS
+    return (
+        f"Clustering score {value:+.2f}{_interval(ci, '{:+.2f}'.format)}: {text}. "
+        f"(+1 = clusters are the classes, -1 = clusters are the centers; an ARI can fall below "
+        f"0 by chance, so the score lies in [{low:+.1f}, {high:+.1f}] and a value just beyond "
+        "±1 reads as ±1)"
+    )
