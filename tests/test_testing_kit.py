@@ -11,8 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from histoguard.encoders import Encoder, EncoderInfo, list_encoders
-from histoguard.mil import MILModel, list_models
-from histoguard.mil._base import MILOutput
+from histoguard.mil import MILModel, MILOutput, list_models
 from histoguard.mil._layers import masked_mean, masked_softmax
 from histoguard.testing import ConformanceError, check_encoder, check_mil_model
 
@@ -70,8 +69,6 @@ class _FixedSize(_Pooled):
         if x.shape[2] != 32:
             raise RuntimeError("needs 32 px")
         return super().forward(x)
-
-
 
 
 def _encoder(module: nn.Module, *, resize: bool = True) -> Encoder:
