@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= histoguard-demo
+# The demo runs on real data when the shared data folder sits next to the repository.
+DEMO_DATA ?= $(if $(wildcard ../shared/data/DATA.md),--data ../shared/data)
 
 .PHONY: demo test lint typecheck pytest install install-dev docs clean
 
@@ -22,7 +24,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/histoguard demo --out $(DEMO_OUT)
+	$(BIN)/histoguard demo --out $(DEMO_OUT) $(DEMO_DATA)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -14,6 +14,7 @@ import histoguard.mil
 import histoguard.robustness
 import histoguard.slide
 import histoguard.stain
+import histoguard.testing
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,7 @@ import histoguard.stain
         histoguard.mil,
         histoguard.stain,
         histoguard.robustness,
+        histoguard.testing,
     ],
 )
 def test_all_is_sorted_and_complete(module: object) -> None:

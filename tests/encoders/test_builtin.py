@@ -256,7 +256,6 @@ def test_a_few_sgd_steps_reduce_the_loss(name: str) -> None:
 
 
 def test_cnn_weights_round_trip(tmp_path: Path) -> None:
-    pytest.importorskip("histoguard.core._weights")
     from safetensors.torch import save_file
 
     torch.manual_seed(7)
@@ -276,7 +275,6 @@ def test_cnn_weights_round_trip(tmp_path: Path) -> None:
 
 
 def test_mismatched_weights_raise_weights_error(tmp_path: Path) -> None:
-    pytest.importorskip("histoguard.core._weights")
     from safetensors.torch import save_file
 
     path = tmp_path / "narrow.safetensors"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,12 @@ from tests.slide.tiff_surgery import (
 
 
 def _raises(kind: type[SlideError], path: Path, **kwargs: int) -> str:
-    """Run preflight expecting exactly `kind`, quickly, with the file named in the message."""
-    start = time.perf_counter()
+    """Run preflight expecting exactly `kind`, with the file named in the message.
+
+    How fast it gives up is measured by benchmarks/bench_preflight.py, not asserted here.
+    """
     with pytest.raises(SlideError) as info:
         preflight(path, **kwargs)
-    assert time.perf_counter() - start < 1.0
     assert type(info.value) is kind, info.value
     message = str(info.value)
     assert path.name in message
@@ -152,9 +152,7 @@ def test_png_dimensions_are_checked(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_valid_tiff_passes(tmp_path: Path, kwargs: dict[str, Any], page: TiffPage) -> None:
     path = write_tiff(tmp_path / "ok.tif", pages=2, **kwargs)
-    start = time.perf_counter()
     result = preflight(path)
-    assert time.perf_counter() - start < 1.0
     assert result.kind is FileKind.TIFF
     assert result.size_bytes == path.stat().st_size
     assert result.tiff_pages == (page, page)
@@ -291,12 +289,10 @@ def test_random_bytes_only_raise_slide_errors(
 ) -> None:
     path = tmp_path_factory.getbasetemp() / "fuzz.svs"
     path.write_bytes(content)
-    start = time.perf_counter()
     try:
         preflight(path)
     except SlideError as error:  # anything else (struct.error, IndexError, ...) fails the test
         assert error.path == path
-    assert time.perf_counter() - start < 1.0
 
 
 # --- real slides --------------------------------------------------------------------------------
@@ -315,9 +311,7 @@ def test_real_slide_passes(
     wsi_dir: Path, name: str, kind: FileKind, dims: tuple[int, int] | None
 ) -> None:
     path = wsi_dir / name
-    start = time.perf_counter()
     result = preflight(path)
-    assert time.perf_counter() - start < 1.0
     assert result.kind is kind
     assert result.size_bytes == path.stat().st_size
     if dims is None:

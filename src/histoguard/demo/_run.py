@@ -1,13 +1,18 @@
-"""``histoguard demo``: the whole current pipeline, offline, on a real slide when one is at hand.
+"""``histoguard demo``: the whole current pipeline, offline, on real data when it is given.
 
 Today the pipeline is slide -> tissue -> tiles -> features -> a MIL model trained from slide
 labels -> predictions with attention heatmaps, and beside it the robustness audit of an encoder
 on a simulated two-center cohort; later stages append themselves here.
+
+The real data is a folder the caller names (``--data DIR``, laid out as the project's shared
+data: ``wsi/``, ``tiles/lc25000_lung/``, ``stain_refs/``); nothing here looks for it on its own,
+so what the demo ran on is always what its caller chose, and :meth:`DemoResult.summary` says it.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +22,8 @@ from histoguard.core._atomic import atomic_output
 from histoguard.core._batch import BatchReport
 from histoguard.demo._audit import run_demo_audit
 from histoguard.demo._pseudo_slides import build_training_slides
+from histoguard.demo._summary import summary_lines
+from histoguard.errors import ConfigError
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
@@ -28,21 +35,36 @@ from histoguard.slide._tile_job import output_paths
 #: The encoder the demo uses: built in, deterministic, no weights to fetch.
 DEMO_ENCODER = "hg-handcrafted"
 
-#: The real slide the demo prefers, inside the shared data folder.
+#: The real slide the demo prefers, inside the data folder.
 REAL_DEMO_SLIDE = Path("wsi") / "CMU-1-Small-Region.svs"
+#: What the demo uses from a data folder; a folder holding none of it is a mistake.
+DATA_CONTENTS = (REAL_DEMO_SLIDE, Path("tiles") / "lc25000_lung" / "labels.csv", Path("stain_refs"))
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """What the demo ran on and where its outputs are."""
+    """What the demo ran on and where its outputs are.
+
+    Attributes:
+        source: where the demo slides came from: the caller's ``slides``, the data folder's
+            real CMU-1 sample, or a generated pyramidal TIFF.
+        data: the real-data folder the caller gave, or None (everything else generated).
+        training_source: the tiles of the training pseudo-slides: real LC25000 lung tiles
+            or generated ones.
+        training_report: the cross-validation metrics report (:func:`histoguard.mil.train`).
+        fold_sizes: per fold ``(name, n_train, n_val, n_test)`` pseudo-slides: fitted on,
+            early-stopped on, held out (the three disjoint).
+    """
 
     source: Literal["given", "real", "generated"]
+    data: Path | None
     slides: tuple[Path, ...]
     out_dir: Path
     report: BatchReport
     features_report: BatchReport
     training_source: Literal["real", "generated"]
     training_report: dict[str, Any]
+    fold_sizes: tuple[tuple[str, int, int, int], ...]
     predictions: tuple[SlidePrediction, ...]
     audit: AuditOutputs
     heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
@@ -64,53 +86,80 @@ class DemoResult:
             outputs[slide.stem] |= {f"heatmap {kind}": path for kind, path in heatmaps.items()}
         return outputs
 
-
-def find_shared_data() -> Path | None:
-    """The shared real-data folder: $HISTOGUARD_TEST_DATA, else ./../shared/data, if present."""
-    roots = [os.environ.get("HISTOGUARD_TEST_DATA"), str(Path.cwd().parent / "shared" / "data")]
-    for root in filter(None, roots):
-        if (Path(root) / "DATA.md").is_file():
-            return Path(root)
-    return None
+    def summary(self) -> list[str]:
+        """What the demo ran on, trained and measured, one printable line each: the data
+        source of every stage, the task and its classes, the pseudo-slides trained on and held
+        out, every metric with its confidence interval and how the interval was computed, and
+        why the numbers look as they do."""
+        return summary_lines(self)
 
 
-def find_real_slide() -> Path | None:
-    """The shared data's real demo slide (OpenSlide's CMU-1 sample), if present."""
-    root = find_shared_data()
-    if root is None or not (root / REAL_DEMO_SLIDE).is_file():
+def check_data_folder(data: str | Path | None) -> Path | None:
+    """The real-data folder ``data`` as a path, after checking it is one the demo can use.
+
+    Raises:
+        ConfigError: ``data`` is not a folder, or holds none of :data:`DATA_CONTENTS`.
+    """
+    if data is None:
         return None
-    return root / REAL_DEMO_SLIDE
+    root = Path(data)
+    if not root.is_dir():
+        raise ConfigError(
+            f"{root}: no such data folder; pass --data the folder holding wsi/, tiles/ and "
+            "stain_refs/ (the project's shared data), or leave --data out to run on generated data"
+        )
+    if not any((root / part).exists() for part in DATA_CONTENTS):
+        wanted = ", ".join(str(part) for part in DATA_CONTENTS)
+        raise ConfigError(
+            f"{root}: holds none of what the demo uses ({wanted}); pass --data the project's "
+            "shared data folder, or leave --data out to run on generated data"
+        )
+    return root
+
+
+def find_real_slide(data: Path | None) -> Path | None:
+    """The data folder's real demo slide (OpenSlide's CMU-1 sample), if it holds it."""
+    if data is None or not (data / REAL_DEMO_SLIDE).is_file():
+        return None
+    return data / REAL_DEMO_SLIDE
 
 
 def run_demo(
     out_dir: str | Path = "histoguard-demo",
     *,
+    data: str | Path | None = None,
     slides: Sequence[str | Path] = (),
     progress: bool = False,
 ) -> DemoResult:
     """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles;
     features from the built-in hand-crafted encoder (colour in optical-density/HED space and
-    texture; no weights, no training); an ABMIL model trained from slide labels on pseudo-slides
-    (real LC25000 lung tiles when the shared data is present, else generated tiles), validated
-    by patient-grouped 3-fold cross-validation; its prediction and attention heatmaps for the
-    demo slide. The model is trained on lung tiles: on the demo slide it shows the mechanics,
-    not a diagnosis. Beside it, the robustness audit of the built-in CNN ``hg-cnn`` on a
-    simulated two-center cohort of the same kind of tiles (``audit/audit.json`` + ``.html``).
+    texture; no weights, no training); an ABMIL model trained from slide labels (tumour vs
+    normal) on 24 pseudo-slides (real LC25000 lung tiles from ``data``, else generated tiles),
+    validated by patient-grouped 3-fold cross-validation; its prediction and attention heatmaps
+    for the demo slide, which shows the mechanics, not a diagnosis. Beside it, the robustness
+    audit of the built-in CNN ``hg-cnn`` on a simulated two-center cohort of the same kind of
+    tiles (``audit/audit.json`` + ``.html``).
 
     Args:
         out_dir: where everything is written (``tiles/`` holds the per-slide outputs).
-        slides: slides to use; by default the real CMU-1 sample from the shared data, or, when
-            that is absent, a generated pyramidal TIFF written to ``out_dir``.
+        data: the real-data folder (laid out as the project's shared data: ``wsi/``,
+            ``tiles/lc25000_lung/``, ``stain_refs/``); None runs every stage on generated data.
+        slides: slides to use; by default the real CMU-1 sample from ``data``, or, without
+            it, a generated pyramidal TIFF written to ``out_dir``.
         progress: draw progress bars.
 
     Returns:
-        A :class:`DemoResult` naming the source and the outputs.
+        A :class:`DemoResult` naming the sources and the outputs; ``summary()`` says it in words.
+
+    Raises:
+        ConfigError: ``data`` is not a usable data folder.
     """
+    root = check_data_folder(data)
     out = Path(out_dir)
     source: Literal["given", "real", "generated"]
     if slides:
         source, chosen = "given", tuple(Path(s) for s in slides)
-    elif (real := find_real_slide()) is not None:
+    elif (real := find_real_slide(root)) is not None:
         source, chosen = "real", (real,)
     else:
         source = "generated"
@@ -132,9 +181,9 @@ def run_demo(
     )
     features = extract_features(tiled, out / "features", extraction, progress=progress)
 
-    cohort, training_slides, training_source = build_training_slides(
-        out / "training", find_shared_data()
-    )
+    # Rebuilt on every run: a rerun with other data must not reuse the other tiles' features.
+    shutil.rmtree(out / "training", ignore_errors=True)
+    cohort, training_slides, training_source = build_training_slides(out / "training", root)
     bag_config = ExtractionConfig(encoder=DEMO_ENCODER, tiling=tiling, readers=0)
     extract_features(training_slides, out / "training" / "features", bag_config, progress=False)
     training = train(
@@ -149,18 +198,22 @@ def run_demo(
             n_boot=200,
         )
     )
+    splits = json.loads((out / "model" / "splits.json").read_text())["splits"]
+    fold_sizes = tuple((s["name"], len(s["train"]), len(s["val"]), len(s["test"])) for s in splits)
     done = [r.output for r in features.results if r.output is not None]
     predictions = predict(out / "model", done, out / "predictions") if done else []
     heatmaps = write_prediction_heatmaps(predictions, out / "predictions").paths
-    audit = run_demo_audit(out / "audit", find_shared_data(), progress=progress)
+    audit = run_demo_audit(out / "audit", root, progress=progress)
     return DemoResult(
         source=source,
+        data=root,
         slides=chosen,
         out_dir=out,
         report=report,
         features_report=features,
         training_source=training_source,
         training_report=training.report,
+        fold_sizes=fold_sizes,
         predictions=tuple(predictions),
         audit=audit,
         heatmaps=heatmaps,

@@ -80,6 +80,9 @@ class TransMIL(MILModel):
         dropout: dropout on the attention weights.
     """
 
+    #: PPEG's convolutions see the instances' order: reordering a bag changes its output.
+    permutation_invariant = False
+
     def __init__(
         self,
         in_dim: int,
