@@ -182,7 +182,7 @@ def test_the_page_shows_the_headline_k_and_why() -> None:
     page = render_audit_html(_result(robustness_index=_ri(0.8, (0.75, 0.85), k=4)))
     assert "at k = 4" in page
     assert "Headline k: k = 4 is the number of neighbours" in page
-    assert "(0.875)" in page  # the kNN balanced accuracy at the chosen k
+    assert "(balanced accuracy 0.875)" in page  # the kNN balanced accuracy at the chosen k
     user = render_audit_html(_result(robustness_index=_ri(0.8, (0.75, 0.85), 9, "user")))
     assert "k = 9 was set by the user" in user
 

@@ -101,7 +101,7 @@ def k_rule(k: int, k_selection: str, knn_accuracy: float | None = None) -> str:
     """How the headline ``k`` of the robustness index was chosen, in words."""
     if k_selection == "user":
         return f"k = {k} was set by the user (--k)"
-    accuracy = f" ({knn_accuracy:.3f})" if knn_accuracy is not None else ""
+    accuracy = f" {knn_accuracy:.3f}" if knn_accuracy is not None else ""
     return (
         f"k = {k} is the number of neighbours at which majority-vote kNN classifies the "
         f"biological class best (balanced accuracy{accuracy}), among the k where the index "
