@@ -28,7 +28,7 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.errors import AuditDataError, EncoderError
+from histoguard.errors import AuditDataError, ConfigError, EncoderError
 from histoguard.report._audit_page import render_audit_html
 from histoguard.robustness.attacks._pgd import (
     PGDConfig,
@@ -116,9 +116,9 @@ class AuditConfig:
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(AUDIT_PARTS)
         if unknown:
-            raise ValueError(f"unknown audit parts {sorted(unknown)}; choose from {AUDIT_PARTS}")
+            raise ConfigError(f"unknown audit parts {sorted(unknown)}; choose from {AUDIT_PARTS}")
         if not 0 < self.probe_train_fraction < 1:
-            raise ValueError("probe_train_fraction must be in (0, 1)")
+            raise ConfigError("probe_train_fraction must be in (0, 1)")
         # One seed for the whole audit, so `--seed` reproduces every part.
         object.__setattr__(self, "robustness_index", replace(self.robustness_index, seed=self.seed))
         object.__setattr__(self, "apd", replace(self.apd, seed=self.seed))
