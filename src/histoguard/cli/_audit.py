@@ -84,7 +84,6 @@ def audit(
     representation metrics run; stress tests and attacks need --tiles and --encoder.
     Attack budgets are reported in the 0-1 pixel scale.
     """
-    from histoguard.errors import HistoguardError
     from histoguard.robustness import (
         AttackSettings,
         AuditConfig,
@@ -94,29 +93,26 @@ def audit(
     )
 
     try:
-        config = AuditConfig(
-            parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
-            robustness_index=RobustnessIndexConfig(k=k, max_k=max_k),
-            stress=StressConfig(tolerance=tolerance),
-            attacks=AttackSettings(
-                pgd_eps=tuple(float(e) / 255 for e in eps.split(",")),
-                transfer_encoders=tuple(transfer_encoder or ()),
-                slide_fraction=slide_fraction,
-            ),
-            max_tiles_per_slide=max_tiles_per_slide,
-            seed=seed,
-        )
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    try:
-        outputs = run_audit(
-            out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
-            image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),
-            config=config, progress=not quiet, log=None if quiet else typer.echo,
-        )  # fmt: skip
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    except HistoguardError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        budgets = tuple(float(e) / 255 for e in eps.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers such as 1,2,4,8, got {eps!r}", param_hint="--eps"
+        ) from None
+    config = AuditConfig(
+        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
+        robustness_index=RobustnessIndexConfig(k=k, max_k=max_k),
+        stress=StressConfig(tolerance=tolerance),
+        attacks=AttackSettings(
+            pgd_eps=budgets,
+            transfer_encoders=tuple(transfer_encoder or ()),
+            slide_fraction=slide_fraction,
+        ),
+        max_tiles_per_slide=max_tiles_per_slide,
+        seed=seed,
+    )
+    outputs = run_audit(
+        out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
+        image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),
+        config=config, progress=not quiet, log=None if quiet else typer.echo,
+    )  # fmt: skip
     typer.echo(f"audit: {outputs.json_path}\nreport: {outputs.html_path}")

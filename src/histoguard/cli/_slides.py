@@ -50,19 +50,16 @@ def tile(
     """
     from histoguard.slide import TilingConfig, tile_slides
 
-    try:
-        config = TilingConfig(
-            mpp=mpp,
-            tile_size=tile_size,
-            overlap=overlap,
-            min_tissue_fraction=min_tissue,
-            mpp_override=mpp_override,
-            backend=backend,
-            threads=threads,
-            thumbnail_size=thumbnail_size,
-        )
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    config = TilingConfig(
+        mpp=mpp,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_tissue_fraction=min_tissue,
+        mpp_override=mpp_override,
+        backend=backend,
+        threads=threads,
+        thumbnail_size=thumbnail_size,
+    )
     report = tile_slides(slides, out, config, progress=not quiet)
     _print_report(report)
     if report.failed:
@@ -77,14 +74,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a slide's levels, resolution (mpp), vendor and associated images."""
-    from histoguard.errors import SlideError
     from histoguard.slide import slide_info
 
-    try:
-        facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
-    except SlideError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return

@@ -51,7 +51,10 @@ def check_model_settings(model: str, model_kwargs: Mapping[str, Any]) -> None:
 #: Feature size of the stand-in model :func:`check_model_settings` builds.
 _PROBE_DIM = 16
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer", float: "a number", bool: "true or false", str: "a string",
+    Path: "a path", dict: "a mapping",
+}  # fmt: skip
 
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:
@@ -75,7 +78,7 @@ def checked_type(name: str, value: Any, where: str) -> Any:
         return float(value)
     if kind in (int, str, bool) and type(value) is kind:
         return value
-    expected = {Path: "a path", dict: "a mapping"}.get(kind) or _TYPE_NAMES[kind]
+    expected = _TYPE_NAMES[kind]
     if name in _OPTIONAL:
         expected += " or null"
     raise ConfigError(f"{where}{name}: expected {expected}, got {value!r} ({type(value).__name__})")
