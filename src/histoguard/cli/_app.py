@@ -58,11 +58,19 @@ class _ErrorMappingGroup(typer.core.TyperGroup):
             _say(ctx, str(error), error)
             raise typer.Exit(EXIT_DATA_ERROR) from None
         except OSError as error:
-            if error.filename is None:
+            if error.filename is None and not isinstance(error, _PATH_ERRORS):
                 raise  # not about a file the user named: a bug, keep the traceback
-            problem = error.strerror or type(error).__name__
-            _say(ctx, f"{error.filename}: {problem}; check the path", error)
+            if error.filename is None:
+                message = str(error)
+            else:
+                message = f"{error.filename}: {error.strerror or error}; check the path"
+            _say(ctx, message, error)
             raise typer.Exit(EXIT_DATA_ERROR) from None
+
+
+#: Errors about a path even when they carry no ``filename`` (their message names it).
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                PermissionError)  # fmt: skip
 
 
 def _say(ctx: Any, message: str, error: BaseException | None = None) -> None:

@@ -76,7 +76,10 @@ class TilingConfig:
                 f"got {self.tile_size}, {self.overlap}"
             )
         if self.backend is not None:
-            get_backend(self.backend)  # raises with the list of known back-ends
+            try:
+                get_backend(self.backend)  # raises with the list of known back-ends
+            except ValueError as error:  # the registry's own error once it raises a typed one
+                raise ConfigError(f"backend: {error}") from None
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
             raise ConfigError(
                 f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"
