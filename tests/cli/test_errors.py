@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from histoguard.cli import app
 from histoguard.mil import build_model, save_model
