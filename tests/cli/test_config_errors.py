@@ -107,9 +107,11 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_load_train_config_reads_and_converts(tmp_path: Path) -> None:
-    config = load_train_config(_write(tmp_path, "epochs: 3\nlr: 1\nmax_instances: null\n"), k=4)
+    text = "epochs: 3\nlr: 2e-4\nweight_decay: 0\nmax_instances: null\n"
+    config = load_train_config(_write(tmp_path, text), k=4)
     assert config.epochs == 3 and config.k == 4 and config.max_instances is None
-    assert isinstance(config.lr, float) and config.out == Path("o")
+    assert config.lr == 2e-4 and isinstance(config.weight_decay, float)
+    assert config.out == Path("o")
 
 
 @pytest.mark.parametrize(

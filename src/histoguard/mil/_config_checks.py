@@ -58,6 +58,7 @@ _TYPE_NAMES: dict[type, str] = {
 
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """A sentence suggesting the closest of ``known`` to ``name``, or "" when none is close."""
     import difflib
 
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
@@ -67,15 +68,20 @@ def did_you_mean(name: str, known: Sequence[str]) -> str:
 def checked_type(name: str, value: Any, where: str) -> Any:
     """``value`` as the type of setting ``name`` (paths from strings, ints as floats), or a
     ConfigError naming the setting, the value and the expected type."""
-    kind = _FIELD_KINDS[name]
-    if value is None and name in _OPTIONAL:
-        return None
+    kind = _FIELD_KINDS.get(name)
+    if kind is None or (value is None and name in _OPTIONAL):
+        return value  # a setting without a type entry is left to TrainConfig
     if kind is Path and isinstance(value, (str, Path)):
         return Path(value)
     if kind is dict and isinstance(value, dict):
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        try:  # PyYAML reads 2e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if kind in (int, str, bool) and type(value) is kind:
         return value
     expected = _TYPE_NAMES[kind]
