@@ -41,6 +41,8 @@ DRAWING_MODULES = ("matplotlib", "PIL.ImageDraw", "PIL.ImageFont")
 
 MAX_LINES = 600
 
+_MODULE_NAMES: set[str] = set()  # filled below, once the tree is listed
+
 
 def _modules() -> Iterator[tuple[str, Path]]:
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -50,10 +52,26 @@ def _modules() -> Iterator[tuple[str, Path]]:
         yield ".".join(parts), path
 
 
-def _imports(module: str, path: Path) -> Iterator[tuple[str, int]]:
-    """Every module ``module`` imports, anywhere in the file, with the line number."""
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers inside ``if TYPE_CHECKING:`` blocks (annotations only, never run)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
+
+
+def _imports(module: str, path: Path, *, runtime_only: bool = False) -> Iterator[tuple[str, int]]:
+    """Every module ``module`` imports, anywhere in the file (inside functions too), with the
+    line number. ``from pkg import submodule`` imports the submodule only: the package is
+    already being imported. ``runtime_only`` leaves out ``if TYPE_CHECKING:`` blocks."""
     is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_lines(tree) if runtime_only else set()
+    for node in ast.walk(tree):
+        if getattr(node, "lineno", None) in skip:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, node.lineno
@@ -64,9 +82,12 @@ def _imports(module: str, path: Path) -> Iterator[tuple[str, int]]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            yield target, node.lineno
-            for alias in node.names:  # `from pkg import submodule`
-                yield f"{target}.{alias.name}", node.lineno
+            submodules = [f"{target}.{a.name}" for a in node.names]
+            known = [s for s in submodules if s in _MODULE_NAMES]
+            if len(known) < len(submodules):  # names defined in ``target`` itself
+                yield target, node.lineno
+            for name in submodules:
+                yield name, node.lineno
 
 
 def _room(module: str) -> str | None:
@@ -82,12 +103,13 @@ def _rank(room: str) -> int:
 
 
 MODULES = dict(_modules())
+_MODULE_NAMES.update(MODULES)
 
 
 def _internal_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for name, path in MODULES.items():
-        for target, _ in _imports(name, path):
+        for target, _ in _imports(name, path, runtime_only=True):
             if target in MODULES and target != name:
                 graph[name].add(target)
     return graph

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.data._synthetic import planted_embeddings
 from histoguard.robustness.metrics._apd import (
@@ -163,7 +163,7 @@ def test_too_few_slides_is_a_clear_error() -> None:
         average_performance_drop(data, APDConfig(ood_centers=("center0", "center1")))
     with pytest.raises(AuditDataError, match="two classes"):
         average_performance_drop(data.subset(data.label == "class0"))
-    with pytest.raises(AuditDataError, match="train_fraction"):
+    with pytest.raises(ConfigError, match="train_fraction"):
         APDConfig(train_fraction=1.0)
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.data._synthetic import planted_embeddings
 from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
@@ -105,7 +105,7 @@ def test_needs_two_centers_that_share_two_classes() -> None:
     )
     with pytest.raises(AuditDataError, match="share two classes"):
         clustering_score(confounded, FAST)
-    with pytest.raises(AuditDataError, match="k_min"):
+    with pytest.raises(ConfigError, match="k_min"):
         ClusteringConfig(k_min=1)
 
 

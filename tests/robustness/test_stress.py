@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
-from histoguard.errors import AuditDataError, UnknownNameError
+from histoguard.errors import AuditDataError, ConfigError, UnknownNameError
 from histoguard.mil import build_model
 from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset, read_tile
 from histoguard.robustness.shifts._perturbations import D4_PERTURBATIONS
@@ -98,10 +98,10 @@ def test_config_checks_and_selection() -> None:
     assert graded["blur"] == (2, 5)
     with pytest.raises(UnknownNameError, match="unknown perturbation 'defocus'"):
         StressConfig(perturbations=("defocus",))
-    with pytest.raises(AuditDataError, match="none of the requested"):
+    with pytest.raises(ConfigError, match="none of the requested"):
         StressConfig(perturbations=("rot90",), severities=(2,))
     for bad in ({"severities": (0, 1)}, {"tolerance": 1.5}, {"batch_size": 0}, {"seed": -1}):
-        with pytest.raises(AuditDataError):
+        with pytest.raises(ConfigError):
             StressConfig(**bad)  # type: ignore[arg-type]
 
 

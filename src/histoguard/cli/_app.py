@@ -1,4 +1,17 @@
-"""The ``histoguard`` app, the option types commands share, and the batch-report printer.
+"""The ``histoguard`` app, the option types commands share, the batch-report printer, and the
+one place that turns errors into messages and exit codes.
+
+Exit codes: 0 success; 1 a data or runtime problem (any other
+:class:`~histoguard.errors.HistoguardError`, a file that cannot be read, a batch with failed
+slides); 2 a usage or configuration mistake (click's usage errors,
+:class:`~histoguard.errors.ConfigError`, :class:`~histoguard.errors.UnknownNameError`);
+130 interrupted. Errors print as ``histoguard <command>: error: <message>`` on stderr, without a
+traceback; any other exception is a bug and keeps its traceback.
+
+Logging: ``histoguard -v`` sets the ``histoguard`` logger to INFO (``-vv``: DEBUG, and error
+tracebacks are logged too), otherwise WARNING, with one handler on stderr. Library code only
+logs; whether the ``histoguard`` logger is enabled for INFO is the verbose state other code may
+consult (``logging.getLogger("histoguard").isEnabledFor(logging.INFO)``).
 
 Option help that lists registered names (back-ends, encoders, MIL models, stain methods,
 perturbations) holds a placeholder such as ``{encoders}``, filled from the registry by
@@ -8,19 +21,106 @@ running a command does not import the rooms (torch) just to spell its help.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from histoguard.core._batch import BatchReport
 
 from histoguard._version import __version__
+from histoguard.errors import ConfigError, HistoguardError, UnknownNameError
+
+#: Exit codes of ``histoguard``.
+EXIT_DATA_ERROR = 1
+EXIT_USAGE_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_log = logging.getLogger("histoguard")
+
+
+class _ErrorMappingGroup(typer.core.TyperGroup):
+    """The app's click group: runs the chosen command and maps the errors it raises to a
+    message on stderr and an exit code (see the module docs). Lives on the group, not in
+    :func:`main`, so that ``CliRunner().invoke(app, ...)`` behaves like the installed command.
+    """
+
+    # ``ctx`` is typer's vendored click context (typer._click, a private module): typed Any.
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _say(ctx, "interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (ConfigError, UnknownNameError) as error:
+            _say(ctx, str(error), error)
+            raise typer.Exit(EXIT_USAGE_ERROR) from None
+        except HistoguardError as error:
+            _say(ctx, str(error), error)
+            raise typer.Exit(EXIT_DATA_ERROR) from None
+        except OSError as error:
+            if error.filename is None and not isinstance(error, _PATH_ERRORS):
+                raise  # not about a file the user named: a bug, keep the traceback
+            if error.filename is None:
+                message = str(error)
+            else:
+                message = f"{error.filename}: {error.strerror or error}; check the path"
+            _say(ctx, message, error)
+            raise typer.Exit(EXIT_DATA_ERROR) from None
+
+
+#: Errors about a path even when they carry no ``filename`` (their message names it).
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                PermissionError)  # fmt: skip
+
+
+def _say(ctx: Any, message: str, error: BaseException | None = None) -> None:
+    command = ctx.invoked_subcommand
+    prefix = f"{ctx.info_name or 'histoguard'}{f' {command}' if command else ''}"
+    if error is not None:
+        _log.debug("%s failed", prefix, exc_info=error)
+    typer.echo(f"{prefix}: error: {message}", err=True)
+
+
+class _StderrHandler(logging.StreamHandler[Any]):
+    """A handler on whatever ``sys.stderr`` is when a record is emitted (test runners swap it,
+    and a handler holding a closed stream would fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure_logging(verbosity: int) -> None:
+    """Set up the ``histoguard`` logger for the command line (library code never does).
+
+    Args:
+        verbosity: 0 for WARNING, 1 for INFO, 2 or more for DEBUG.
+    """
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(max(verbosity, 0), 2)]
+    _log.setLevel(level)
+    for handler in [h for h in _log.handlers if isinstance(h, _StderrHandler)]:
+        _log.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("histoguard: %(levelname)s: %(message)s"))
+    _log.addHandler(handler)
+
 
 app = typer.Typer(
+    cls=_ErrorMappingGroup,
     name="histoguard",
     help="Whole-slide-image models that hold up across hospitals, and audits for any encoder.\n\n"
     "Coordinates are level-0 pixels; resolution is micrometres per pixel (mpp).",
@@ -126,8 +226,18 @@ def _main(
             "--version", callback=_version_callback, is_eager=True, help="Print the version."
         ),
     ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log what happens (-v: info, -vv: debug, with error tracebacks).",
+        ),
+    ] = 0,
 ) -> None:
     """Whole-slide-image models that hold up across hospitals, and audits for any encoder."""
+    configure_logging(verbose)
 
 
 def _print_report(report: BatchReport) -> None:
@@ -148,5 +258,5 @@ def _print_report(report: BatchReport) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point: ``histoguard``; exit codes as in the module docs."""
+    app(prog_name="histoguard")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -93,7 +90,6 @@ def audit(
     A k-fold --model is used as the average of its folds, as `histoguard predict` does.
     Attack budgets are reported in the 0-1 pixel scale.
     """
-    from histoguard.errors import HistoguardError
     from histoguard.report import write_audit_page
     from histoguard.robustness import (
         AUDIT_JSON,
@@ -105,55 +101,27 @@ def audit(
     )
 
     try:
-        config = AuditConfig(
-            parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
-            robustness_index=RobustnessIndexConfig(k=k, max_k=max_k),
-            stress=StressConfig(tolerance=tolerance),
-            attacks=AttackSettings(
-                pgd_eps=tuple(float(e) / 255 for e in eps.split(",")),
-                transfer_encoders=tuple(transfer_encoder or ()),
-                slide_fraction=slide_fraction,
-            ),
-            max_tiles_per_slide=max_tiles_per_slide,
-            seed=seed,
-        )
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    try:
-        with _progress_lines(enabled=not quiet):
-            result = run_audit(
-                out, features=features, cohort=cohort, tiles=tiles, encoder=encoder,
-                weights=weights, image_root=image_root, model=model,
-                ood_centers=tuple(ood_center or ()), config=config, progress=not quiet,
-            )  # fmt: skip
-        page = write_audit_page(result, out / "audit.html")
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    except HistoguardError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+        budgets = tuple(float(e) / 255 for e in eps.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers such as 1,2,4,8, got {eps!r}", param_hint="--eps"
+        ) from None
+    config = AuditConfig(
+        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
+        robustness_index=RobustnessIndexConfig(k=k, max_k=max_k),
+        stress=StressConfig(tolerance=tolerance),
+        attacks=AttackSettings(
+            pgd_eps=budgets,
+            transfer_encoders=tuple(transfer_encoder or ()),
+            slide_fraction=slide_fraction,
+        ),
+        max_tiles_per_slide=max_tiles_per_slide,
+        seed=seed,
+    )
+    result = run_audit(
+        out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
+        image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),
+        config=config, progress=not quiet,
+    )  # fmt: skip
+    page = write_audit_page(result, out / "audit.html")
     typer.echo(f"audit: {out / AUDIT_JSON}\nreport: {page}")
-
-
-@contextlib.contextmanager
-def _progress_lines(*, enabled: bool) -> Iterator[None]:
-    """Echo the audit's progress log lines while it runs, unless logging is already set up
-    (then the configured handlers show them) or the user asked for quiet."""
-    logger = logging.getLogger("histoguard.robustness")
-    if not enabled or logging.getLogger().handlers or logger.handlers:
-        yield
-        return
-
-    class _Echo(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            typer.echo(self.format(record))
-
-    handler = _Echo(level=logging.INFO)
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)

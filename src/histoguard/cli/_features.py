@@ -86,40 +86,30 @@ def extract(
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
     any slide failed.
     """
-    from histoguard.errors import UnknownNameError
     from histoguard.features import ExtractionConfig, extract_features
     from histoguard.slide import TilingConfig
 
-    try:
-        config = ExtractionConfig(
-            encoder=encoder,
-            weights=weights,
-            allow_pickle=allow_pickle,
-            tiling=TilingConfig(
-                mpp=mpp,
-                tile_size=tile_size,
-                min_tissue_fraction=min_tissue,
-                mpp_override=mpp_override,
-                backend=backend,
-            ),
-            tiles_dir=tiles_dir,
-            stain_normalize=stain_normalize,
-            stain_reference=stain_reference,
-            batch_size=batch_size,
-            readers=readers,
-            device=device,
-        )
-    except (ValueError, UnknownNameError) as error:
-        raise typer.BadParameter(str(error)) from error
-    from histoguard.errors import EncoderError
-
-    try:
-        report = extract_features(
-            inputs, out, config, scheduler=scheduler, dask_workers=workers, progress=not quiet
-        )
-    except EncoderError as error:  # nothing can run without the encoder: say why, no traceback
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    config = ExtractionConfig(
+        encoder=encoder,
+        weights=weights,
+        allow_pickle=allow_pickle,
+        tiling=TilingConfig(
+            mpp=mpp,
+            tile_size=tile_size,
+            min_tissue_fraction=min_tissue,
+            mpp_override=mpp_override,
+            backend=backend,
+        ),
+        tiles_dir=tiles_dir,
+        stain_normalize=stain_normalize,
+        stain_reference=stain_reference,
+        batch_size=batch_size,
+        readers=readers,
+        device=device,
+    )
+    report = extract_features(
+        inputs, out, config, scheduler=scheduler, dask_workers=workers, progress=not quiet
+    )
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)

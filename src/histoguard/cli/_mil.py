@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,28 +67,37 @@ def train(
     """Train a MIL model from slide labels on every split of the chosen design; writes models
     (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
     """
-    from histoguard.errors import HistoguardError
     from histoguard.mil import load_train_config
     from histoguard.mil import train as run_training
 
-    try:
-        settings = load_train_config(
-            config, cohort=cohort, features=features, out=out, model=model, split=split, k=k,
-            epochs=epochs, seed=seed, patience=patience, lr=lr, weight_decay=weight_decay,
-            max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
-            n_boot=n_boot, model_kwargs=json.loads(model_kwargs) if model_kwargs else None,
-        )  # fmt: skip
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
-    try:
-        result = run_training(settings, log=typer.echo, progress=not quiet)
-    except HistoguardError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    settings = load_train_config(
+        config, cohort=cohort, features=features, out=out, model=model, split=split, k=k,
+        epochs=epochs, seed=seed, patience=patience, lr=lr, weight_decay=weight_decay,
+        max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
+        n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs),
+    )  # fmt: skip
+    result = run_training(settings, log=typer.echo, progress=not quiet)
     from histoguard.mil import format_table
 
     typer.echo(format_table(result.report))
     typer.echo(f"outputs: {result.out}")
+
+
+def _json_mapping(option: str, text: str | None) -> dict[str, Any] | None:
+    """The JSON object given to ``option``, or None when it was not given."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise typer.BadParameter(
+            f"not valid JSON ({error.msg} at column {error.colno}); "
+            "write an object such as '{\"hidden_dim\": 256}'",
+            param_hint=option,
+        ) from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"expected a JSON object, got {text!r}", param_hint=option)
+    return value
 
 
 @app.command()
@@ -127,14 +136,9 @@ def predict(
     """Predict slides: OUT/predictions.csv (one row per slide) and attention heatmaps (PNG
     overlay, top-tile gallery, QuPath GeoJSON measurement map). Refuses features from another
     encoder or scale than the model's unless --force."""
-    from histoguard.errors import HistoguardError
     from histoguard.mil import predict as run_prediction
 
-    try:
-        results = run_prediction(model, feature_files, out, force=force, slides=slide or ())
-    except (HistoguardError, FileNotFoundError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    results = run_prediction(model, feature_files, out, force=force, slides=slide or ())
     for r in results:
         typer.echo(
             f"{r.slide}: {r.predicted} "

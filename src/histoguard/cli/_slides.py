@@ -49,22 +49,18 @@ def tile(
     are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
     slide failed.
     """
-    from histoguard.errors import UnknownNameError
     from histoguard.slide import TilingConfig, tile_slides
 
-    try:
-        config = TilingConfig(
-            mpp=mpp,
-            tile_size=tile_size,
-            overlap=overlap,
-            min_tissue_fraction=min_tissue,
-            mpp_override=mpp_override,
-            backend=backend,
-            threads=threads,
-            thumbnail_size=thumbnail_size,
-        )
-    except (ValueError, UnknownNameError) as error:
-        raise typer.BadParameter(str(error)) from error
+    config = TilingConfig(
+        mpp=mpp,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_tissue_fraction=min_tissue,
+        mpp_override=mpp_override,
+        backend=backend,
+        threads=threads,
+        thumbnail_size=thumbnail_size,
+    )
     report = tile_slides(slides, out, config, progress=not quiet)
     _print_report(report)
     if report.failed:
@@ -79,16 +75,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a slide's levels, resolution (mpp), vendor and associated images."""
-    from histoguard.errors import SlideError, UnknownNameError
     from histoguard.slide import slide_info
 
-    try:
-        facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
-    except UnknownNameError as error:
-        raise typer.BadParameter(str(error), param_hint="--backend") from error
-    except SlideError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    facts = slide_info(slide, backend=backend, mpp_override=mpp_override)
     if as_json:
         typer.echo(json.dumps(facts, indent=2))
         return

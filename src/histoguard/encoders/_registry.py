@@ -227,9 +227,12 @@ def load_encoder(
         UnknownEncoderError: no such encoder.
         WeightsError: weights needed but not given, missing, corrupt or not fitting.
         UnsafeWeightsError: a pickled checkpoint without ``allow_pickle``.
+        ConfigError: a ``device`` torch cannot use on this machine.
     """
+    from histoguard.core._device import check_device
     from histoguard.errors import WeightsError
 
+    check_device(device)
     info = get_encoder_info(name)
     path = Path(weights) if weights is not None else None
     if info.needs_weights and path is None:

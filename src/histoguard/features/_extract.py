@@ -21,8 +21,9 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._device import check_device
 from histoguard.encoders import Encoder, load_encoder
-from histoguard.errors import OutputError
+from histoguard.errors import ConfigError, OutputError
 from histoguard.features._feature_file import feature_file_done, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
 from histoguard.slide._tile_folder import TileFolder
@@ -64,15 +65,16 @@ class ExtractionConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.readers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need batch_size >= 1 and readers >= 0, got {self.batch_size}, {self.readers}"
             )
         if (self.stain_normalize is None) != (self.stain_reference is None):
-            raise ValueError("stain_normalize and stain_reference must be given together")
+            raise ConfigError("stain_normalize and stain_reference must be given together")
         if self.stain_normalize is not None:
             from histoguard.stain._registry import STAIN_REGISTRY
 
             STAIN_REGISTRY.get(self.stain_normalize)  # raises with the registered methods
+        check_device(self.device)
 
     def result_key(self, weights_sha256: str) -> str:
         """JSON of what changes the features (not batch size, readers or device)."""

@@ -13,7 +13,8 @@ caller gives ``level``/``read_size``), because CLAM-style readers look there.
 
 :func:`read_feature_file` also reads feature files made by other tools, which carry no checksum:
 CLAM and TRIDENT (``features`` + ``coords``), the ``feats`` + ``coords`` variant, and ``features``
-with a per-tile ``metadata`` dataset instead of coordinates.
+with a per-tile ``metadata`` dataset instead of coordinates; and CLAM's ``pt_files/*.pt`` (a
+torch-saved ``(N, D)`` tensor, loaded with ``weights_only=True``, without coordinates).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from histoguard.errors import OutputError
 #: Attributes the writer sets itself; the caller's values for these names are replaced.
 WRITER_ATTRS = ("n_tiles", "embed_dim", "content_sha256", "histoguard_version")
 
+# CLAM's ``pt_files``: torch-saved tensors of the same features, without coordinates.
+_TORCH_SUFFIXES = frozenset({".pt", ".pth"})
+
 # Attributes only TRIDENT writes on ``coords``; CLAM writes patch_level/patch_size/downsample.
 _TRIDENT_COORD_ATTRS = frozenset({"patch_size_level0", "target_magnification"})
 
@@ -49,8 +53,8 @@ class FeatureFile:
         tile_names: tile image of each row (tile folders; a foreign file's per-tile string
             ``metadata``), or None.
         source_format: ``"histoguard"`` (checksum verified), ``"trident"``, ``"clam"``,
-            ``"feats"`` (``feats`` + ``coords``), ``"metadata"`` (``features`` + ``metadata``)
-            or ``"features"`` (a bare ``features`` dataset).
+            ``"feats"`` (``feats`` + ``coords``), ``"metadata"`` (``features`` + ``metadata``),
+            ``"features"`` (a bare ``features`` dataset) or ``"clam-pt"`` (CLAM's ``.pt``).
     """
 
     features: np.ndarray
@@ -147,18 +151,23 @@ def read_feature_file(path: Path) -> FeatureFile:
     """Read a feature file: histoguard's (verified) or another tool's (see the module docs).
 
     Args:
-        path: an ``.h5`` feature file.
+        path: an ``.h5`` feature file, or a CLAM ``pt_files/<slide>.pt``: a torch-saved
+            ``(N, D)`` tensor, read with ``torch.load(weights_only=True)`` (no code runs); it
+            has no coords, so no heatmaps (CLAM's ``h5_files/<slide>.h5`` has both).
 
     Returns:
         The features (float32), coords (int64, or None), attributes and format name.
 
     Raises:
-        OutputError: the file is unreadable, has no ``features``/``feats`` dataset, its arrays
+        OutputError: the file is unreadable, has no ``features``/``feats`` dataset (a ``.pt``
+            file: holds no ``(N, D)`` tensor), its arrays
             have the wrong shapes or disagree on the number of tiles, or (histoguard files) a
             writer attribute or the checksum does not match.
     """
     import h5py
 
+    if Path(path).suffix.lower() in _TORCH_SUFFIXES:
+        return _read_torch_features(Path(path))
     try:
         with h5py.File(path, "r") as h5:
             found = {
@@ -269,6 +278,43 @@ def _verified(
     if attrs.get("content_sha256") != _content_sha256(features, coords, names):
         raise OutputError(f"{path}: content checksum does not match; the file is damaged")
     return FeatureFile(features=features, coords=coords, attrs=attrs, tile_names=names)
+
+
+def _read_torch_features(path: Path) -> FeatureFile:
+    """A CLAM ``pt_files`` feature file: one ``(N, D)`` tensor saved with ``torch.save``."""
+    import pickle
+
+    import torch
+
+    clam_h5 = path.parent.parent / "h5_files" / f"{path.stem}.h5"
+    fix = (
+        f"use CLAM's matching {clam_h5} instead (features and coords)"
+        if clam_h5.is_file()
+        else "give CLAM's h5_files/<slide>.h5 instead (features and coords) or re-extract"
+    )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise OutputError(f"{path}: feature file not found; check the path") from None
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise OutputError(
+            f"{path}: not a torch-saved feature tensor, or one that needs unsafe pickle loading "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); {fix}"
+        ) from None
+    if not isinstance(loaded, torch.Tensor) or loaded.ndim != 2:
+        what = (
+            f"a tensor of shape {tuple(loaded.shape)}"
+            if isinstance(loaded, torch.Tensor)
+            else f"a {type(loaded).__name__}"
+        )
+        raise OutputError(f"{path}: holds {what}, expected one (N, D) feature tensor; {fix}")
+    features = loaded.detach().to(torch.float32).numpy()
+    return FeatureFile(
+        features=np.ascontiguousarray(features),
+        coords=None,
+        attrs={},
+        source_format="clam-pt",
+    )
 
 
 def _integer_coords(path: Path, coords: np.ndarray) -> np.ndarray:

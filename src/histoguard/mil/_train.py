@@ -23,9 +23,11 @@ import torch
 
 from histoguard._version import __version__
 from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.errors import ConfigError
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort, load_cohort
+from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
@@ -91,9 +93,20 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_MAKERS)}, got {self.split!r}")
-        if self.epochs < 1 or self.patience < 1 or self.k < 2:
-            raise ValueError("need epochs >= 1, patience >= 1 and k >= 2")
+            raise ConfigError(f"split must be one of {sorted(_SPLIT_MAKERS)}, got {self.split!r}")
+        for name, lowest in (("epochs", 1), ("patience", 1), ("k", 2), ("n_boot", 1)):
+            if getattr(self, name) < lowest:
+                raise ConfigError(f"{name} must be >= {lowest}, got {getattr(self, name)}")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ConfigError(f"max_instances must be >= 1 or None, got {self.max_instances}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ConfigError(
+                f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}"
+            )
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_model_settings(self.model, self.model_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values (paths as strings)."""
@@ -122,30 +135,61 @@ class TrainResult:
 
 def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML (or JSON) file, with ``overrides`` (None = not given)
-    taking precedence; unknown keys are an error naming them.
+    taking precedence.
+
+    Everything is checked here, before a run writes anything: the file exists and parses,
+    every key is a setting, every value has the setting's type and range, the model is
+    registered and takes the ``model_kwargs`` given.
 
     Raises:
-        ValueError: unknown or missing fields, or invalid values.
+        ConfigError: a missing or unparsable file (with line and column), unknown or missing
+            settings, a value of the wrong type or out of range, an unknown model or a model
+            setting it does not take; the message names the file and the setting.
     """
     import yaml
 
+    where = f"{path}: " if path is not None else ""
     values: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found; check the path") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the config file ({error})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or error
+            raise ConfigError(
+                f"{path}: not valid YAML{at}: {problem}; fix the syntax there"
+            ) from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of settings (key: value lines), "
+                f"got {type(loaded).__name__}"
+            )
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
+    known = sorted(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(map(str, values)) - set(known))
     if unknown:
-        raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        hints = "".join(did_you_mean(name, known) for name in unknown)
+        raise ConfigError(f"{where}unknown training settings {unknown}.{hints} Known: {known}")
     missing = [name for name in ("cohort", "features", "out") if name not in values]
     if missing:
-        raise ValueError(f"missing training settings {missing} (in the config file or as flags)")
-    for name in ("cohort", "features", "out"):
-        values[name] = Path(values[name])
-    return TrainConfig(**values)
+        raise ConfigError(
+            f"{where}missing training settings {missing}; set them in the config file or "
+            "pass --cohort, --features, --out"
+        )
+    for name, value in values.items():
+        values[name] = checked_type(name, value, where)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        raise ConfigError(f"{where}{error}") from None
 
 
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness._audit_attacks import (
     Bags,
     SlideModelUnderTest,
@@ -79,6 +79,9 @@ class AttackSettings:
             least one tile).
         slide_eps: L∞ budget of the slide-level attack.
         max_tiles: tiles attacked at most (a stratified sample of the test tiles).
+
+    Raises:
+        ConfigError: a budget outside [0, 1], an unknown norm, a count below 1.
     """
 
     pgd_eps: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -89,6 +92,16 @@ class AttackSettings:
     slide_fraction: float = 0.001
     slide_eps: float = 8 / 255
     max_tiles: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("pgd_eps", "universal_eps", "slide_eps"):
+            value = getattr(self, name)
+            if not all(0 <= v <= 1 for v in np.atleast_1d(value)):  # NaN fails too
+                raise ConfigError(f"{name} must be in [0, 1] (0-1 pixel scale), got {value}")
+        if not set(self.pgd_norms) <= {"linf", "l2"} or min(self.pgd_steps, self.max_tiles) < 1:
+            raise ConfigError(f"need pgd_norms linf/l2, pgd_steps, max_tiles >= 1: got {self}")
+        if not 0 < self.slide_fraction <= 1:
+            raise ConfigError(f"slide_fraction must be in (0, 1], got {self.slide_fraction}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,9 +138,9 @@ class AuditConfig:
     def __post_init__(self) -> None:
         unknown = set(self.parts) - set(AUDIT_PARTS)
         if unknown:
-            raise ValueError(f"unknown audit parts {sorted(unknown)}; choose from {AUDIT_PARTS}")
+            raise ConfigError(f"unknown audit parts {sorted(unknown)}; choose from {AUDIT_PARTS}")
         if not 0 < self.probe_train_fraction < 1:
-            raise ValueError("probe_train_fraction must be in (0, 1)")
+            raise ConfigError(f"probe_train_fraction {self.probe_train_fraction} not in (0, 1)")
         # One seed for the whole audit, so `--seed` reproduces every part.
         object.__setattr__(self, "robustness_index", replace(self.robustness_index, seed=self.seed))
         object.__setattr__(self, "apd", replace(self.apd, seed=self.seed))
@@ -382,7 +395,7 @@ def run_audit(
         The :class:`AuditResult`, also written to ``out/audit.json``.
 
     Raises:
-        ValueError: not exactly one complete input mode.
+        ConfigError: not exactly one complete input mode.
         AuditDataError: the table, images, feature files or model cannot be used (named in the
             message).
         EncoderError: the encoder cannot be loaded.
@@ -394,10 +407,10 @@ def run_audit(
     features_mode = features is not None or cohort is not None
     tiles_mode = tiles is not None or encoder is not None
     if features_mode == tiles_mode:
-        raise ValueError("give either --features with --cohort, or --tiles with --encoder")
+        raise ConfigError("give either --features with --cohort, or --tiles with --encoder")
     if features_mode:
         if features is None or cohort is None:
-            raise ValueError("--features and --cohort go together")
+            raise ConfigError("--features and --cohort go together")
         data = load_feature_cohort(
             features, cohort, max_tiles_per_slide=config.max_tiles_per_slide, seed=config.seed
         )
@@ -408,7 +421,7 @@ def run_audit(
                               cohort=str(cohort), n_embeddings=len(data))  # fmt: skip
     else:
         if tiles is None or encoder is None:
-            raise ValueError("--tiles and --encoder go together")
+            raise ConfigError("--tiles and --encoder go together")
         from histoguard.encoders import load_encoder
         from histoguard.robustness._slide_models import load_slide_model
 

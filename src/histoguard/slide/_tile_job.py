@@ -15,7 +15,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
-from histoguard.errors import OutputError
+from histoguard.errors import ConfigError, OutputError
 from histoguard.report._tiling_overview import render_tiling_overview
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tissue_geojson
@@ -67,22 +67,25 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         if not self.mpp > 0 or (self.mpp_override is not None and not self.mpp_override > 0):
-            raise ValueError(
+            raise ConfigError(
                 f"mpp and mpp_override must be positive, got {self.mpp}, {self.mpp_override}"
             )
         if self.tile_size < 1 or not 0 <= self.overlap < self.tile_size:
-            raise ValueError(
+            raise ConfigError(
                 "need tile_size >= 1 and 0 <= overlap < tile_size, "
                 f"got {self.tile_size}, {self.overlap}"
             )
         if self.backend is not None:
-            get_backend(self.backend)  # raises with the list of known back-ends
+            try:
+                get_backend(self.backend)  # raises with the list of known back-ends
+            except ValueError as error:  # the registry's own error once it raises a typed one
+                raise ConfigError(f"backend: {error}") from None
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"
             )
         if self.thumbnail_size < 64:
-            raise ValueError(f"thumbnail_size must be at least 64, got {self.thumbnail_size}")
+            raise ConfigError(f"thumbnail_size must be at least 64, got {self.thumbnail_size}")
 
     def result_key(self) -> str:
         """JSON of the fields that change the output (not ``threads``), for resume checks."""

@@ -16,6 +16,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import approximate_polygon, find_contours
 from skimage.morphology import disk
 
+from histoguard.errors import ConfigError
 from histoguard.slide._reader import resize
 
 BoolArray = NDArray[np.bool_]
@@ -58,6 +59,25 @@ class TissueParams:
     pen_margin_um: float = 16.0
     pen_halo_um: float = 64.0
     working_um_per_px: float = 4.0
+
+    def __post_init__(self) -> None:
+        sizes = ("min_tissue_area_um2", "max_hole_area_um2", "closing_radius_um", "pen_margin_um",
+                 "pen_halo_um")  # fmt: skip
+        for name in sizes:
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ConfigError(f"{name} must be >= 0 (µm), got {getattr(self, name)}")
+        if not self.working_um_per_px > 0:
+            raise ConfigError(f"working_um_per_px must be > 0, got {self.working_um_per_px}")
+        cuts = ("saturation_floor", "saturation_ceiling", "max_brightness", "saturation_threshold")
+        for name in cuts:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.saturation_floor > self.saturation_ceiling:
+            raise ConfigError(
+                f"saturation_floor ({self.saturation_floor}) must not exceed saturation_ceiling "
+                f"({self.saturation_ceiling})"
+            )
 
 
 @dataclass(frozen=True)

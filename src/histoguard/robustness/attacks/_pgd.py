@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from histoguard.errors import AuditDataError, EncoderError
+from histoguard.errors import AuditDataError, ConfigError, EncoderError
 from histoguard.robustness.data._containers import check_tiles
 
 if TYPE_CHECKING:
@@ -71,16 +71,16 @@ class _Budget:
 
     def __post_init__(self) -> None:
         if self.norm not in _NORMS:
-            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+            raise ConfigError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0 (0–1 pixel scale), got {self.eps}")
+            raise ConfigError(f"eps must be a finite number >= 0 (0–1 pixel scale), got {self.eps}")
         if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0 or None (default), got {self.step_size}")
+            raise ConfigError(f"step_size must be > 0 or None (default), got {self.step_size}")
 
     def _require_positive(self, *names: str) -> None:
         for name in names:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible settings."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PixelEncoder,
@@ -56,9 +56,9 @@ class SlideAttackConfig(PGDConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.selection not in _SELECTIONS:
-            raise ValueError(f"selection must be one of {_SELECTIONS}, got {self.selection!r}")
+            raise ConfigError(f"selection must be one of {_SELECTIONS}, got {self.selection!r}")
 
     def tiles_to_perturb(self, n_tiles: int) -> int:
         """``ceil(fraction * n_tiles)``, at least 1 (a float product such as ``0.07 * 100`` is

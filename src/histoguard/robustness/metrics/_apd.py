@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.metrics._linear_probe import DEFAULT_C_GRID, fit_linear_probe
 from histoguard.robustness.metrics._stats import center_class_association, mean_confidence_interval
@@ -88,13 +88,13 @@ class APDConfig:
 
     def __post_init__(self) -> None:
         if self.n_levels < 1 or self.n_seeds < 1:
-            raise AuditDataError(
+            raise ConfigError(
                 f"n_levels and n_seeds must be >= 1, got {self.n_levels} and {self.n_seeds}"
             )
         if not 0 < self.train_fraction < 1:
-            raise AuditDataError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
+            raise ConfigError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
         if self.max_tiles_per_cell is not None and self.max_tiles_per_cell < self.n_levels:
-            raise AuditDataError(
+            raise ConfigError(
                 f"max_tiles_per_cell ({self.max_tiles_per_cell}) must be at least n_levels "
                 f"({self.n_levels}) so that each level moves at least one embedding per cell"
             )

@@ -35,7 +35,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.metrics._stats import (
     balanced_cells,
@@ -75,11 +75,11 @@ class ClusteringConfig:
 
     def __post_init__(self) -> None:
         if not 2 <= self.k_min <= self.k_max:
-            raise AuditDataError(f"need 2 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
+            raise ConfigError(f"need 2 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
         for name in ("n_repeats", "max_items_per_cell", "max_subsets", "n_init"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise AuditDataError(f"{name} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-compatible values."""

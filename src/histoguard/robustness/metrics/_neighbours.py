@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from histoguard.core._device import check_device
 from histoguard.errors import AuditDataError
 
 #: Bytes held per (query, candidate) pair while one block is searched: the float32 similarity
@@ -62,7 +63,7 @@ def nearest_neighbours(
         raise AuditDataError(f"k must be at least 1 neighbour, got {k}")
     if memory_mb < 1:
         raise AuditDataError(f"memory_mb must be at least 1, got {memory_mb}")
-    torch_device = torch.device(device)
+    torch_device = torch.device(check_device(device))
     unit = _unit_rows(embeddings).to(torch_device)
     n = unit.shape[0]
     group_codes = None if groups is None else _group_codes(groups, n).to(torch_device)

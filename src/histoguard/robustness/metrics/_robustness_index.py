@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.metrics._neighbours import nearest_neighbours
 from histoguard.robustness.metrics._stats import balanced_cells, two_by_two_subsets
@@ -81,19 +81,19 @@ class RobustnessIndexConfig:
 
     def __post_init__(self) -> None:
         if self.max_k < 1:
-            raise ValueError(f"max_k must be at least 1, got {self.max_k}")
+            raise ConfigError(f"max_k must be at least 1, got {self.max_k}")
         if self.k is not None and not 1 <= self.k <= self.max_k:
-            raise ValueError(f"k must be in [1, max_k={self.max_k}], got {self.k}; or None")
+            raise ConfigError(f"k must be in [1, max_k={self.max_k}], got {self.k}; or None")
         if self.n_bootstrap < 1:
-            raise ValueError(f"n_bootstrap must be at least 1, got {self.n_bootstrap}")
+            raise ConfigError(f"n_bootstrap must be at least 1, got {self.n_bootstrap}")
         if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.max_items_per_cell is not None and self.max_items_per_cell < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"max_items_per_cell must be >= 1 or None, got {self.max_items_per_cell}"
             )
         if self.memory_mb < 1:
-            raise ValueError(f"memory_mb must be at least 1, got {self.memory_mb}")
+            raise ConfigError(f"memory_mb must be at least 1, got {self.memory_mb}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

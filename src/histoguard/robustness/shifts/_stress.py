@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from histoguard.encoders import Encoder
-from histoguard.errors import AuditDataError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.mil import MILModel
 from histoguard.robustness.data._containers import check_tiles
 from histoguard.robustness.shifts._perturbations import (
@@ -68,13 +68,13 @@ class StressConfig:
 
     def __post_init__(self) -> None:
         if not self.severities or min(self.severities) < 1:
-            raise AuditDataError(
+            raise ConfigError(
                 f"severities must be a non-empty set of integers >= 1, got {self.severities}"
             )
         if not 0 <= self.tolerance <= 1:
-            raise AuditDataError(f"tolerance is an accuracy drop in [0, 1], got {self.tolerance}")
+            raise ConfigError(f"tolerance is an accuracy drop in [0, 1], got {self.tolerance}")
         if self.batch_size < 1 or self.seed < 0:
-            raise AuditDataError(
+            raise ConfigError(
                 f"batch_size must be >= 1 and seed >= 0, got {self.batch_size}, {self.seed}"
             )
         object.__setattr__(self, "severities", tuple(sorted(set(self.severities))))
@@ -85,7 +85,7 @@ class StressConfig:
             for name in self.perturbations:
                 info = get_perturbation(name)
                 if not self._severities_of(info):
-                    raise AuditDataError(
+                    raise ConfigError(
                         f"perturbation {name!r} has severities 1..{info.max_severity}, none of "
                         f"the requested {self.severities}; add severity 1 or drop it"
                     )

@@ -1,0 +1,98 @@
+"""Checks of training settings made when they are loaded, before a run writes anything:
+the model is registered and takes the given keywords, each value has its setting's type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from histoguard.errors import ConfigError, UnknownNameError
+from histoguard.mil._registry import build_model, list_models
+
+
+def check_model_settings(model: str, model_kwargs: Mapping[str, Any]) -> None:
+    """Check that ``model`` is registered and can be built with ``model_kwargs``.
+
+    Builds the model once on a small stand-in input size, so a typo or an invalid value
+    fails at configuration time rather than after outputs were written.
+
+    Raises:
+        ConfigError: an unknown model (listing the registered ones and the closest match), a
+            keyword the model does not take (listing those it takes), or an invalid value.
+    """
+    import inspect
+
+    infos = {info.name: info for info in list_models()}
+    if model not in infos:
+        error = UnknownNameError("MIL model", model, infos)
+        raise ConfigError(f"model: {error}") from None
+    if not isinstance(model_kwargs, Mapping):
+        raise ConfigError(
+            f"model_kwargs must be a mapping of {model} settings, got {model_kwargs!r}"
+        )
+    parameters = inspect.signature(infos[model].cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        accepted = sorted(set(parameters) - {"self", "in_dim", "n_classes"})
+        for key in model_kwargs:
+            if key not in accepted:
+                raise ConfigError(
+                    f"model_kwargs: {model} takes no setting {key!r}."
+                    f"{did_you_mean(str(key), accepted)} Accepted: {accepted}"
+                )
+    try:
+        build_model(model, in_dim=_PROBE_DIM, n_classes=2, **model_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"model_kwargs {dict(model_kwargs)} do not fit {model}: {error}"
+        ) from None
+
+
+#: Feature size of the stand-in model :func:`check_model_settings` builds.
+_PROBE_DIM = 16
+
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer", float: "a number", bool: "true or false", str: "a string",
+    Path: "a path", dict: "a mapping",
+}  # fmt: skip
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """A sentence suggesting the closest of ``known`` to ``name``, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r} for {name!r}?" if close else ""
+
+
+def checked_type(name: str, value: Any, where: str) -> Any:
+    """``value`` as the type of setting ``name`` (paths from strings, ints as floats), or a
+    ConfigError naming the setting, the value and the expected type."""
+    kind = _FIELD_KINDS.get(name)
+    if kind is None or (value is None and name in _OPTIONAL):
+        return value  # a setting without a type entry is left to TrainConfig
+    if kind is Path and isinstance(value, (str, Path)):
+        return Path(value)
+    if kind is dict and isinstance(value, dict):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:  # PyYAML reads 2e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if kind in (int, str, bool) and type(value) is kind:
+        return value
+    expected = _TYPE_NAMES[kind]
+    if name in _OPTIONAL:
+        expected += " or null"
+    raise ConfigError(f"{where}{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+_FIELD_KINDS: dict[str, type] = {
+    "cohort": Path, "features": Path, "out": Path, "model": str, "model_kwargs": dict,
+    "split": str, "k": int, "epochs": int, "patience": int, "lr": float, "weight_decay": float,
+    "max_instances": int, "class_balanced": bool, "seed": int, "threshold": float, "n_boot": int,
+}  # fmt: skip
+_OPTIONAL = frozenset({"max_instances"})
