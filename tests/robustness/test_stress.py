@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
-from histoguard.errors import AuditDataError, ConfigError, UnknownNameError
+from histoguard.errors import AuditDataError, ConfigError
 from histoguard.mil import build_model
 from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset, read_tile
 from histoguard.robustness.shifts._perturbations import D4_PERTURBATIONS
@@ -96,7 +96,7 @@ def test_config_checks_and_selection() -> None:
     graded = {info.name: s for info, s in StressConfig(severities=(2, 5)).selected()}
     assert not set(D4_PERTURBATIONS) & set(graded)
     assert graded["blur"] == (2, 5)
-    with pytest.raises(UnknownNameError, match="unknown perturbation 'defocus'"):
+    with pytest.raises(ConfigError, match="perturbations: unknown perturbation 'defocus'"):
         StressConfig(perturbations=("defocus",))
     with pytest.raises(ConfigError, match="none of the requested"):
         StressConfig(perturbations=("rot90",), severities=(2,))

@@ -74,6 +74,18 @@ class Registry(Generic[T]):
         except KeyError:
             raise self._error(self.kind, name, self._entries) from None
 
+    def check(self, name: str, *, field: str) -> T:
+        """The entry for a configuration field's value ``name``.
+
+        Raises:
+            ConfigError: no such name; the message names ``field`` and, as
+                :meth:`get` does, the registered names and the closest match.
+        """
+        try:
+            return self.get(name)
+        except UnknownNameError as error:
+            raise ConfigError(f"{field}: {error}") from error
+
     def names(self) -> tuple[str, ...]:
         """Every registered name, sorted."""
         return tuple(sorted(self._entries))

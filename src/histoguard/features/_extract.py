@@ -73,7 +73,7 @@ class ExtractionConfig:
         if self.stain_normalize is not None:
             from histoguard.stain._registry import STAIN_REGISTRY
 
-            STAIN_REGISTRY.get(self.stain_normalize)  # raises with the registered methods
+            STAIN_REGISTRY.check(self.stain_normalize, field="stain_normalize")
         check_device(self.device)
 
     def result_key(self, weights_sha256: str) -> str:

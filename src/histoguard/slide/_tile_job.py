@@ -23,7 +23,7 @@ from histoguard.slide._open import open_slide
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
 from histoguard.slide._qc import background_fraction, blur_score
 from histoguard.slide._reader import SlideReader, Thumbnail
-from histoguard.slide._registry import get_backend
+from histoguard.slide._registry import BACKENDS
 from histoguard.slide._tile_reader import read_tiles
 from histoguard.slide._tiling import TileSpec, tile_grid
 from histoguard.slide._tissue import TissueMask, TissueParams, detect_tissue
@@ -76,10 +76,7 @@ class TilingConfig:
                 f"got {self.tile_size}, {self.overlap}"
             )
         if self.backend is not None:
-            try:
-                get_backend(self.backend)  # raises with the list of known back-ends
-            except ValueError as error:  # the registry's own error once it raises a typed one
-                raise ConfigError(f"backend: {error}") from None
+            BACKENDS.check(self.backend, field="backend")
         if not 0.0 <= self.min_tissue_fraction <= 1.0:
             raise ConfigError(
                 f"min_tissue_fraction must be in [0, 1], got {self.min_tissue_fraction}"

@@ -30,6 +30,7 @@ from histoguard.robustness.shifts._perturbations import (
     list_perturbations,
     stain_transfer_perturbation,
 )
+from histoguard.robustness.shifts._registry import PERTURBATIONS
 
 #: ``(N, D)`` tile embeddings -> predicted class names: ``(N,)`` for a probe's ``predict``, one
 #: per slide for a slide model.
@@ -83,7 +84,7 @@ class StressConfig:
         if self.perturbations is not None:
             object.__setattr__(self, "perturbations", tuple(self.perturbations))
             for name in self.perturbations:
-                info = get_perturbation(name)
+                info = PERTURBATIONS.check(name, field="perturbations")
                 if not self._severities_of(info):
                     raise ConfigError(
                         f"perturbation {name!r} has severities 1..{info.max_severity}, none of "
