@@ -1,5 +1,6 @@
 """Encoders: tiles in, embeddings out. One registry, one contract, weights from local files."""
 
+from histoguard.core._image import ResizePolicy
 from histoguard.core._weights import load_state_dict
 from histoguard.encoders._hf import load_hf_encoder
 from histoguard.encoders._onnx import export_onnx, load_onnx_encoder
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "Encoder",
     "EncoderInfo",
+    "ResizePolicy",
     "export_onnx",
     "export_torchscript",
     "get_encoder_info",

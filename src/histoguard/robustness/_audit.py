@@ -211,7 +211,7 @@ def embed_tiles(
         task = bars.add_task(f"embedding ({encoder.info.name})", total=len(tiles))
         for start in range(0, len(tiles), batch_size):
             index = np.arange(start, min(start + batch_size, len(tiles)))
-            chunks.append(encoder.encode(tiles.load(index, size=encoder.info.input_size)))
+            chunks.append(encoder.encode(tiles.load_for(encoder.info, index)))
             bars.advance(task, len(index))
     return LabelledEmbeddings(
         embeddings=np.concatenate(chunks),
@@ -340,7 +340,7 @@ def _stress(
 ) -> dict[str, Any]:
     rows = _stratified_sample(tiles.label, test, config.max_stress_tiles, config.seed)
     say(f"stress tests: {len(rows)} tiles")
-    images = tiles.load(rows, size=encoder.info.input_size)
+    images = tiles.load_for(encoder.info, rows)
     result = stress_test(encoder, images, tiles.label[rows], probe.predict, config=config.stress)
     out = result.to_dict()
     if model is not None and bags is not None:
@@ -376,7 +376,7 @@ def _test_bags(
         rows = test[tiles.slide_id[test] == slide]
         if len(rows) > config.max_tiles_per_bag:
             rows = np.sort(rng.choice(rows, size=config.max_tiles_per_bag, replace=False))
-        bags.append(tiles.load(rows, size=encoder.info.input_size))
+        bags.append(tiles.load_for(encoder.info, rows))
         values, counts = np.unique(tiles.label[rows], return_counts=True)
         labels.append(values[np.argmax(counts)])
     return _Bags(slides=slides, tiles=bags, labels=np.array(labels))
@@ -395,7 +395,7 @@ def _adversarial(
 ) -> dict[str, Any]:
     settings = config.attacks
     rows = _stratified_sample(tiles.label, test, settings.max_tiles, config.seed)
-    images = tiles.load(rows, size=encoder.info.input_size)
+    images = tiles.load_for(encoder.info, rows)
     class_index = {c: i for i, c in enumerate(probe.classes)}
     labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
     head = probe.as_torch()
@@ -432,7 +432,7 @@ def _universal(
 
     settings = config.attacks
     rows = _stratified_sample(tiles.label, train, settings.max_tiles, config.seed)
-    train_images = tiles.load(rows, size=encoder.info.input_size)
+    train_images = tiles.load_for(encoder.info, rows)
     class_index = {c: i for i, c in enumerate(probe.classes)}
     train_labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
     targets = {}
