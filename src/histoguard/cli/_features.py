@@ -125,7 +125,7 @@ def extract(
 def encoders(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the registered encoders with their embedding size, input size, resize and licence."""
+    """List the registered encoders with their embedding size, input size and licence."""
     from histoguard.encoders import ResizePolicy, list_encoders
 
     infos = [info.to_dict() for info in list_encoders()]
