@@ -15,6 +15,8 @@
     │   └── WeightsError            a weights file is missing, corrupt or does not fit
     │       └── UnsafeWeightsError  a pickled checkpoint, refused without explicit consent
     ├── AuditDataError              a table or dataset given to the robustness audit is unusable
+    ├── ImageError (ValueError)     an image (tile, reference) cannot be decoded or fitted; `.path`
+    │   └── ImageTooLargeError      more pixels than the explicit limit
     ├── CohortError                 a cohort table, or a split drawn from it, is unusable
     ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
     ├── ConfigError (ValueError)    a configuration value or file is invalid
@@ -107,6 +109,32 @@ class UnsafeWeightsError(WeightsError):
 class AuditDataError(HistoguardError):
     """A table, tile dataset or embedding set given to the robustness audit cannot be used
     (missing columns, unknown files, too few classes or centers for a metric)."""
+
+
+class ImageError(HistoguardError, ValueError):
+    """An image (a tile file, a stain reference, a tile batch) cannot be decoded, or does not fit
+    the encoder's resize policy.
+
+    Also a :class:`ValueError`, so code that caught decoding errors that way keeps working.
+
+    Args:
+        path: the image file, or a name for an in-memory image.
+        problem: what is wrong, in one clause.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, path: str | Path, problem: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}" + (f". {fix}" if fix else ""))
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str, str]]:
+        return (type(self), (self.path, self.problem, self.fix))
+
+
+class ImageTooLargeError(ImageError):
+    """An image has more pixels than the explicit limit it was decoded under."""
 
 
 class CohortError(HistoguardError):

@@ -309,6 +309,29 @@ def test_two_level_slide_under_two_centers_is_an_error(tmp_path: Path) -> None:
         load_class_folders(tmp_path, slide_pattern=r"(s\d)_")
 
 
+def test_tile_table_decodes_and_resizes_like_every_other_loader(tmp_path: Path) -> None:
+    from histoguard.encoders import ResizePolicy
+
+    rgba = np.zeros((4, 8, 4), np.uint8)
+    rgba[..., :3] = 30
+    rgba[:, :4, 3] = 255  # left half opaque dark grey, right half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    table = write_table(tmp_path / "t.csv", ["path", "label", "center"], [["alpha.png", "a", "A"]])
+    with pytest.warns(UserWarning, match="own slide"):
+        data = load_tile_table(table)
+    native = data.load()
+    # Transparent pixels are white (slide background), as in tile folders, not the hidden RGB.
+    assert native[0, 0, 0].tolist() == [30, 30, 30] and native[0, 0, -1].tolist() == [255] * 3
+    # A non-square tile is centre-cropped by default, never stretched silently ...
+    cropped = data.load(size=4)
+    np.testing.assert_array_equal(cropped[0], native[0, :, 2:6])
+    # ... stretched only when asked, and refused with the file named when the policy says so.
+    stretched = data.load(size=4, resize=ResizePolicy(aspect="stretch"))
+    assert stretched.shape == (1, 4, 4, 3) and not np.array_equal(stretched, cropped)
+    with pytest.raises(AuditDataError, match=r"alpha.png: tiles are 8x4 px, not square"):
+        data.load(size=4, resize=ResizePolicy(aspect="refuse"))
+
+
 def test_real_lc25000_class_folders(shared_data: Path) -> None:
     root = shared_data / "tiles" / "lc25000_lung"
     with pytest.warns(UserWarning, match="own slide"):

@@ -120,7 +120,7 @@ def encoders(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the registered encoders with their embedding size, input size and licence."""
-    from histoguard.encoders import list_encoders
+    from histoguard.encoders import ResizePolicy, list_encoders
 
     infos = [info.to_dict() for info in list_encoders()]
     if as_json:
@@ -129,13 +129,14 @@ def encoders(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "dim", "input", "weights", "licence", "description")
+    table = Table("name", "dim", "input", "resize", "weights", "licence", "description")
     for info in infos:
         needs = (
             "needs file" + (" (gated)" if info["gated"] else "") if info["needs_weights"] else "-"
         )
         table.add_row(
-            info["name"], str(info["embed_dim"]), str(info["input_size"]), needs,
+            info["name"], str(info["embed_dim"]), str(info["input_size"]),
+            ResizePolicy.from_dict(info["resize"]).describe(), needs,
             info["licence"], info["description"],
         )  # fmt: skip
     Console().print(table)

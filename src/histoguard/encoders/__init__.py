@@ -1,5 +1,6 @@
 """Encoders: tiles in, embeddings out. One registry, one contract, weights from local files."""
 
+from histoguard.core._image import ResizePolicy
 from histoguard.core._weights import load_state_dict
 
 # Imported for their registration side effect: the built-in encoders and the adapters for
@@ -24,6 +25,7 @@ __all__ = [
     "IMAGENET_STD",
     "Encoder",
     "EncoderInfo",
+    "ResizePolicy",
     "export_onnx",
     "export_torchscript",
     "get_encoder_info",

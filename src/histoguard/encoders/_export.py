@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from histoguard.core._image import ResizePolicy
 from histoguard.encoders._registry import Encoder, EncoderFactory, EncoderInfo
 from histoguard.errors import EncoderError, WeightsError
 
@@ -78,6 +79,7 @@ def info_from_metadata(
             description=_typed(fields.get("description", ""), str),
             weights_hint=_typed(fields.get("weights_hint", ""), str),
             factory=factory,
+            resize=ResizePolicy.from_dict(_typed(fields.get("resize", {}), dict)),
         )
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"{source}: malformed histoguard metadata ({exc})") from exc

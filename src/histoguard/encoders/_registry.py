@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from histoguard.core._image import ResizePolicy, resize_tiles
 from histoguard.core._registry import Registry
 from histoguard.errors import EncoderError, UnknownEncoderError
 
@@ -53,6 +54,9 @@ class EncoderInfo:
         description: one line for listings.
         weights_hint: where a user gets the weights, for presets that need them.
         factory: builds the torch module.
+        resize: how tiles of another size are brought to ``input_size`` (interpolation, and
+            centre-crop, stretch or refuse for non-square tiles); the one resize every tile
+            goes through, in ``extract``, ``audit``, stress tests and attacks alike.
     """
 
     name: str
@@ -67,6 +71,7 @@ class EncoderInfo:
     description: str = ""
     weights_hint: str = ""
     factory: EncoderFactory = field(repr=False, compare=False)
+    resize: ResizePolicy = field(default_factory=ResizePolicy)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible metadata (everything but the factory)."""
@@ -82,6 +87,7 @@ class EncoderInfo:
             "citation": self.citation,
             "description": self.description,
             "weights_hint": self.weights_hint,
+            "resize": self.resize.to_dict(),
         }
 
 
@@ -102,11 +108,13 @@ def register_encoder(
     citation: str = "",
     description: str = "",
     weights_hint: str = "",
+    resize: ResizePolicy | None = None,
 ) -> Callable[[EncoderFactory], EncoderFactory]:
     """Register a factory ``(weights, *, allow_pickle) -> torch.nn.Module`` under ``name``.
 
     The module must map ``(B, 3, input_size, input_size)`` float32 normalised tiles to
-    ``(B, embed_dim)`` embeddings.
+    ``(B, embed_dim)`` embeddings. ``resize`` (default :class:`ResizePolicy()`: bilinear,
+    antialiased, non-square tiles centre-cropped) says how tiles of another size reach it.
 
     Raises:
         ConfigError: ``name`` is already registered (also a ``ValueError``).
@@ -126,6 +134,7 @@ def register_encoder(
             description=description,
             weights_hint=weights_hint,
             factory=factory,
+            resize=resize or ResizePolicy(),
         )
         ENCODERS.add(name, info)
         return factory
@@ -170,21 +179,21 @@ class Encoder:
     def preprocess(self, tiles: np.ndarray) -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 RGB tiles -> ``(B, 3, S, S)`` float32, normalised.
 
-        Tiles of another size are resized (bilinear, antialiased) to ``input_size``.
+        Tiles of another size are resized to ``input_size`` by the encoder's ``info.resize``
+        (:func:`~histoguard.core._image.resize_tiles`, the same resize the attacks use).
+
+        Raises:
+            ValueError: not a ``(B, H, W, 3)`` uint8 batch.
+            ImageError: non-square tiles and a resize policy that refuses them.
         """
         import torch
-        import torch.nn.functional as F
 
         if tiles.ndim != 4 or tiles.shape[3] != 3 or tiles.dtype != np.uint8:
             raise ValueError(f"expected (B, H, W, 3) uint8 tiles, got {tiles.shape} {tiles.dtype}")
         if not tiles.flags.writeable:  # torch.from_numpy warns on read-only memory
             tiles = tiles.copy()
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float() / 255.0
-        size = self.info.input_size
-        if batch.shape[2] != size or batch.shape[3] != size:
-            batch = F.interpolate(
-                batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
+        batch = resize_tiles(batch, self.info.input_size, self.info.resize)
         mean = torch.tensor(self.info.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.info.std).view(1, 3, 1, 1)
         return (batch - mean) / std

@@ -22,7 +22,7 @@ from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
 from histoguard.core._device import check_device
-from histoguard.encoders import Encoder, load_encoder
+from histoguard.encoders import Encoder, EncoderInfo, load_encoder
 from histoguard.errors import ConfigError, OutputError
 from histoguard.features._feature_file import feature_file_done, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
@@ -127,14 +127,20 @@ class _SlideTiles:
 
 
 class _FolderTiles:
-    """A folder of tile images as one slide; coordinates are ``(index, 0)``."""
+    """A folder of tile images as one slide; coordinates are ``(index, 0)``.
 
-    def __init__(self, folder: TileFolder, size: int) -> None:
-        self.folder, self.size = folder, size
+    Tiles are resized once, straight to the encoder's input size by the encoder's own resize
+    policy - exactly as the audit's tile tables are - so an image embeds the same either way.
+    """
+
+    def __init__(self, folder: TileFolder, encoder: EncoderInfo) -> None:
+        self.folder, self.size, self.resize = folder, encoder.input_size, encoder.resize
         self.coords = folder.coords()
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        tiles, failures = self.folder.read([int(i) for i in indices], size=self.size)
+        tiles, failures = self.folder.read(
+            [int(i) for i in indices], size=self.size, resize=self.resize
+        )
         bad = {index for index, _ in failures}
         ok = np.asarray([i for i in indices if int(i) not in bad], dtype=np.int64)
         return ok, tiles, [message for _, message in failures]
@@ -190,12 +196,10 @@ def _iterate(dataset: _Batches, readers: int) -> Any:
 def _stain_transform(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndarray] | None:
     if config.stain_normalize is None or config.stain_reference is None:
         return None
-    from PIL import Image
-
+    from histoguard.core._image import decode_image
     from histoguard.stain import stain_normalizer
 
-    with Image.open(config.stain_reference) as image:
-        reference = np.asarray(image.convert("RGB"))
+    reference = decode_image(config.stain_reference)
     return stain_normalizer(config.stain_normalize, reference).transform
 
 
@@ -219,12 +223,12 @@ def feature_path(out_dir: Path, slide: Path) -> Path:
 
 
 def _plan(
-    slide: Path, out_dir: Path, config: ExtractionConfig
+    slide: Path, out_dir: Path, config: ExtractionConfig, encoder: EncoderInfo
 ) -> tuple[_TileSource, dict[str, Any]]:
     """The slide's tiles (reusing or making tiling output) and their provenance attributes."""
     if slide.is_dir() and slide.suffix.lower() != ".mrxs":
         folder = TileFolder.open(slide)
-        return _FolderTiles(folder, config.tiling.tile_size), {"tile_size": config.tiling.tile_size}
+        return _FolderTiles(folder, encoder), {"tile_size": encoder.input_size}
     tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
     tile_file = output_paths(tiles_dir, slide)["h5"]
     if config.tiles_dir is None and finished_output(tiles_dir, slide, config.tiling) is None:
@@ -280,7 +284,7 @@ def extract_slide(
         allow_pickle=config.allow_pickle,
         device=config.device,
     )
-    source, tile_attrs = _plan(slide, out_dir, config)
+    source, tile_attrs = _plan(slide, out_dir, config, encoder.info)
     dataset = _Batches(source, config.batch_size, _stain_transform(config))
     n_tiles = len(source.coords)
     features = np.zeros((n_tiles, encoder.embed_dim), dtype=np.float32)

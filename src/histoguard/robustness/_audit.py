@@ -233,7 +233,7 @@ def embed_tiles(
         task = bars.add_task(f"embedding ({encoder.info.name})", total=len(tiles))
         for start in range(0, len(tiles), batch_size):
             index = np.arange(start, min(start + batch_size, len(tiles)))
-            chunks.append(encoder.encode(tiles.load(index, size=encoder.info.input_size)))
+            chunks.append(encoder.encode(tiles.load_for(encoder.info, index)))
             bars.advance(task, len(index))
     return LabelledEmbeddings(
         embeddings=np.concatenate(chunks),

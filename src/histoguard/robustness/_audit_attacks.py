@@ -78,7 +78,7 @@ def held_out_bags(
         rows = test[tiles.slide_id[test] == slide]
         if len(rows) > config.max_tiles_per_bag:
             rows = np.sort(rng.choice(rows, size=config.max_tiles_per_bag, replace=False))
-        bags.append(tiles.load(rows, size=encoder.info.input_size))
+        bags.append(tiles.load_for(encoder.info, rows))
         values, counts = np.unique(tiles.label[rows], return_counts=True)
         labels.append(values[np.argmax(counts)])
     return Bags(slides=slides, tiles=bags, labels=np.array(labels))
@@ -95,7 +95,7 @@ def stress(
     """The probe's stress test on held-out tiles, and the slide model's on held-out slides."""
     rows = stratified_sample(tiles.label, test, config.max_stress_tiles, config.seed)
     logger.info("stress tests: %d tiles", len(rows))
-    images = tiles.load(rows, size=encoder.info.input_size)
+    images = tiles.load_for(encoder.info, rows)
     result = stress_test(encoder, images, tiles.label[rows], probe.predict, config=config.stress)
     out = result.to_dict()
     if slide_model is not None:
@@ -127,7 +127,7 @@ def adversarial(
     slide-level attack against the slide model on held-out slides."""
     settings = config.attacks
     rows = stratified_sample(tiles.label, test, settings.max_tiles, config.seed)
-    images = tiles.load(rows, size=encoder.info.input_size)
+    images = tiles.load_for(encoder.info, rows)
     class_index = {c: i for i, c in enumerate(probe.classes)}
     labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
     head = probe.as_torch()
@@ -164,7 +164,7 @@ def _universal(
 
     settings = config.attacks
     rows = stratified_sample(tiles.label, train, settings.max_tiles, config.seed)
-    train_images = tiles.load(rows, size=encoder.info.input_size)
+    train_images = tiles.load_for(encoder.info, rows)
     class_index = {c: i for i, c in enumerate(probe.classes)}
     train_labels = np.array([class_index[c] for c in tiles.label[rows]], dtype=np.int64)
     targets = {}

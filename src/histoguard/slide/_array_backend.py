@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from histoguard.errors import CorruptSlideError, SlideTooLargeError
+from histoguard.core._image import decode_image
+from histoguard.errors import CorruptSlideError, ImageError, ImageTooLargeError, SlideTooLargeError
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, resize
 from histoguard.slide._registry import register_backend
@@ -147,27 +147,13 @@ class ImageSlide(ArraySlide):
     ) -> None:
         path = Path(path)
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        fix = "Convert it to a pyramidal TIFF (vips tiffsave --tile --pyramid)"
         try:
-            with warnings.catch_warnings():
-                # The limit below replaces Pillow's warning with an explicit, per-call error.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    if limit is not None and image.width * image.height > limit:
-                        raise SlideTooLargeError(
-                            path,
-                            f"image is {image.width}x{image.height} pixels, above the limit "
-                            f"of {limit} for plain images",
-                            "Convert it to a pyramidal TIFF (vips tiffsave --tile --pyramid)",
-                        )
-                    array = np.asarray(image.convert("RGB"))
-        except Image.DecompressionBombError as error:
-            raise SlideTooLargeError(
-                path, str(error), "Convert it to a pyramidal TIFF (vips tiffsave --tile --pyramid)"
-            ) from error
-        except (OSError, SyntaxError, ValueError) as error:
-            raise CorruptSlideError(
-                path, f"cannot decode the image ({error})", "Re-export the image"
-            ) from error
+            array = decode_image(path, max_pixels=limit)
+        except ImageTooLargeError as error:
+            raise SlideTooLargeError(path, error.problem, fix) from error
+        except ImageError as error:
+            raise CorruptSlideError(path, error.problem, "Re-export the image") from error
         super().__init__(array, mpp=None, name=str(path), mpp_override=mpp_override)
         self._max_pixels = max_pixels
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from PIL import Image
 
+from histoguard.core._image import composite_on_white
 from histoguard.errors import MissingMppError, RegionReadError, SlideError
 
 #: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
@@ -373,11 +374,4 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite non-premultiplied ``(H, W, 4)`` uint8 RGBA onto white, giving ``(H, W, 3)``."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.float32) / 255.0
-    blended = rgb.astype(np.float32) * a + 255.0 * (1.0 - a)
-    out: np.ndarray = np.rint(blended).astype(np.uint8)
-    return out
+    return composite_on_white(rgba)

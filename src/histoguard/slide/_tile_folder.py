@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from histoguard.errors import SlideNotFoundError, UnsupportedFormatError
-from histoguard.slide._reader import resize, rgba_to_rgb
+from histoguard.core._image import ResizePolicy, decode_image, resize_tile_images
+from histoguard.errors import ImageError, SlideNotFoundError, UnsupportedFormatError
 
 TILE_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 
@@ -34,6 +34,7 @@ _WHOLE_SLIDE_EXTENSIONS = frozenset(
     {".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm", ".qptiff"}
 )
 _TIFF_TILE_WIDTH_TAG = 322
+_DEFAULT_RESIZE = ResizePolicy()
 
 # What Pillow raises for files it cannot decode, across its format plugins.
 _DECODE_ERRORS = (
@@ -94,15 +95,22 @@ class TileFolder:
         return coords
 
     def read(
-        self, indices: Sequence[int], size: int | None = None
+        self,
+        indices: Sequence[int],
+        size: int | None = None,
+        *,
+        resize: ResizePolicy = _DEFAULT_RESIZE,
     ) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Decode tiles ``indices`` as RGB.
 
         Args:
             indices: positions in :attr:`names` (repeats allowed).
             size: output side in pixels; tiles of another size are resized to ``size`` x ``size``
-                (area averaging when shrinking, bicubic when enlarging; a non-square tile is
-                stretched). None keeps the decoded size, which must then be the same for all.
+                by ``resize`` (pass the encoder's ``info.resize`` and ``info.input_size`` so that
+                tiles are resized once, as the encoder would). None keeps the decoded size, which
+                must then be the same for all.
+            resize: how tiles are resized (interpolation, and centre-crop, stretch or refuse for
+                non-square tiles); a refused tile is reported as a failure.
 
         Returns:
             ``(B', H, W, 3)`` uint8 tiles that decoded, in request order (``H = W = size`` when
@@ -121,12 +129,15 @@ class TileFolder:
         for index in indices:
             if not 0 <= index < len(self.names):
                 raise IndexError(f"{self.path}: tile index {index} outside 0..{len(self) - 1}")
+            path = self.path / self.names[index]
             try:
-                tile = _decode(self.path / self.names[index])
-            except _DECODE_ERRORS as error:
-                failures.append((index, f"{self.path / self.names[index]}: {error}"))
+                tile = decode_image(path)
+                if size is not None:
+                    tile = resize_tile_images(tile, size, resize, what=str(path))
+            except ImageError as error:
+                failures.append((index, str(error)))
                 continue
-            tiles.append(tile if size is None else resize(tile, size, size))
+            tiles.append(tile)
         if size is None and len({tile.shape for tile in tiles}) > 1:
             shapes = sorted({f"{t.shape[1]}x{t.shape[0]}" for t in tiles})
             raise ValueError(
@@ -183,21 +194,3 @@ def _looks_like_slide(path: Path) -> bool:
     except _DECODE_ERRORS:
         return False  # reported per tile when read
     return False
-
-
-def _decode(path: Path) -> np.ndarray:
-    """One image file as ``(H, W, 3)`` uint8 RGB, within Pillow's pixel limit."""
-    limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        # The explicit limit below turns Pillow's warning into a per-tile error; the guard itself
-        # (Image.MAX_IMAGE_PIXELS) is never changed.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            if limit is not None and image.width * image.height > limit:
-                raise ValueError(
-                    f"image is {image.width}x{image.height} pixels, above Pillow's limit of {limit}"
-                )
-            has_alpha = "A" in image.getbands() or "transparency" in image.info
-            if has_alpha:
-                return rgba_to_rgb(np.asarray(image.convert("RGBA")))
-            return np.asarray(image.convert("RGB"))

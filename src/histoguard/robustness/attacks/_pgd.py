@@ -5,7 +5,7 @@ Threat model, shared by every attack here: pixels are RGB divided by 255, in [0,
 perturbation is bounded in L∞ (largest change of any one value) or L2 (Euclidean norm over all
 ``H * W * 3`` values of a tile), in that same 0–1 scale, and the perturbed tile is kept in
 [0, 1]. The attacked pipeline is differentiated end to end: pixels -> the encoder's own
-preprocessing (bilinear antialiased resize to its input size, normalisation; as
+preprocessing (its resize policy to its input size, normalisation; as
 :meth:`~histoguard.encoders.Encoder.preprocess`) -> ``encoder.module`` -> a head or a MIL model.
 
 - :func:`pgd_attack`: projected gradient descent (Madry et al. 2018) per tile, untargeted.
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from histoguard.core._image import resize_tiles
 from histoguard.errors import AuditDataError, ConfigError, EncoderError
 from histoguard.robustness.data._containers import check_tiles
 
@@ -161,6 +162,7 @@ class PixelEncoder(nn.Module):
         super().__init__()
         self.name = encoder.info.name
         self.size = encoder.info.input_size
+        self.resize = encoder.info.resize
         self.device = torch.device(encoder.device)
         self.module = encoder.module.eval()
         view = (1, 3, 1, 1)
@@ -170,11 +172,7 @@ class PixelEncoder(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         """``(B, 3, H, W)`` float32 in [0, 1] -> ``(B, D)`` float32."""
-        if pixels.shape[-2:] != (self.size, self.size):
-            pixels = F.interpolate(
-                pixels, size=(self.size, self.size), mode="bilinear", antialias=True,
-                align_corners=False,
-            )  # fmt: skip
+        pixels = resize_tiles(pixels, self.size, self.resize)
         out: Tensor = self.module((pixels - self.mean) / self.std)
         return out
 

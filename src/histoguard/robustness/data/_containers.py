@@ -18,15 +18,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
-from histoguard.errors import AuditDataError
+from histoguard.core._image import ResizePolicy, decode_image, resize_tile_images
+from histoguard.errors import AuditDataError, ImageError
+
+if TYPE_CHECKING:
+    from histoguard.encoders import EncoderInfo
 
 StrArray = npt.NDArray[np.str_]
 IndexArray = npt.NDArray[np.int64] | npt.NDArray[np.bool_]
+_DEFAULT_RESIZE = ResizePolicy()
 
 
 def _strings(values: Sequence[str] | np.ndarray, name: str, n: int) -> StrArray:
@@ -157,25 +162,33 @@ class TileDataset(_ClassesAndCenters):
             images=None if self.images is None else self.images[index],
         )
 
-    def load(self, index: IndexArray | None = None, *, size: int | None = None) -> np.ndarray:
-        """Tiles as one ``(B, S, S, 3)`` uint8 array, resized (bicubic) to ``size`` pixels when
-        given, else all at the size of the first tile.
+    def load(
+        self,
+        index: IndexArray | None = None,
+        *,
+        size: int | None = None,
+        resize: ResizePolicy = _DEFAULT_RESIZE,
+    ) -> np.ndarray:
+        """Tiles as one ``(B, S, S, 3)`` uint8 array, resized to ``size`` pixels when given (by
+        ``resize``: pass the encoder's ``info.input_size`` and ``info.resize``, and tiles are
+        resized exactly as ``extract`` resizes them), else all at the size of the first tile.
 
         Raises:
-            AuditDataError: a file cannot be read (the message names it), or tiles differ in
+            AuditDataError: a file cannot be read (the message names it), a tile is refused by
+                the resize policy (not square under ``aspect="refuse"``), or tiles differ in
                 size and no ``size`` was given.
         """
         rows = np.arange(len(self))[index] if index is not None else np.arange(len(self))
         if self.images is not None:
             tiles = self.images[rows]
             if size is not None and tiles.shape[1:3] != (size, size):
-                tiles = np.stack([_resize(t, size) for t in tiles])
+                tiles = self._resized(tiles, size, resize, "in-memory tiles")
             return np.ascontiguousarray(tiles)
         out: list[np.ndarray] = []
         for row in rows:
             tile = read_tile(Path(self.paths[row]))
-            if size is not None and tile.shape[:2] != (size, size):
-                tile = _resize(tile, size)
+            if size is not None:
+                tile = self._resized(tile, size, resize, str(self.paths[row]))
             elif out and tile.shape != out[0].shape:
                 raise AuditDataError(
                     f"{self.paths[row]}: tile is {tile.shape[1]}x{tile.shape[0]} px but earlier "
@@ -183,6 +196,22 @@ class TileDataset(_ClassesAndCenters):
                 )
             out.append(tile)
         return np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)
+
+    def load_for(self, encoder: EncoderInfo, index: IndexArray | None = None) -> np.ndarray:
+        """Tiles as ``encoder`` takes them: ``(B, S, S, 3)`` uint8 at its ``input_size``,
+        resized by its ``resize`` policy (as :meth:`load` with those two).
+
+        Raises:
+            AuditDataError: as :meth:`load`.
+        """
+        return self.load(index, size=encoder.input_size, resize=encoder.resize)
+
+    @staticmethod
+    def _resized(tiles: np.ndarray, size: int, resize: ResizePolicy, what: str) -> np.ndarray:
+        try:
+            return resize_tile_images(tiles, size, resize, what=what)
+        except ImageError as error:
+            raise AuditDataError(str(error)) from error
 
 
 def check_tiles(tiles: np.ndarray, what: str = "tiles", *, allow_empty: bool = False) -> None:
@@ -202,21 +231,17 @@ def check_tiles(tiles: np.ndarray, what: str = "tiles", *, allow_empty: bool = F
 
 
 def read_tile(path: Path) -> np.ndarray:
-    """One tile image file as ``(H, W, 3)`` uint8 RGB.
+    """One tile image file as ``(H, W, 3)`` uint8 RGB, decoded as everywhere in histoguard
+    (transparency composited on white, Pillow's pixel limit; see ``core._image.decode_image``).
 
     Raises:
         AuditDataError: missing or undecodable file (named in the message).
     """
+    if not Path(path).is_file():
+        raise AuditDataError(f"{path}: tile image not found; check the table's paths")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise AuditDataError(f"{path}: tile image not found; check the table's paths") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+        return decode_image(path)
+    except ImageError as error:
         raise AuditDataError(
-            f"{path}: cannot decode tile image ({exc}); remove or replace it"
-        ) from exc
-
-
-def _resize(tile: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(tile).resize((size, size), Image.Resampling.BICUBIC))
+            f"{path}: cannot decode tile image ({error.problem}); remove or replace it"
+        ) from error

@@ -34,6 +34,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.color import rgb_from_hed
 
+from histoguard.core._image import decode_image
 from histoguard.errors import AuditDataError
 from histoguard.robustness.shifts._registry import (
     PerturbationFunction,
@@ -185,9 +186,7 @@ def jpeg_round_trip(tile: np.ndarray, quality: int) -> np.ndarray:
     """One ``(H, W, 3)`` uint8 tile through JPEG (4:2:0 chroma, as scanners) and back."""
     buffer = io.BytesIO()
     Image.fromarray(tile).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        return np.asarray(image.convert("RGB"))
+    return decode_image(buffer.getvalue(), max_pixels=None, name="JPEG round trip")
 
 
 @register_perturbation(
