@@ -10,6 +10,7 @@ import typer
 
 from histoguard.cli._app import (
     Backend,
+    EdgeMode,
     MinTissue,
     MppOverride,
     OutDir,
@@ -50,6 +51,7 @@ def extract(
     mpp: TargetMpp = 0.5,
     tile_size: TileSize = 224,
     min_tissue: MinTissue = 0.5,
+    edge: EdgeMode = "pad",
     mpp_override: MppOverride = None,
     backend: Backend = None,
     stain_normalize: Annotated[
@@ -81,7 +83,8 @@ def extract(
 
     Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
-    any slide failed.
+    any slide failed or the inputs hold no slide. A folder whose sub-folders hold tile images
+    is one slide per sub-folder, named after it.
     """
     from histoguard.features import ExtractionConfig, extract_features
     from histoguard.slide import TilingConfig
@@ -97,6 +100,7 @@ def extract(
                 min_tissue_fraction=min_tissue,
                 mpp_override=mpp_override,
                 backend=backend,
+                edge=edge,
             ),
             tiles_dir=tiles_dir,
             stain_normalize=stain_normalize,
@@ -107,13 +111,13 @@ def extract(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    from histoguard.errors import EncoderError
+    from histoguard.errors import EncoderError, NoSlidesError
 
     try:
         report = extract_features(
             inputs, out, config, scheduler=scheduler, dask_workers=workers, progress=not quiet
         )
-    except EncoderError as error:  # nothing can run without the encoder: say why, no traceback
+    except (EncoderError, NoSlidesError) as error:  # nothing can run: say why, no traceback
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
     _print_report(report)

@@ -10,6 +10,7 @@ import typer
 
 from histoguard.cli._app import (
     Backend,
+    EdgeMode,
     MinTissue,
     MppOverride,
     OutDir,
@@ -33,6 +34,7 @@ def tile(
         int, typer.Option(help="Pixels (at --mpp) shared by neighbours.", min=0)
     ] = 0,
     min_tissue: MinTissue = 0.5,
+    edge: EdgeMode = "pad",
     mpp_override: MppOverride = None,
     backend: Backend = None,
     threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1)] = 2,
@@ -46,9 +48,11 @@ def tile(
 
     Resumable: slides whose verified output exists with the same settings are skipped. Failures
     are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
-    slide failed.
+    slide failed, or if the inputs hold no slide at all.
     """
-    from histoguard.slide import TilingConfig, tile_slides
+    from histoguard import tile_slides
+    from histoguard.errors import NoSlidesError
+    from histoguard.slide import TilingConfig
 
     try:
         config = TilingConfig(
@@ -60,10 +64,15 @@ def tile(
             backend=backend,
             threads=threads,
             thumbnail_size=thumbnail_size,
+            edge=edge,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    report = tile_slides(slides, out, config, progress=not quiet)
+    try:
+        report = tile_slides(slides, out, config, progress=not quiet)
+    except NoSlidesError as error:  # until one CLI error mapper exists: a message, exit 1
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)
