@@ -10,8 +10,7 @@ import openslide
 import pytest
 
 from histoguard import TileSpec
-from histoguard.slide import open_slide, read_tiles, tile_grid
-from histoguard.slide import ArraySlide
+from histoguard.slide import ArraySlide, open_slide, read_tiles, tile_grid
 from histoguard.slide._tile_reader import MAX_BAND_PX, plan_bands, read_padded
 from tests.slide.tiff_surgery import corrupt_tiles
 
