@@ -3,12 +3,14 @@
 The public API is re-exported here; implementation modules are private.
 """
 
+from histoguard._tile_slides import tile_slide, tile_slides
 from histoguard._version import __version__
 from histoguard.core._batch import BatchReport, SlideResult
 from histoguard.errors import (
     CorruptSlideError,
     HistoguardError,
     MissingMppError,
+    NoSlidesError,
     OutputError,
     RegionReadError,
     SlideError,
@@ -24,8 +26,6 @@ from histoguard.slide import (
     TissueParams,
     open_slide,
     read_coords_file,
-    tile_slide,
-    tile_slides,
 )
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "CorruptSlideError",
     "HistoguardError",
     "MissingMppError",
+    "NoSlidesError",
     "OutputError",
     "RegionReadError",
     "SlideError",

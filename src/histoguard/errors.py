@@ -8,6 +8,7 @@
     │   ├── SlideTooLargeError      the dimensions exceed the configured pixel limit
     │   ├── MissingMppError         no usable microns-per-pixel in the metadata
     │   └── RegionReadError         one region failed to decode (the rest may be fine)
+    ├── NoSlidesError               the inputs of a batch hold no slide at all
     ├── TilingError                 the tiling request cannot be met for this slide
     ├── OutputError                 an output file is incomplete or not what was written
     ├── EncoderError                an encoder cannot be built or loaded
@@ -84,6 +85,30 @@ class MissingMppError(SlideError):
 
 class RegionReadError(SlideError):
     """A region of an otherwise readable slide failed to decode."""
+
+
+class NoSlidesError(HistoguardError):
+    """The inputs of a batch command hold no slide at all (an empty or mistaken folder).
+
+    Args:
+        inputs: the files and folders given.
+        looked_for: what counts as a slide there, e.g. the file extensions searched.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, inputs: Sequence[str | Path], looked_for: str, fix: str = "") -> None:
+        self.inputs = tuple(Path(item) for item in inputs)
+        self.looked_for = looked_for
+        self.fix = fix
+        listed = ", ".join(str(item) for item in self.inputs) or "(no inputs given)"
+        message = f"no slides found in {listed}: looked for {looked_for}"
+        if fix:
+            message += f". {fix}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[NoSlidesError], tuple[tuple[Path, ...], str, str]]:
+        # Keep the exception picklable so it can cross process boundaries intact.
+        return (type(self), (self.inputs, self.looked_for, self.fix))
 
 
 class TilingError(HistoguardError):

@@ -153,3 +153,23 @@ def test_real_lc25000_tiles(shared_data: Path) -> None:
     assert small.shape == (1, 112, 112, 3)
     # Area-averaged shrinking keeps the colour: same mean as the full-size tile.
     assert np.abs(small[0].mean(axis=(0, 1)) - tiles[0].mean(axis=(0, 1))).max() < 1.0
+
+
+def test_each_sub_folder_of_tiles_is_one_slide(tmp_path: Path) -> None:
+    from histoguard.slide import find_slides
+    from histoguard.slide._tile_folder import tile_folders_in
+
+    for patient in ("patient-b", "patient-a"):
+        (tmp_path / patient).mkdir()
+        for i in range(3):
+            tile = np.full((16, 16, 3), 40 * i, np.uint8)
+            Image.fromarray(tile).save(tmp_path / patient / f"{i}.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / ".cache" / "x.png")
+    expected = [tmp_path / "patient-a", tmp_path / "patient-b"]
+    assert tile_folders_in(tmp_path) == expected
+    assert find_slides([tmp_path], tile_folders=True) == expected
+    assert find_slides([tmp_path / "patient-a"], tile_folders=True) == expected[:1]
+    # Tiling takes slide files only: the tile folders are not slides to tile.
+    assert find_slides([tmp_path]) == []

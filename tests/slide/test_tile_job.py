@@ -216,3 +216,43 @@ def test_damage_on_a_single_level_slide_is_isolated_not_fatal(tmp_path: Path) ->
     result = tile_slides([slide_path], tmp_path / "out", config, progress=False).results[0]
     assert (result.status, result.flagged, result.n_unreadable) == ("done", True, 1)
     assert result.n_tiles == 8 * 6 - 1
+
+
+@pytest.mark.parametrize("layout", ["empty", "tile folders"])
+def test_inputs_without_a_slide_are_an_error_not_zero_done(layout: str, tmp_path: Path) -> None:
+    from histoguard.errors import NoSlidesError
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "notes.txt").write_text("not a slide\n")
+    if layout == "tile folders":
+        (inputs / "p1").mkdir()
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(inputs / "p1" / "t.png")
+    with pytest.raises(NoSlidesError) as caught:
+        tile_slides([inputs], tmp_path / "out", CONFIG)
+    message = str(caught.value)
+    assert str(inputs) in message and ".svs" in message
+    assert ("histoguard extract" in message) == (layout == "tile folders")
+    assert not (tmp_path / "out").exists()  # nothing written for nothing done
+
+
+def test_only_the_top_level_tile_slides_draws_the_overview(
+    known_slide: Path, tmp_path: Path
+) -> None:
+    from histoguard.slide import tile_slide as tile_slide_without_drawing
+
+    tile_slide_without_drawing(known_slide, tmp_path / "plain", CONFIG)
+    assert (tmp_path / "plain" / "known.h5").is_file()
+    assert not (tmp_path / "plain" / "known.thumbnail.png").exists()
+
+    calls: list[tuple[int, float]] = []
+
+    def renderer(thumbnail, downsample, polygons, coords, tile_size0):  # type: ignore[no-untyped-def]
+        calls.append((len(coords), tile_size0))
+        return Image.fromarray(thumbnail)
+
+    tile_slide_without_drawing(known_slide, tmp_path / "custom", CONFIG, overview=renderer)
+    assert calls == [(48, 256)]
+    assert (tmp_path / "custom" / "known.thumbnail.png").is_file()
+    tile_slides([known_slide], tmp_path / "drawn", CONFIG)  # histoguard.tile_slides
+    assert (tmp_path / "drawn" / "known.thumbnail.png").is_file()

@@ -10,8 +10,8 @@ import openslide
 import pytest
 
 from histoguard import TileSpec
-from histoguard.slide import open_slide, read_tiles, tile_grid
-from histoguard.slide._tile_reader import MAX_BAND_PX, plan_bands
+from histoguard.slide import ArraySlide, open_slide, read_tiles, tile_grid
+from histoguard.slide._tile_reader import MAX_BAND_PX, plan_bands, read_padded
 from tests.slide.tiff_surgery import corrupt_tiles
 
 
@@ -92,11 +92,50 @@ def test_real_tiles_equal_openslide_read_region(
         spec = TileSpec.for_slide(
             slide_mpp=slide.mpp, level_downsamples=slide.level_downsamples, mpp=mpp, tile_size=224
         )
-        coords = tile_grid(slide.dimensions, spec)
+        coords = tile_grid(slide.dimensions, spec, edge="pad")
     assert spec.level == level and not spec.needs_resize
     reads = _read_all(path, spec, coords, mpp_override=mpp_override)
     reference = openslide.OpenSlide(str(path))
+    n_partial = 0
     for index, (x, y) in enumerate(coords):
         rgba = np.asarray(reference.read_region((int(x), int(y)), level, (224, 224)))
-        assert np.all(rgba[..., 3] == 255)
-        assert np.array_equal(reads[index].tile, rgba[..., :3]), (x, y)
+        tile = reads[index].tile
+        assert tile is not None
+        opaque, transparent = rgba[..., 3] == 255, rgba[..., 3] == 0
+        # On the slide: OpenSlide's pixels. Past the edge (alpha 0): white, never black.
+        assert np.array_equal(tile[opaque], rgba[..., :3][opaque]), (x, y)
+        assert np.all(tile[transparent] == 255), (x, y)
+        n_partial += bool(transparent.any())
+    assert n_partial > 0  # none of these slides ends on whole tiles
+
+
+class _BlackBeyondTheEdge(ArraySlide):
+    """A back-end that returns black past the slide's edge, and a cut-off array at the corner."""
+
+    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        region = super()._read(x, y, width, height, level)
+        level_w, level_h = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        inside_w, inside_h = max(0, level_w - int(x // ds)), max(0, level_h - int(y // ds))
+        region[:, inside_w:] = 0
+        region[inside_h:, :] = 0
+        if inside_w < width and inside_h < height:
+            return region[:inside_h, :inside_w]  # like a back-end that clips the region
+        return region
+
+
+def test_tiles_past_the_edge_are_padded_white_whatever_the_backend_returns() -> None:
+    image = np.full((300, 500, 3), 120, dtype=np.uint8)
+    slide = _BlackBeyondTheEdge(image, mpp=0.5, min_level_size=1024)
+    spec = _spec(0.5, (1.0,), 0.5, 128)
+    coords = tile_grid(slide.dimensions, spec, edge="pad")
+    assert coords.shape == (4 * 3, 2)  # 500 / 128 -> 4 columns, 300 / 128 -> 3 rows
+    reads = {r.index: r.tile for r in read_tiles(slide, spec, coords, threads=1)}
+    for index, (x, y) in enumerate(coords):
+        tile = reads[index]
+        assert tile is not None and tile.shape == (128, 128, 3)
+        inside_w, inside_h = min(128, 500 - x), min(128, 300 - y)
+        assert np.all(tile[:inside_h, :inside_w] == 120), (x, y)
+        assert np.all(tile[inside_h:] == 255) and np.all(tile[:, inside_w:] == 255), (x, y)
+    corner = read_padded(slide, 384, 256, 128, 128, 0)
+    assert corner.shape == (128, 128, 3) and corner[-1, -1].tolist() == [255, 255, 255]

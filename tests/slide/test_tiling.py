@@ -57,13 +57,28 @@ def test_rejects_bad_sizes(tile_size: int, overlap: int) -> None:
 
 def test_grid_is_exact_for_a_known_slide() -> None:
     spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=(1.0, 2.0), mpp=0.5, tile_size=128)
-    coords = tile_grid((4096, 3000), spec)
+    coords = tile_grid((4096, 3000), spec, edge="drop")
     # 256 px level-0 footprint: 16 columns; 3000 // 256 = 11 rows.
     assert coords.shape == (16 * 11, 2)
     assert coords.dtype == np.int64
     assert coords[0].tolist() == [0, 0]
     assert coords[-1].tolist() == [15 * 256, 10 * 256]
     assert np.all(np.diff(coords[:16, 0]) == 256)
+
+
+def test_padded_grid_adds_the_partial_row_at_the_bottom_edge() -> None:
+    spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=(1.0, 2.0), mpp=0.5, tile_size=128)
+    coords = tile_grid((4096, 3000), spec)  # pad is the default
+    # 3000 = 11 * 256 + 184: a 12th row of tiles starting at y = 2816 reaches past the edge.
+    assert coords.shape == (16 * 12, 2)
+    assert coords[-1].tolist() == [15 * 256, 11 * 256]
+    dropped = {tuple(c) for c in tile_grid((4096, 3000), spec, edge="drop").tolist()}
+    assert dropped < {tuple(c) for c in coords.tolist()}
+
+
+def test_unknown_edge_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="pad, drop"):
+        grid_positions(100, 10, 10.0, edge="crop")  # type: ignore[arg-type]
 
 
 def test_overlap_shortens_the_stride() -> None:
@@ -130,7 +145,7 @@ def test_spec_properties(
 def test_grid_positions_properties(length: int, size0: int, stride_fraction: float) -> None:
     # A stride is at least one level-0 pixel: (tile - overlap) >= 1 target pixel >= 1 level-0 pixel.
     stride0 = max(size0 * stride_fraction, 1.0)
-    positions = grid_positions(length, size0, stride0)
+    positions = grid_positions(length, size0, stride0, edge="drop")
     if len(positions) == 0:
         assert length < size0
         return
@@ -142,10 +157,34 @@ def test_grid_positions_properties(length: int, size0: int, stride_fraction: flo
     assert round(len(positions) * stride0) + size0 > length
 
 
+@given(
+    length=st.integers(0, 100_000),
+    size0=st.integers(1, 5_000),
+    stride_fraction=st.floats(0.1, 1.0),
+)
+def test_padded_grid_positions_cover_every_pixel_once_more_at_most(
+    length: int, size0: int, stride_fraction: float
+) -> None:
+    stride0 = max(size0 * stride_fraction, 1.0)
+    positions = grid_positions(length, size0, stride0, edge="pad")
+    dropped = grid_positions(length, size0, stride0, edge="drop")
+    if length == 0:
+        assert len(positions) == 0
+        return
+    assert positions[0] == 0 and np.all(np.diff(positions) > 0)
+    assert np.all(positions < length)
+    # Same grid as drop, plus at most the one tile that reaches the end.
+    assert positions[: len(dropped)].tolist() == dropped.tolist()
+    assert len(positions) - len(dropped) in (0, 1)
+    assert positions[-1] + size0 >= length  # every pixel is covered
+    if len(positions) > 1:
+        assert positions[-2] + size0 < length  # and no tile is redundant
+
+
 @given(st.integers(1, 3000), st.integers(1, 3000))
 def test_grid_covers_only_the_slide(width: int, height: int) -> None:
     spec = TileSpec.for_slide(slide_mpp=0.25, level_downsamples=PYRAMID, mpp=0.5, tile_size=64)
-    coords = tile_grid((width, height), spec)
+    coords = tile_grid((width, height), spec, edge="drop")
     assert coords.shape[1] == 2
     if len(coords):
         assert coords[:, 0].max() + spec.level0_tile_size <= width

@@ -25,7 +25,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 import typer.core
@@ -144,6 +144,14 @@ TargetMpp = Annotated[float, typer.Option(help="Target resolution of the tiles, 
 TileSize = Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)]
 MinTissue = Annotated[
     float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
+]
+EdgeMode = Annotated[
+    Literal["pad", "drop"],
+    typer.Option(
+        "--edge",
+        help="Partial tiles at the right and bottom slide edges: pad (keep them, white beyond "
+        "the slide, as CLAM and TRIDENT do) or drop (whole tiles only).",
+    ),
 ]
 Backend = Annotated[
     str | None,

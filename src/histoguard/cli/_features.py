@@ -10,6 +10,7 @@ import typer
 
 from histoguard.cli._app import (
     Backend,
+    EdgeMode,
     MinTissue,
     MppOverride,
     OutDir,
@@ -53,6 +54,7 @@ def extract(
     mpp: TargetMpp = 0.5,
     tile_size: TileSize = 224,
     min_tissue: MinTissue = 0.5,
+    edge: EdgeMode = "pad",
     mpp_override: MppOverride = None,
     backend: Backend = None,
     stain_normalize: Annotated[
@@ -84,7 +86,8 @@ def extract(
 
     Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
-    any slide failed.
+    any slide failed or the inputs hold no slide. A folder whose sub-folders hold tile images
+    is one slide per sub-folder, named after it.
     """
     from histoguard.features import ExtractionConfig, extract_features
     from histoguard.slide import TilingConfig
@@ -99,6 +102,7 @@ def extract(
             min_tissue_fraction=min_tissue,
             mpp_override=mpp_override,
             backend=backend,
+            edge=edge,
         ),
         tiles_dir=tiles_dir,
         stain_normalize=stain_normalize,

@@ -10,6 +10,7 @@ import typer
 
 from histoguard.cli._app import (
     Backend,
+    EdgeMode,
     MinTissue,
     MppOverride,
     OutDir,
@@ -34,6 +35,7 @@ def tile(
         int, typer.Option(help="Pixels (at --mpp) shared by neighbours.", min=0)
     ] = 0,
     min_tissue: MinTissue = 0.5,
+    edge: EdgeMode = "pad",
     mpp_override: MppOverride = None,
     backend: Backend = None,
     threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1)] = 2,
@@ -47,9 +49,10 @@ def tile(
 
     Resumable: slides whose verified output exists with the same settings are skipped. Failures
     are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
-    slide failed.
+    slide failed, or if the inputs hold no slide at all.
     """
-    from histoguard.slide import TilingConfig, tile_slides
+    from histoguard import tile_slides
+    from histoguard.slide import TilingConfig
 
     config = TilingConfig(
         mpp=mpp,
@@ -60,6 +63,7 @@ def tile(
         backend=backend,
         threads=threads,
         thumbnail_size=thumbnail_size,
+        edge=edge,
     )
     report = tile_slides(slides, out, config, progress=not quiet)
     _print_report(report)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from histoguard._tile_slides import tile_slides
 from histoguard.core._atomic import atomic_output
 from histoguard.core._batch import BatchReport
 from histoguard.demo._audit import run_demo_audit
@@ -29,7 +30,7 @@ from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
 from histoguard.report import write_prediction_heatmaps
 from histoguard.robustness import AuditOutputs
-from histoguard.slide import Ellipse, TilingConfig, tile_slides, write_synthetic_slide
+from histoguard.slide import Ellipse, TilingConfig, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
 
 #: The encoder the demo uses: built in, deterministic, no weights to fetch.

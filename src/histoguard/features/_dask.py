@@ -4,13 +4,20 @@ A local cluster by default; any scheduler by address (for Slurm, start one with 
 ``SLURMCluster`` and pass its ``scheduler_address``). A worker that dies takes only its current
 slide with it: Dask reschedules that task on another worker, and because outputs are written
 atomically the slide still ends with exactly one verified feature file.
+
+Dask's own log lines ("Worker process still alive after 4.0 seconds, killing", ...) are hidden
+while histoguard runs a cluster, unless the ``histoguard`` logger is at INFO or lower
+(``histoguard --verbose``), see :func:`quiet_dask_logs`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ from histoguard.core._batch import (
 )
 from histoguard.encoders import Encoder, load_encoder
 from histoguard.features._extract import ExtractionConfig, extract_slide
+
+logger = logging.getLogger(__name__)
 
 _ENCODERS: dict[tuple[str, str, str], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
@@ -51,6 +60,38 @@ def _extract_task(slide: Path, out_dir: Path, config: ExtractionConfig) -> Slide
     )
 
 
+@contextmanager
+def quiet_dask_logs() -> Iterator[int]:
+    """Hide Dask's (``distributed``'s) log records below ERROR and its warnings, for the block.
+
+    Nothing is hidden when the ``histoguard`` logger's effective level is INFO or lower: whoever
+    asked for histoguard's progress messages also sees Dask's. Levels and warning filters are
+    restored on exit.
+
+    Yields:
+        The level for Dask's own ``silence_logs`` (worker and nanny processes): ERROR when
+        hiding, WARNING (Dask's default) otherwise.
+    """
+    if logging.getLogger("histoguard").getEffectiveLevel() <= logging.INFO:
+        yield logging.WARNING
+        return
+    names = ["distributed"] + [
+        name for name in logging.root.manager.loggerDict if name.startswith("distributed.")
+    ]
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(log, log.level) for log in loggers]
+    try:
+        for log in loggers:
+            if log is loggers[0] or log.level != logging.NOTSET:
+                log.setLevel(max(log.getEffectiveLevel(), logging.ERROR))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"distributed(\.|$)")
+            yield logging.ERROR
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
+
+
 def run_on_dask(
     slides: Sequence[Path],
     out_dir: Path,
@@ -75,13 +116,34 @@ def run_on_dask(
         progress: draw a progress bar over slides.
         retries: extra attempts for a slide whose task raised.
     """
+    with quiet_dask_logs() as dask_log_level:
+        return _run(
+            slides, out_dir, config, scheduler=scheduler, n_workers=n_workers,
+            summary_path=summary_path, progress=progress, retries=retries,
+            dask_log_level=dask_log_level,
+        )  # fmt: skip
+
+
+def _run(
+    slides: Sequence[Path],
+    out_dir: Path,
+    config: ExtractionConfig,
+    *,
+    scheduler: str | None,
+    n_workers: int,
+    summary_path: Path,
+    progress: bool,
+    retries: int,
+    dask_log_level: int,
+) -> BatchReport:
     from distributed import Client, LocalCluster, as_completed
 
     cluster: Any = None
     if scheduler is None:
         cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
-        )
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=dask_log_level,
+        )  # fmt: skip
         client = Client(cluster)
     else:
         client = Client(scheduler)
@@ -103,6 +165,7 @@ def run_on_dask(
                     result = future.result()
                 except Exception as error:  # a lost or failing task fails only its slide
                     result = failed_result(slide, error, started)
+                logger.info("%s: %s %s", slide, result.status, result.message)
                 results.append(result)
                 write_summary(summary_path, results)
                 bars.advance(task)

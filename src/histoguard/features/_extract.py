@@ -1,9 +1,13 @@
-"""Feature extraction: tiles of each slide through an encoder into ``<slide_stem>.h5``.
+"""Feature extraction of one slide: its tiles through an encoder into ``<slide_stem>.h5``.
+
+This is the per-slide job every executor runs (``_local``: in this process; ``_dask``: one task
+per slide on a cluster); ``_run.extract_features`` chooses the executor. Imports go one way:
+``_run`` -> executors -> this module, never back.
 
 Reading overlaps inference: reader processes (a torch ``DataLoader``; each process opens the slide
 itself) decode, optionally stain-normalise, and queue batches - a bounded prefetch of two batches
-per reader - while the main process runs the encoder. On a Dask cluster each slide is one task,
-each worker loads the encoder once, and reading happens in threads inside the worker.
+per reader - while the main process runs the encoder. Inside a Dask worker, reading happens in
+threads instead.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,8 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from histoguard._version import __version__
-from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._atomic import remove_stale_temporaries
+from histoguard.core._batch import ProgressCallback, SlideResult
 from histoguard.core._device import check_device
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
 from histoguard.errors import ConfigError, OutputError
@@ -29,9 +33,7 @@ from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_fil
 from histoguard.slide._tile_folder import TileFolder
 from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
 
-SUMMARY_NAME = "extraction_summary.csv"
 _FIRST_BATCH = 8
-CONFIG_NAME = "extraction_config.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,64 +326,3 @@ def extract_slide(
         message=errors[0] if errors else "",
         seconds=time.perf_counter() - started,
     )
-
-
-def extract_features(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    config: ExtractionConfig,
-    *,
-    scheduler: str | None = None,
-    dask_workers: int | None = None,
-    progress: bool = False,
-) -> BatchReport:
-    """Extract features for many slides (or tile folders); failures isolated, reruns resume.
-
-    Args:
-        inputs: slide files, folders of slides, or folders of tile images.
-        out_dir: output folder; ``<slide_stem>.h5`` per slide, ``extraction_summary.csv``.
-        config: extraction settings.
-        scheduler: address of a running Dask scheduler (``tcp://host:8786``); slides become
-            tasks on its workers.
-        dask_workers: run a local Dask cluster with this many worker processes.
-        progress: draw rich progress bars.
-
-    Returns:
-        A :class:`BatchReport`.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(
-        {"histoguard_version": __version__, **asdict(config)}, indent=2, default=str
-    )
-    write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())
-    slides = _expand_inputs(inputs)
-    if scheduler is not None or dask_workers:
-        from histoguard.features._dask import run_on_dask
-
-        return run_on_dask(
-            slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
-            summary_path=out_dir / SUMMARY_NAME, progress=progress,
-        )  # fmt: skip
-    encoder = load_encoder(
-        config.encoder,
-        weights=config.weights,
-        allow_pickle=config.allow_pickle,
-        device=config.device,
-    )
-
-    def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
-        return extract_slide(slide, out_dir, config, encoder=encoder, on_progress=on_progress)
-
-    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress)
-
-
-def _expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Slide files stay; a folder of tile images is one slide; other folders expand to slides."""
-    from histoguard.slide import find_slides
-    from histoguard.slide._tile_folder import is_tile_folder
-
-    slides: list[Path] = []
-    for item in map(Path, inputs):
-        slides.extend([item] if is_tile_folder(item) else find_slides([item]))
-    return slides

@@ -9,7 +9,10 @@ histoguard's layout (CLAM/TRIDENT readers recognise it)::
     attrs: the caller's provenance, plus n_tiles, embed_dim, content_sha256, histoguard_version
 
 The attributes are also set on ``coords`` (with CLAM's ``patch_level``/``patch_size`` when the
-caller gives ``level``/``read_size``), because CLAM-style readers look there.
+caller gives ``level``/``read_size``), because CLAM-style readers look there. When the tile
+footprint is known (``level0_tile_size``, i.e. tiles cut from a slide) the writer also sets
+TRIDENT's ``patch_size_level0`` (int, tile side in level-0 pixels) on the root and on ``coords``,
+where TRIDENT's slide encoders read it.
 
 :func:`read_feature_file` also reads feature files made by other tools, which carry no checksum:
 CLAM and TRIDENT (``features`` + ``coords``), the ``feats`` + ``coords`` variant, and ``features``
@@ -93,7 +96,8 @@ def write_feature_file(
         features: ``(N, D)`` embeddings, stored as float32.
         coords: ``(N, 2)`` integer level-0 x, y (tile folders: ``(index, 0)``).
         attrs: provenance (HDF5-compatible scalars, strings, small arrays); None values are
-            left out because HDF5 has no null. :data:`WRITER_ATTRS` are set by the writer.
+            left out because HDF5 has no null. :data:`WRITER_ATTRS` are set by the writer, and
+            ``patch_size_level0`` is derived from ``level0_tile_size`` when that is given.
         tile_names: optional ``N`` tile image names, stored as UTF-8 strings.
 
     Returns:
@@ -119,8 +123,11 @@ def write_feature_file(
     if names is not None and len(names) != len(features):
         raise ValueError(f"{path}: {len(names)} tile names for {len(features)} feature rows")
 
+    level0_size = attrs.get("patch_size_level0", attrs.get("level0_tile_size"))
+    trident = {} if level0_size is None else {"patch_size_level0": int(level0_size)}
     all_attrs = {
         **attrs,
+        **trident,
         "n_tiles": len(features),
         "embed_dim": features.shape[1],
         "content_sha256": _content_sha256(features, coords, names),

@@ -7,10 +7,13 @@ Layout (CLAM/TRIDENT users recognise it)::
     /background_fraction  (N,) float32   near-white pixel fraction of the tile, 0-1
     /blur_score           (N,) float32   variance of the Laplacian (0-255 grey scale)
     attrs: mpp, tile_size, overlap, level, level0_tile_size, read_size, slide_mpp, slide_path,
+           edge ("pad": partial edge tiles kept, white beyond the slide; "drop": whole tiles
+           only), patch_size_level0 (TRIDENT's name for level0_tile_size),
            histoguard_version, n_tiles, coords_sha256, config_json, ...
 
 The same attributes are also set on ``coords`` itself (with CLAM's ``patch_level`` and
-``patch_size``) because CLAM-style readers look there.
+``patch_size``) because CLAM-style readers look there. With ``edge="pad"`` the last tile of a
+row or column may reach past the slide (``x + level0_tile_size > level0_width``).
 """
 
 from __future__ import annotations

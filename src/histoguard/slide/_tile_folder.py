@@ -4,7 +4,8 @@ What counts as a tile folder (:func:`is_tile_folder`): a directory whose own fil
 subfolders; hidden files ignored) include at least one tile image (:data:`TILE_IMAGE_EXTENSIONS`)
 and no whole-slide file, where every tile image is at most :data:`MAX_TILE_SIDE` pixels on each
 side and no TIFF is tiled or multi-page. A folder of large images or of pyramidal TIFFs is a
-folder of slides instead; a folder of folders (one per class or per slide) is not one slide.
+folder of slides instead; a folder of folders is not one slide: each of its sub-folders that is
+a tile folder is one slide (:func:`tile_folders_in`), named after the sub-folder.
 
 Tiles have no position on a slide: their "coordinates" are ``(index, 0)`` in name order, which
 keeps the ``(N, 2)`` coords contract of tile and feature files; the names say which tile is which.
@@ -163,6 +164,20 @@ def is_tile_folder(path: Path) -> bool:
         return False
     images = [p for p in children if p.suffix.lower() in TILE_IMAGE_EXTENSIONS]
     return bool(images) and not any(_looks_like_slide(p) for p in images)
+
+
+def tile_folders_in(path: Path) -> list[Path]:
+    """The sub-folders of ``path`` that are tile folders (one slide each), sorted by name.
+
+    This is the usual layout of pre-cut tiles: one folder of tile images per slide or patient,
+    the folder's name being the slide id. Hidden sub-folders are ignored; nothing deeper is
+    searched.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    subfolders = (p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted((p for p in subfolders if is_tile_folder(p)), key=lambda p: p.name)
 
 
 def _tile_images(path: Path) -> list[Path]:

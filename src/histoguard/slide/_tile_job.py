@@ -1,22 +1,27 @@
-"""Tiling slides into per-slide coordinate files: one slide, and a crash-safe resumable batch."""
+"""Tiling slides into per-slide coordinate files: one slide, and a crash-safe resumable batch.
+
+The overview picture (thumbnail with tissue outline and tile grid) is drawn by
+``histoguard.report``, which is downstream of this room: callers that want the PNG pass a renderer
+as ``overview`` (``histoguard.tile_slides`` does). Without one, no PNG is written.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
-from histoguard.errors import ConfigError, OutputError
-from histoguard.report._tiling_overview import render_tiling_overview
+from histoguard.errors import ConfigError, NoSlidesError, OutputError
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
@@ -24,9 +29,15 @@ from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
 from histoguard.slide._qc import background_fraction, blur_score
 from histoguard.slide._reader import SlideReader, Thumbnail
 from histoguard.slide._registry import BACKENDS
+from histoguard.slide._tile_folder import TILE_IMAGE_EXTENSIONS, is_tile_folder, tile_folders_in
 from histoguard.slide._tile_reader import read_tiles
-from histoguard.slide._tiling import TileSpec, tile_grid
-from histoguard.slide._tissue import TissueMask, TissueParams, detect_tissue
+from histoguard.slide._tiling import EDGE_MODES, Edge, TileSpec, tile_grid
+from histoguard.slide._tissue import Polygon, TissueMask, TissueParams, detect_tissue
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 #: File extensions picked up when a folder is given as input.
 SLIDE_EXTENSIONS = frozenset(
@@ -35,6 +46,30 @@ SLIDE_EXTENSIONS = frozenset(
 )
 SUMMARY_NAME = "tiling_summary.csv"
 CONFIG_NAME = "tiling_config.json"
+
+
+class OverviewRenderer(Protocol):
+    """Draws the tiling overview; ``histoguard.report.render_tiling_overview`` is one.
+
+    Args:
+        thumbnail: ``(H, W, 3)`` uint8 RGB.
+        downsample: level-0 pixels per thumbnail pixel.
+        polygons: tissue polygons in level-0 coordinates.
+        coords: ``(N, 2)`` level-0 top-left tile corners.
+        tile_size0: tile side in level-0 pixels.
+
+    Returns:
+        An RGB image the size of the thumbnail, saved as ``<stem>.thumbnail.png``.
+    """
+
+    def __call__(
+        self,
+        thumbnail: np.ndarray,
+        downsample: float,
+        polygons: Sequence[Polygon],
+        coords: np.ndarray,
+        tile_size0: float,
+    ) -> Image.Image: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +87,8 @@ class TilingConfig:
         max_pixels: largest accepted level-0 width x height.
         tissue: tissue-detection parameters.
         threads: decoding threads per slide (does not change results).
+        edge: ``"pad"`` keeps the partial tiles at the right and bottom edges, white beyond the
+            slide (as CLAM and TRIDENT do); ``"drop"`` keeps whole tiles only.
     """
 
     mpp: float = 0.5
@@ -64,6 +101,7 @@ class TilingConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     tissue: TissueParams = field(default_factory=TissueParams)
     threads: int = 2
+    edge: Edge = "pad"
 
     def __post_init__(self) -> None:
         if not self.mpp > 0 or (self.mpp_override is not None and not self.mpp_override > 0):
@@ -83,6 +121,8 @@ class TilingConfig:
             )
         if self.thumbnail_size < 64:
             raise ConfigError(f"thumbnail_size must be at least 64, got {self.thumbnail_size}")
+        if self.edge not in EDGE_MODES:
+            raise ConfigError(f"edge must be one of {', '.join(EDGE_MODES)}, got {self.edge!r}")
 
     def result_key(self) -> str:
         """JSON of the fields that change the output (not ``threads``), for resume checks."""
@@ -92,7 +132,7 @@ class TilingConfig:
 
 
 def output_paths(out_dir: Path, slide: Path) -> dict[str, Path]:
-    """Where a slide's outputs go: ``h5``, ``thumbnail`` (PNG) and ``geojson``."""
+    """Where a slide's outputs go: ``h5``, ``thumbnail`` (PNG, when drawn) and ``geojson``."""
     stem = slide.stem
     return {
         "h5": out_dir / f"{stem}.h5",
@@ -107,17 +147,21 @@ def tile_slide(
     config: TilingConfig | None = None,
     *,
     on_progress: ProgressCallback | None = None,
+    overview: OverviewRenderer | None = None,
 ) -> SlideResult:
     """Detect tissue, tile it, score each tile, and write the slide's outputs atomically.
 
-    Writes ``<stem>.thumbnail.png`` and ``<stem>.tissue.geojson`` first and the ``<stem>.h5``
-    tile file last, so a verified ``.h5`` means the slide is finished.
+    Writes ``<stem>.tissue.geojson`` (and ``<stem>.thumbnail.png`` when ``overview`` is given)
+    first and the ``<stem>.h5`` tile file last, so a verified ``.h5`` means the slide is
+    finished.
 
     Args:
         slide: the slide file.
         out_dir: output folder (created if needed).
         config: tiling parameters; defaults to 224 px tiles at 0.5 µm/px.
         on_progress: called as ``on_progress(tiles_read, tiles_total)``.
+        overview: draws the overview PNG (``histoguard.report.render_tiling_overview``); None
+            writes no PNG. ``histoguard.tile_slide`` passes report's renderer.
 
     Returns:
         The slide's :class:`SlideResult` (status ``done``).
@@ -148,7 +192,7 @@ def tile_slide(
             thumbnail.image, downsample=thumbnail.downsample, mpp=reader.mpp, params=config.tissue
         )
         candidates, fractions, undetermined = _candidate_tiles(
-            reader.dimensions, spec, tissue, thumbnail, config.min_tissue_fraction
+            reader.dimensions, spec, tissue, thumbnail, config.min_tissue_fraction, config.edge
         )
         scores = _read_and_score(reader, spec, candidates, config.threads, on_progress)
         readable = ~np.isnan(scores.background_fraction)
@@ -157,7 +201,7 @@ def tile_slide(
         keep = readable & (~undetermined | looks_like_tissue)
         first_error = thumbnail.first_error or scores.first_error
 
-        _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size)
+        _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size, overview)
 
         n_unreadable = int((~readable).sum())
         attrs: dict[str, Any] = {
@@ -174,6 +218,8 @@ def tile_slide(
             "n_unreadable_tiles": n_unreadable,
             "first_read_error": first_error,
             "histoguard_version": __version__,
+            "edge": config.edge,
+            "patch_size_level0": spec.level0_tile_size,
             "config_json": config.result_key(),
         }
         qc = {
@@ -195,16 +241,20 @@ def tile_slide(
 
 
 def _write_pictures(
-    paths: dict[str, Path], thumbnail: Thumbnail, tissue: TissueMask, coords: np.ndarray, size0: int
+    paths: dict[str, Path],
+    thumbnail: Thumbnail,
+    tissue: TissueMask,
+    coords: np.ndarray,
+    size0: int,
+    overview: OverviewRenderer | None,
 ) -> None:
-    """The overview PNG and the tissue GeoJSON, each written atomically."""
+    """The overview PNG (when a renderer is given) and the tissue GeoJSON, each atomically."""
     polygons = tissue.polygons()
-    overview = render_tiling_overview(
-        thumbnail.image, thumbnail.downsample, polygons, coords, size0
-    )
-    png = io.BytesIO()
-    overview.save(png, format="PNG")
-    write_bytes_atomic(paths["thumbnail"], png.getvalue())
+    if overview is not None:
+        picture = overview(thumbnail.image, thumbnail.downsample, polygons, coords, size0)
+        png = io.BytesIO()
+        picture.save(png, format="PNG")
+        write_bytes_atomic(paths["thumbnail"], png.getvalue())
     write_bytes_atomic(paths["geojson"], json.dumps(tissue_geojson(polygons)).encode())
 
 
@@ -214,6 +264,7 @@ def _candidate_tiles(
     tissue: TissueMask,
     thumbnail: Thumbnail,
     min_tissue_fraction: float,
+    edge: Edge,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tiles worth reading: on detected tissue, or touching an area the thumbnail could not read.
 
@@ -221,7 +272,7 @@ def _candidate_tiles(
         ``(coords (N, 2) int64, tissue fractions (N,), undetermined (N,) bool)``; undetermined
         tiles lie in damaged thumbnail areas, where the mask says nothing.
     """
-    grid = tile_grid(dimensions, spec)
+    grid = tile_grid(dimensions, spec, edge=edge)
     fractions = tissue.tile_fractions(grid, spec.level0_tile_size)
     on_tissue = (fractions >= min_tissue_fraction) & (fractions > 0)
     undetermined = np.zeros(len(grid), dtype=bool)
@@ -279,14 +330,24 @@ def finished_output(out_dir: Path, slide: Path, config: TilingConfig) -> CoordsF
     return existing
 
 
-def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
+def find_slides(inputs: Iterable[str | Path], *, tile_folders: bool = False) -> list[Path]:
     """Expand files and folders into slide paths (folders: files with a slide extension, sorted).
 
-    Paths that do not exist are kept so the batch reports them as failed.
+    Args:
+        inputs: slide files and/or folders.
+        tile_folders: also take folders of tile images as slides: an input that is a tile
+            folder is one slide, and each sub-folder of an input folder that is a tile folder is
+            one slide (the usual layout of pre-cut tiles: one folder per slide, named for it).
+
+    Returns:
+        The slides, in input order. Paths that do not exist are kept so the batch reports them
+        as failed; an empty list means the inputs hold no slide (see :func:`require_slides`).
     """
     slides: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir() and item.suffix.lower() != ".mrxs":
+        if tile_folders and is_tile_folder(item):
+            slides.append(item)
+        elif item.is_dir() and item.suffix.lower() != ".mrxs":
             slides.extend(
                 sorted(
                     p
@@ -294,9 +355,33 @@ def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
                     if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
                 )
             )
+            if tile_folders:
+                slides.extend(tile_folders_in(item))
         else:
             slides.append(item)
     return slides
+
+
+def require_slides(
+    inputs: Sequence[str | Path], slides: Sequence[Path], *, tile_folders: bool = False
+) -> None:
+    """Raise when :func:`find_slides` found nothing, saying where it looked and for what.
+
+    Raises:
+        NoSlidesError: ``slides`` is empty.
+    """
+    if slides:
+        return
+    looked_for = "slide files (" + ", ".join(sorted(SLIDE_EXTENSIONS)) + ")"
+    if tile_folders:
+        images = ", ".join(sorted(TILE_IMAGE_EXTENSIONS))
+        looked_for += f", folders of tile images ({images}) or sub-folders of them, one per slide"
+        fix = "Give slide files, or a folder holding them or one tile folder per slide"
+    elif any(tile_folders_in(Path(item)) or is_tile_folder(Path(item)) for item in inputs):
+        fix = "These folders hold tile images, which need no tiling: run `histoguard extract`"
+    else:
+        fix = "Give slide files, or folders that hold them directly"
+    raise NoSlidesError(inputs, looked_for, fix)
 
 
 def tile_slides(
@@ -305,6 +390,7 @@ def tile_slides(
     config: TilingConfig | None = None,
     *,
     progress: bool = False,
+    overview: OverviewRenderer | None = None,
 ) -> BatchReport:
     """Tile many slides; one bad slide never stops the batch, and reruns resume.
 
@@ -318,28 +404,46 @@ def tile_slides(
         out_dir: output folder.
         config: tiling parameters.
         progress: draw rich progress bars on the terminal.
+        overview: draws each slide's overview PNG (see :func:`tile_slide`); None writes none.
+            ``histoguard.tile_slides`` passes ``histoguard.report``'s renderer.
 
     Returns:
         A :class:`BatchReport`; check ``report.failed``.
+
+    Raises:
+        NoSlidesError: the inputs hold no slide (nothing is written).
     """
     config = config or TilingConfig()
+    slides = find_slides(inputs)
+    require_slides(inputs, slides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
 
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
-        return _tile_one(slide, out_dir, config, on_progress)
+        return _tile_one(slide, out_dir, config, on_progress, overview)
 
-    return run_batch(find_slides(inputs), out_dir / SUMMARY_NAME, job, progress=progress)
+    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress)
 
 
 def _tile_one(
-    slide: Path, out_dir: Path, config: TilingConfig, on_progress: ProgressCallback
+    slide: Path,
+    out_dir: Path,
+    config: TilingConfig,
+    on_progress: ProgressCallback,
+    overview: OverviewRenderer | None,
 ) -> SlideResult:
     remove_stale_temporaries(out_dir, prefix=slide.stem)
     existing = finished_output(out_dir, slide, config)
     if existing is None:
-        return tile_slide(slide, out_dir, config, on_progress=on_progress)
+        try:
+            result = tile_slide(slide, out_dir, config, on_progress=on_progress, overview=overview)
+        except Exception as error:
+            logger.info("%s: tiling failed: %s", slide, error)
+            raise
+        logger.info("%s: tiled, %d tiles", slide, result.n_tiles)
+        return result
+    logger.info("%s: skipped, finished output with the same settings exists", slide)
     return SlideResult(
         slide=slide,
         status="skipped",

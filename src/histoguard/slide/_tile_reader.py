@@ -6,10 +6,16 @@ level's pixel grid lines up with the tiles (level 0, or integer downsamples), ne
 a row are read as one region and cut, so each source tile is decoded once. Where it does not (a
 level with downsample 2.0005), OpenSlide places regions with sub-pixel interpolation, so a larger
 read cut into pieces would not equal a per-tile read: such tiles are read one by one.
+
+Partial tiles at the right and bottom edges (``edge="pad"``) read past the slide. Back-ends
+differ there - OpenSlide returns transparent pixels, tiffslide black ones, others may return a
+smaller array - so every region is padded here explicitly: white (255, the glass colour) beyond
+the level's extent, and the requested shape always.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,6 +29,9 @@ from histoguard.slide._tiling import TileSpec
 
 #: Longest region read in one call, in pixels of the level read.
 MAX_BAND_PX = 2048
+
+#: Value of the pixels beyond the slide's edge: white, the colour of empty glass.
+PAD_VALUE = 255
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,38 @@ def plan_bands(coords: np.ndarray, spec: TileSpec) -> list[np.ndarray]:
     return bands
 
 
+def read_padded(
+    reader: SlideReader, x: int, y: int, width: int, height: int, level: int
+) -> np.ndarray:
+    """``reader.read_region`` with everything beyond the slide's edge set to white.
+
+    Args:
+        reader: an open slide.
+        x, y: top-left corner in level-0 pixels.
+        width, height: region size in pixels of ``level``.
+        level: the pyramid level read.
+
+    Returns:
+        ``(height, width, 3)`` uint8 RGB, :data:`PAD_VALUE` wherever the region lies outside the
+        level's extent, whatever the back-end returned there.
+
+    Raises:
+        RegionReadError: the back-end failed to decode the region.
+    """
+    region = np.asarray(reader.read_region(x, y, width, height, level))
+    level_w, level_h = reader.level_dimensions[level]
+    downsample = reader.level_downsamples[level]
+    # Pixels of the region that lie on the level: columns before level_w - x / downsample.
+    inside_w = min(width, max(0, math.ceil(level_w - x / downsample)))
+    inside_h = min(height, max(0, math.ceil(level_h - y / downsample)))
+    if region.shape[:2] == (height, width) and (inside_w, inside_h) == (width, height):
+        return region
+    padded = np.full((height, width, 3), PAD_VALUE, dtype=np.uint8)
+    keep_h, keep_w = min(inside_h, region.shape[0]), min(inside_w, region.shape[1])
+    padded[:keep_h, :keep_w] = region[:keep_h, :keep_w, :3]
+    return padded
+
+
 def _read_band(
     reader: SlideReader, spec: TileSpec, coords: np.ndarray, band: np.ndarray
 ) -> list[TileRead]:
@@ -80,7 +121,7 @@ def _read_band(
     if len(band) > 1:
         span = round((int(coords[band[-1], 0]) - x_first) / ds) + spec.read_size
         try:
-            region = reader.read_region(x_first, y, span, spec.read_size, spec.level)
+            region = read_padded(reader, x_first, y, span, spec.read_size, spec.level)
         except RegionReadError:
             pass  # fall through to one read per tile, so only the bad tiles are lost
         else:
@@ -96,7 +137,7 @@ def _read_band(
     for index in band:
         x, y = (int(v) for v in coords[index])
         try:
-            piece = reader.read_region(x, y, spec.read_size, spec.read_size, spec.level)
+            piece = read_padded(reader, x, y, spec.read_size, spec.read_size, spec.level)
         except RegionReadError as error:
             reads.append(TileRead(int(index), None, error))
         else:

@@ -2,6 +2,10 @@
 
 Sizes are kept apart on purpose (as in wsidata's ``TileSpec``): the requested tile size at the
 target mpp, the size read at the chosen level, and the footprint in level-0 pixels.
+
+At the right and bottom edges a slide rarely ends on a whole tile. ``edge="pad"`` (the default,
+as in CLAM and TRIDENT) keeps the partial tiles there, read with white beyond the slide, so
+tissue that touches the edge is tiled; ``edge="drop"`` keeps whole tiles only.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -19,6 +23,10 @@ from histoguard.errors import TilingError
 #: resolution (scanners report e.g. 0.2527 µm/px for a nominal 0.25; level downsamples such as
 #: 2.0005 come from odd level-0 sizes).
 DEFAULT_MPP_TOLERANCE = 0.01
+
+#: What happens to the partial tiles at a slide's right and bottom edges.
+Edge = Literal["pad", "drop"]
+EDGE_MODES: tuple[str, ...] = get_args(Edge)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,17 +125,34 @@ class TileSpec:
         return cls(**{name: attrs[name] for name in cls.__dataclass_fields__})
 
 
-def grid_positions(length: int, size0: int, stride0: float) -> np.ndarray:
-    """Level-0 start positions of whole tiles along one axis.
+def grid_positions(length: int, size0: int, stride0: float, *, edge: Edge = "pad") -> np.ndarray:
+    """Level-0 start positions of the tiles along one axis.
 
     Args:
         length: slide extent along the axis, level-0 pixels.
         size0: tile footprint, level-0 pixels.
         stride0: distance between tile starts, level-0 pixels (may be fractional).
+        edge: ``"drop"`` keeps whole tiles only (``position + size0 <= length``); ``"pad"`` also
+            keeps the first tile that runs past the end, so every pixel ``< length`` is covered.
 
     Returns:
-        ``(n,)`` int64 positions ``round(i * stride0)`` with ``position + size0 <= length``.
+        ``(n,)`` int64 positions ``round(i * stride0)``, increasing.
+
+    Raises:
+        ValueError: ``edge`` is neither ``"pad"`` nor ``"drop"``.
     """
+    if edge not in EDGE_MODES:
+        raise ValueError(f"edge must be one of {', '.join(EDGE_MODES)}, got {edge!r}")
+    if edge == "pad":
+        if length <= 0:
+            return np.zeros(0, dtype=np.int64)
+        # Enough candidates to pass the end; keep up to the first one that reaches it.
+        count = math.floor(max(length - size0, 0) / stride0) + 2
+        candidates: np.ndarray = np.rint(np.arange(count + 1) * stride0).astype(np.int64)
+        candidates = candidates[candidates < length]
+        reaching = np.flatnonzero(candidates + size0 >= length)
+        last = int(reaching[0]) if len(reaching) else len(candidates) - 1
+        return candidates[: last + 1]
     if length < size0:
         return np.zeros(0, dtype=np.int64)
     count = math.floor((length - size0) / stride0) + 1
@@ -135,17 +160,19 @@ def grid_positions(length: int, size0: int, stride0: float) -> np.ndarray:
     return positions[positions + size0 <= length]
 
 
-def tile_grid(dimensions: tuple[int, int], spec: TileSpec) -> np.ndarray:
-    """All whole tiles of a slide, row by row.
+def tile_grid(dimensions: tuple[int, int], spec: TileSpec, *, edge: Edge = "pad") -> np.ndarray:
+    """All tiles of a slide, row by row.
 
     Args:
         dimensions: level-0 ``(width, height)``.
         spec: the tile plan.
+        edge: keep (``"pad"``) or leave out (``"drop"``) partial tiles at the right and bottom
+            edges; see :func:`grid_positions`.
 
     Returns:
         ``(N, 2)`` int64 level-0 ``(x, y)`` top-left corners, sorted by y then x.
     """
-    xs = grid_positions(dimensions[0], spec.level0_tile_size, spec.level0_stride)
-    ys = grid_positions(dimensions[1], spec.level0_tile_size, spec.level0_stride)
+    xs = grid_positions(dimensions[0], spec.level0_tile_size, spec.level0_stride, edge=edge)
+    ys = grid_positions(dimensions[1], spec.level0_tile_size, spec.level0_stride, edge=edge)
     grid_x, grid_y = np.meshgrid(xs, ys)
     return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1).astype(np.int64)

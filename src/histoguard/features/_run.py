@@ -1,0 +1,72 @@
+"""``extract_features``: find the slides in the inputs and hand them to an executor.
+
+Executors (``_local``, ``_dask``) run the per-slide job of ``_extract``; this module is the only
+one that chooses between them, and nothing it imports imports it back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from histoguard._version import __version__
+from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._batch import BatchReport
+from histoguard.features._extract import ExtractionConfig
+from histoguard.features._local import run_locally
+from histoguard.slide._tile_job import find_slides, require_slides
+
+SUMMARY_NAME = "extraction_summary.csv"
+CONFIG_NAME = "extraction_config.json"
+
+
+def extract_features(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    config: ExtractionConfig,
+    *,
+    scheduler: str | None = None,
+    dask_workers: int | None = None,
+    progress: bool = False,
+) -> BatchReport:
+    """Extract features for many slides (or tile folders); failures isolated, reruns resume.
+
+    A folder is expanded into the slide files directly inside it and its sub-folders of tile
+    images (one slide each, named after the sub-folder: the usual layout of pre-cut tiles); a
+    folder of tile images given itself is one slide.
+
+    Args:
+        inputs: slide files, folders of slides, or folders of tile images.
+        out_dir: output folder; ``<slide_stem>.h5`` per slide, ``extraction_summary.csv``.
+        config: extraction settings.
+        scheduler: address of a running Dask scheduler (``tcp://host:8786``); slides become
+            tasks on its workers.
+        dask_workers: run a local Dask cluster with this many worker processes.
+        progress: draw rich progress bars.
+
+    Returns:
+        A :class:`BatchReport`.
+
+    Raises:
+        NoSlidesError: the inputs hold no slide (nothing is written).
+        EncoderError: the encoder cannot be loaded.
+    """
+    slides = find_slides(inputs, tile_folders=True)
+    require_slides(inputs, slides, tile_folders=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(
+        {"histoguard_version": __version__, **asdict(config)}, indent=2, default=str
+    )
+    write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())
+    summary_path = out_dir / SUMMARY_NAME
+    if scheduler is not None or dask_workers:
+        from histoguard.features._dask import run_on_dask
+
+        return run_on_dask(
+            slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
+            summary_path=summary_path, progress=progress,
+        )  # fmt: skip
+    return run_locally(slides, out_dir, config, summary_path=summary_path, progress=progress)
