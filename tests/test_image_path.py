@@ -10,7 +10,7 @@ import pytest
 
 from histoguard.encoders import load_encoder
 from histoguard.features import ExtractionConfig, extract_features, read_feature_file
-from histoguard.robustness._audit import embed_tiles
+from histoguard.robustness.data._embed import embed_tiles
 from histoguard.robustness.data._tile_tables import load_tile_table
 
 # Non-square (775 x 522) real GlaS tiles, not at hg-cnn's 224 px input size.

@@ -16,7 +16,6 @@ from histoguard.robustness._audit import (
     audit_embeddings,
     audit_encoder,
     audit_metadata,
-    embed_tiles,
     run_audit,
     write_audit,
 )
@@ -49,6 +48,7 @@ from histoguard.robustness.attacks._universal import (
     universal_perturbation,
 )
 from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset, read_tile
+from histoguard.robustness.data._embed import embed_tiles
 from histoguard.robustness.data._layouts import (
     load_camelyon17_wilds,
     load_class_folders,

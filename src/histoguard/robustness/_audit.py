@@ -43,6 +43,7 @@ from histoguard.robustness._audit_attacks import (
 )
 from histoguard.robustness._result import AuditResult, Skipped, jsonable
 from histoguard.robustness.data._containers import LabelledEmbeddings, TileDataset
+from histoguard.robustness.data._embed import embed_tiles
 from histoguard.robustness.metrics._apd import APDConfig, average_performance_drop
 from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
 from histoguard.robustness.metrics._linear_probe import fit_linear_probe
@@ -216,32 +217,6 @@ def audit_embeddings(
 
 
 _NOT_REQUESTED = {"skipped": "not requested"}
-
-
-def embed_tiles(
-    encoder: Encoder, tiles: TileDataset, *, batch_size: int = 64, progress: bool = False
-) -> LabelledEmbeddings:
-    """Embed every tile of a dataset: ``(N, D)`` float32 with the dataset's metadata.
-
-    Raises:
-        AuditDataError: a tile file cannot be read (named in the message).
-    """
-    from histoguard.core._batch import progress_bars
-
-    chunks = []
-    with progress_bars(progress) as bars:
-        task = bars.add_task(f"embedding ({encoder.info.name})", total=len(tiles))
-        for start in range(0, len(tiles), batch_size):
-            index = np.arange(start, min(start + batch_size, len(tiles)))
-            chunks.append(encoder.encode(tiles.load_for(encoder.info, index)))
-            bars.advance(task, len(index))
-    return LabelledEmbeddings(
-        embeddings=np.concatenate(chunks),
-        label=tiles.label,
-        center=tiles.center,
-        slide_id=tiles.slide_id,
-        item_id=tiles.paths,
-    )
 
 
 def audit_encoder(

@@ -19,6 +19,7 @@ from histoguard.robustness.attacks._pgd import PGDConfig, UniversalConfig, pgd_a
 from histoguard.robustness.attacks._slide_attack import SlideAttackConfig, slide_attack
 from histoguard.robustness.attacks._universal import universal_attack
 from histoguard.robustness.data._containers import TileDataset
+from histoguard.robustness.data._embed import embed_tiles
 from histoguard.robustness.metrics._linear_probe import LinearProbe, fit_linear_probe
 from histoguard.robustness.shifts._stress import stress_slide_model, stress_test
 
@@ -160,7 +161,6 @@ def _universal(
     """A universal perturbation learned on probe-training tiles, applied to the unseen test
     tiles, and transferred to the configured other encoders (each with its own probe)."""
     from histoguard.encoders import load_encoder
-    from histoguard.robustness._audit import embed_tiles
 
     settings = config.attacks
     rows = stratified_sample(tiles.label, train, settings.max_tiles, config.seed)
