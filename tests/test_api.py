@@ -9,8 +9,10 @@ import pytest
 
 import histoguard
 import histoguard.encoders
+import histoguard.errors
 import histoguard.features
 import histoguard.mil
+import histoguard.report
 import histoguard.robustness
 import histoguard.slide
 import histoguard.stain
@@ -21,6 +23,7 @@ import histoguard.testing
     "module",
     [
         histoguard,
+        histoguard.errors,
         histoguard.slide,
         histoguard.encoders,
         histoguard.features,
@@ -28,6 +31,7 @@ import histoguard.testing
         histoguard.stain,
         histoguard.robustness,
         histoguard.testing,
+        histoguard.report,
     ],
 )
 def test_all_is_sorted_and_complete(module: object) -> None:
@@ -43,6 +47,26 @@ def test_exceptions_form_one_hierarchy() -> None:
         obj = getattr(histoguard, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, histoguard.HistoguardError), name
+            assert getattr(histoguard.errors, name) is obj, f"{name} is not in histoguard.errors"
+
+
+def test_every_exception_lives_in_errors() -> None:
+    """Each exception class defined anywhere in the package is (re-exported from) the errors
+    module, and the hierarchy drawn at the top of errors.py names every one of them."""
+    import importlib
+    import pkgutil
+
+    drawing = histoguard.errors.__doc__ or ""
+    for info in pkgutil.walk_packages(histoguard.__path__, "histoguard."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            ours = isinstance(obj, type) and obj.__module__.startswith("histoguard")
+            if ours and issubclass(obj, Exception):
+                assert obj.__module__ == "histoguard.errors", f"{obj.__qualname__}, {info.name}"
+    for name in histoguard.errors.__all__:
+        assert name in drawing, f"{name} is missing from the hierarchy drawn in errors.py"
 
 
 def test_import_is_light() -> None:

@@ -21,6 +21,7 @@
     ├── CohortError                 a cohort table, or a split drawn from it, is unusable
     ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
     ├── ConfigError (ValueError)    a configuration value or file is invalid
+    ├── ConformanceError (AssertionError)  an encoder or MIL model breaks its contract
     └── UnknownNameError (KeyError) no registry entry under that name; lists the known ones
         └── UnknownEncoderError     ... in the encoder registry (also an EncoderError)
 
@@ -221,3 +222,44 @@ class UnknownNameError(HistoguardError, KeyError):
 
 class UnknownEncoderError(UnknownNameError, EncoderError):
     """No encoder is registered under the requested name."""
+
+
+class ConformanceError(HistoguardError, AssertionError):
+    """An encoder or a MIL model breaks a property of its contract.
+
+    Attributes:
+        subject: what was checked (encoder or model name).
+        prop: the property that failed, e.g. ``"batch independence"``.
+    """
+
+    def __init__(self, subject: str, prop: str, detail: str) -> None:
+        self.subject = subject
+        self.prop = prop
+        super().__init__(f"{subject}: {prop} fails: {detail}")
+
+
+__all__ = [
+    "AuditDataError",
+    "CohortError",
+    "ConfigError",
+    "ConformanceError",
+    "CorruptSlideError",
+    "EncoderError",
+    "HistoguardError",
+    "ImageError",
+    "ImageTooLargeError",
+    "MissingMppError",
+    "ModelMismatchError",
+    "NoSlidesError",
+    "OutputError",
+    "RegionReadError",
+    "SlideError",
+    "SlideNotFoundError",
+    "SlideTooLargeError",
+    "TilingError",
+    "UnknownEncoderError",
+    "UnknownNameError",
+    "UnsafeWeightsError",
+    "UnsupportedFormatError",
+    "WeightsError",
+]

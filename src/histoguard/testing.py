@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from histoguard.errors import HistoguardError
+from histoguard.errors import ConformanceError
 
 if TYPE_CHECKING:
     import torch
@@ -41,20 +41,6 @@ if TYPE_CHECKING:
     from histoguard.mil import MILModel
 
 __all__ = ["ConformanceError", "check_encoder", "check_mil_model"]
-
-
-class ConformanceError(HistoguardError, AssertionError):
-    """An encoder or a MIL model breaks a property of its contract.
-
-    Attributes:
-        subject: what was checked (encoder or model name).
-        prop: the property that failed, e.g. ``"batch independence"``.
-    """
-
-    def __init__(self, subject: str, prop: str, detail: str) -> None:
-        self.subject = subject
-        self.prop = prop
-        super().__init__(f"{subject}: {prop} fails: {detail}")
 
 
 def _require(ok: bool, subject: str, prop: str, detail: str) -> None:
