@@ -306,6 +306,19 @@ def test_a_slide_that_cannot_be_reopened_is_a_warning_not_a_white_map(tmp_path: 
     assert str(gone) in warning and "cannot reopen the slide" in warning
 
 
+def test_tile_folder_features_say_there_is_no_slide_to_draw_on(tmp_path: Path) -> None:
+    folder = tmp_path / "P001"
+    folder.mkdir()
+    prediction = SlidePrediction(
+        slide="P001", probabilities={"normal": 0.4, "tumour": 0.6}, predicted="tumour",
+        attention=np.array([0.5, 0.5]), coords=np.zeros((2, 2), np.int64), slide_path=folder,
+    )  # fmt: skip
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert drawn.paths == {}
+    (warning,) = drawn.warnings
+    assert "tile folder" in warning and str(folder) in warning and "histoguard tile" in warning
+
+
 def test_prediction_title_names_the_slide_class_and_probability(tmp_path: Path) -> None:
     prediction = SlidePrediction(
         slide="s1", probabilities={"normal": 0.25, "tumour": 0.75}, predicted="tumour",

@@ -465,6 +465,11 @@ def _draw_prediction(
         return {}, ""  # a model without attention: nothing to draw, nothing wrong
     if prediction.coords is None:
         return {}, f"{source}: no heatmap: the feature file has no tile coordinates"
+    if prediction.slide_path is not None and Path(prediction.slide_path).is_dir():
+        return {}, (
+            f"{source}: no heatmap: its tiles came from the tile folder {prediction.slide_path}, "
+            "which has no slide to draw on; tile slides with `histoguard tile` for heatmaps"
+        )
     if prediction.tile_size0 is None:
         return {}, (
             f"{source}: no heatmap: the feature file does not say how large its tiles are in "
