@@ -317,7 +317,7 @@ def test_a_kfold_output_is_used_as_the_ensemble_predict_uses(tmp_path: Path) -> 
     bag = rng.normal(size=(12, 256)).astype(np.float32)
     coords = np.stack([np.arange(12), np.zeros(12)], axis=1).astype(np.int64)
     write_feature_file(tmp_path / "slide.h5", bag, coords, {})
-    expected = predict(model_dir, [tmp_path / "slide.h5"], tmp_path / "pred", heatmaps=False)
+    expected = predict(model_dir, [tmp_path / "slide.h5"], tmp_path / "pred")
     x = torch.from_numpy(bag)[None]
     probabilities, attention = loaded.model.predict(x, torch.ones(1, 12, dtype=torch.bool))
     want = [expected[0].probabilities[label] for label in loaded.labels]
