@@ -27,7 +27,7 @@ ROOM_ORDER: tuple[frozenset[str], ...] = (
     frozenset({"encoders"}),
     frozenset({"features"}),
     frozenset({"mil"}),
-    frozenset({"robustness"}),
+    frozenset({"robustness", "uncertainty"}),
     frozenset({"report"}),
     frozenset({"testing", "_tile_slides"}),
     frozenset({"demo"}),
