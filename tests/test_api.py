@@ -17,6 +17,7 @@ import histoguard.robustness
 import histoguard.slide
 import histoguard.stain
 import histoguard.testing
+import histoguard.uncertainty
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,7 @@ import histoguard.testing
         histoguard.robustness,
         histoguard.testing,
         histoguard.report,
+        histoguard.uncertainty,
     ],
 )
 def test_all_is_sorted_and_complete(module: object) -> None:
