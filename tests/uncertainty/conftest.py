@@ -48,7 +48,9 @@ def lung_splits(shared_data: Path) -> LungSplits:
         for split, size in sizes.items():
             for i in order[start : start + size]:
                 groups[split].add(names[i])
-                picked[split].extend(sorted(by_group[names[i]], key=lambda r: r["path"])[: per_group[split]])
+                picked[split].extend(
+                    sorted(by_group[names[i]], key=lambda r: r["path"])[: per_group[split]]
+                )
             start += size
     encoder = load_encoder("hg-cnn")
     x: dict[str, npt.NDArray[np.float32]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -39,13 +40,15 @@ def _overconfident(
     return logits, labels
 
 
-def _reference_ece(probs: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], n_bins: int) -> float:
+def _reference_ece(
+    probs: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], n_bins: int
+) -> float:
     """The textbook loop (Guo et al. 2017): bins (lo, hi], weight n_b / N."""
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         inside = (conf > lo) & (conf <= hi)
         if inside.any():
             ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
@@ -110,6 +113,8 @@ def test_calibrator_round_trips_through_json() -> None:
         (lambda z, y: Calibrator.fit(z[:, :1], y), "shape"),
         (lambda z, y: Calibrator.fit(z, y[:-1]), "labels"),
         (lambda z, y: Calibrator.fit(z, y + 5), "labels"),
+        (lambda z, y: Calibrator.fit(z, y + 0.5), "integer"),
+        (lambda z, y: Calibrator.fit(z, y.astype(str)), "integer"),
         (lambda z, y: Calibrator.fit(np.full_like(z, np.nan), y), "NaN"),
         (lambda z, y: Calibrator.identity(3).transform(z[:, :2]), "classes"),
         (lambda z, y: Calibrator(kind="temperature", scale=(-1.0, -1.0), bias=(0, 0)), "> 0"),
@@ -199,6 +204,7 @@ def test_ece_bootstrap_interval_is_seeded_and_covers_the_estimate() -> None:
     c = ece_bootstrap(probs, labels, n_bootstrap=200, seed=2)
     assert a == b and a != c
     assert a.low <= a.ece <= a.high and a.high - a.low > 0
+    assert a.bootstrap_mean >= a.ece  # the plug-in ECE is biased upwards
     assert a.ece == pytest.approx(expected_calibration_error(probs, labels))
     # more cases, narrower interval
     logits2, labels2 = _overconfident(4000, 3, 0.5, seed=9)
@@ -237,11 +243,15 @@ def test_temperature_scaling_helps_on_held_out_lung_groups(lung_splits: LungSpli
     from sklearn.preprocessing import StandardScaler
 
     s = lung_splits
-    assert not (s.groups["train"] & s.groups["calib"]) and not (s.groups["calib"] & s.groups["test"])
+    assert not (s.groups["train"] & s.groups["calib"]) and not (
+        s.groups["calib"] & s.groups["test"]
+    )
     assert not (s.groups["train"] & s.groups["test"])
     scaler = StandardScaler().fit(s.x["train"])
     # weakly regularised on few groups: over-confident, as real models are
-    probe = LogisticRegression(C=10.0, max_iter=2000).fit(scaler.transform(s.x["train"]), s.y["train"])
+    probe = LogisticRegression(C=10.0, max_iter=2000).fit(
+        scaler.transform(s.x["train"]), s.y["train"]
+    )
 
     def logits(split: str) -> npt.NDArray[np.float64]:
         return np.asarray(probe.decision_function(scaler.transform(s.x[split])), dtype=np.float64)
@@ -250,6 +260,7 @@ def test_temperature_scaling_helps_on_held_out_lung_groups(lung_splits: LungSpli
     raw = _softmax(logits("test"))
     scaled = calibrator.transform(logits("test"))
     y = s.y["test"]
+    vector = Calibrator.fit(logits("calib"), s.y["calib"], kind="vector").transform(logits("test"))
     accuracy = float((raw.argmax(1) == y).mean())
     before = ece_bootstrap(raw, y, n_bootstrap=200)
     after = ece_bootstrap(scaled, y, n_bootstrap=200)
@@ -257,11 +268,15 @@ def test_temperature_scaling_helps_on_held_out_lung_groups(lung_splits: LungSpli
     print(
         f"\nLC25000 lung, hg-cnn, {len(y)} test tiles: accuracy {accuracy:.3f}, "
         f"T = {calibrator.temperature:.3f}; ECE {before.ece:.4f} "
-        f"[{before.low:.4f}, {before.high:.4f}] -> {after.ece:.4f} [{after.low:.4f}, {after.high:.4f}]; "
+        f"[{before.low:.4f}, {before.high:.4f}] -> {after.ece:.4f} "
+        f"[{after.low:.4f}, {after.high:.4f}] "
+        f"(bootstrap mean {after.bootstrap_mean:.4f}); "
         f"mass-ECE {expected_calibration_error(raw, y, strategy='mass'):.4f} -> "
         f"{expected_calibration_error(scaled, y, strategy='mass'):.4f}; "
         f"NLL {nll_before:.4f} -> {nll_after:.4f}; "
-        f"Brier {brier_score(raw, y):.4f} -> {brier_score(scaled, y):.4f}"
+        f"Brier {brier_score(raw, y):.4f} -> {brier_score(scaled, y):.4f}; vector scaling: "
+        f"ECE {expected_calibration_error(vector, y):.4f}, "
+        f"NLL {negative_log_likelihood(vector, y):.4f}"
     )
     assert accuracy > 0.6  # the probe learned something, so calibration is meaningful
     assert calibrator.temperature > 1.0  # it was over-confident

@@ -1,4 +1,6 @@
-"""Know when not to trust a prediction: calibration, uncertainty measures, conformal prediction sets, and a label-free out-of-distribution gate."""
+"""Know when not to trust a prediction: calibration, uncertainty measures, conformal prediction
+sets, and a label-free out-of-distribution gate.
+"""
 
 from histoguard.uncertainty._calibration import (
     ECE_BINS,

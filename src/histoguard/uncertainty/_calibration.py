@@ -65,9 +65,11 @@ def _as_labels(labels: npt.ArrayLike, n: int, n_classes: int) -> IntArray:
     array = np.asarray(labels)
     if array.shape != (n,):
         raise ConfigError(f"labels must have shape ({n},); got {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        if not np.all(np.equal(np.mod(array, 1), 0)):
-            raise ConfigError("labels must be integer class indices")
+    if array.dtype.kind not in "iuf":
+        raise ConfigError(f"labels must be integer class indices; got dtype {array.dtype}")
+    integral = np.issubdtype(array.dtype, np.integer) or np.all(np.equal(np.mod(array, 1), 0))
+    if array.size and not integral:
+        raise ConfigError("labels must be integer class indices")
     out = array.astype(np.int64)
     if out.size and (out.min() < 0 or out.max() >= n_classes):
         raise ConfigError(f"labels must lie in [0, {n_classes}); got [{out.min()}, {out.max()}]")
@@ -120,7 +122,9 @@ class Calibrator:
 
     def __post_init__(self) -> None:
         if self.kind not in ("temperature", "vector"):
-            raise ConfigError(f"calibrator kind must be 'temperature' or 'vector'; got {self.kind!r}")
+            raise ConfigError(
+                f"calibrator kind must be 'temperature' or 'vector'; got {self.kind!r}"
+            )
         if len(self.scale) < 2 or len(self.scale) != len(self.bias):
             raise ConfigError("scale and bias must both have one entry per class (C >= 2)")
         values = np.asarray(self.scale + self.bias, dtype=np.float64)
@@ -215,7 +219,9 @@ class Calibrator:
             def nll_v(params: FloatArray) -> tuple[float, FloatArray]:
                 w, b = params[:c], params[c:]
                 logp = _log_softmax(z * w + b)
-                loss = -float(logp[rows, y].mean()) + l2 * float(((w - 1.0) ** 2).sum() + (b**2).sum())
+                loss = -float(logp[rows, y].mean()) + l2 * float(
+                    ((w - 1.0) ** 2).sum() + (b**2).sum()
+                )
                 residual = (np.exp(logp) - onehot) / n
                 grad_w = (residual * z).sum(axis=0) + 2.0 * l2 * (w - 1.0)
                 grad_b = residual.sum(axis=0) + 2.0 * l2 * b
@@ -397,8 +403,14 @@ def expected_calibration_error(
 class ECEEstimate:
     """An ECE with its percentile bootstrap interval over cases.
 
+    The plug-in ECE is biased upwards (binning noise only adds gaps), and a resample with
+    duplicated cases is more so: on a well-calibrated model the whole bootstrap distribution can
+    sit above :attr:`ece`, so ``low > ece`` is possible. :attr:`bootstrap_mean` shows the size of
+    that bias; compare calibrations by their intervals, not by the point estimate alone.
+
     Attributes:
         ece: ECE on all cases.
+        bootstrap_mean: mean ECE over the resamples.
         low: lower end of the interval.
         high: upper end of the interval.
         level: interval level, e.g. 0.95.
@@ -408,6 +420,7 @@ class ECEEstimate:
     """
 
     ece: float
+    bootstrap_mean: float
     low: float
     high: float
     level: float
@@ -419,6 +432,7 @@ class ECEEstimate:
         """JSON-ready fields."""
         return {
             "ece": self.ece,
+            "bootstrap_mean": self.bootstrap_mean,
             "low": self.low,
             "high": self.high,
             "level": self.level,
@@ -468,6 +482,7 @@ def ece_bootstrap(
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return ECEEstimate(
         ece=_diagram(confidence, correct, int(n_bins), strategy).ece,
+        bootstrap_mean=float(values.mean()),
         low=float(low),
         high=float(high),
         level=float(level),
