@@ -17,6 +17,7 @@ import histoguard.robustness
 import histoguard.slide
 import histoguard.stain
 import histoguard.testing
+import histoguard.uncertainty
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ import histoguard.testing
         histoguard.mil,
         histoguard.stain,
         histoguard.robustness,
+        histoguard.uncertainty,
         histoguard.testing,
         histoguard.report,
     ],
