@@ -178,6 +178,11 @@ def test_invalid_inputs_raise_config_error() -> None:
         ConformalClassifier.fit(p, y).predict_sets(np.full((2, 2), 0.5))
     with pytest.raises(ConfigError, match="format"):
         ConformalClassifier.from_dict({"format": 99})
+    saved = ConformalClassifier.fit(p, y).to_dict()
+    with pytest.raises(ConfigError, match="unknown score"):
+        ConformalClassifier.from_dict({**saved, "score": "raps"})
+    with pytest.raises(ConfigError, match="lacks"):
+        ConformalClassifier.from_dict({k: v for k, v in saved.items() if k != "threshold"})
 
 
 # --- coverage report --------------------------------------------------------------------------
@@ -241,24 +246,24 @@ def test_risk_coverage_curve_and_aurc_by_hand() -> None:
 # --- real tissue: LC25000 lung, 3 classes ---------------------------------------------------
 
 LUNG_CLASSES = ("lung_aca", "lung_n", "lung_scc")
-LUNG_GROUPS_PER_CLASS = 100  # 4 tiles each: 1,200 tiles in all
+SEEDS = 20
 
 
 @pytest.fixture(scope="module")
 def lung_embeddings(shared_data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """hg-cnn embeddings (seeded random weights) of LC25000 lung tiles, with labels and groups."""
+    """hg-cnn embeddings (seeded random weights) of one LC25000 tile per source-image group
+    (740 tiles), with labels and groups. The 4 tiles of a group are rotated copies: keeping
+    one makes the tiles exchangeable, which split conformal needs."""
     from histoguard.core._image import decode_image
     from histoguard.encoders import load_encoder
 
     root = shared_data / "tiles" / "lc25000_lung"
     with (root / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    rng = np.random.default_rng(0)
-    chosen = []
-    for name in LUNG_CLASSES:
-        groups = sorted({r["source_image_group"] for r in rows if r["label"] == name})
-        keep = set(rng.choice(groups, size=LUNG_GROUPS_PER_CLASS, replace=False).tolist())
-        chosen += [r for r in rows if r["source_image_group"] in keep]
+    first: dict[str, dict[str, str]] = {}
+    for r in rows:
+        first.setdefault(r["source_image_group"], r)
+    chosen = [first[g] for g in sorted(first)]
     encoder = load_encoder("hg-cnn")
     features = []
     for start in range(0, len(chosen), 128):
@@ -281,10 +286,11 @@ def test_per_class_coverage_on_real_lung_tiles(
     unique = np.unique(groups)
     alpha = 0.1
     per_class = []
-    for seed in range(5):
+    for seed in range(SEEDS):
         # Split by source image group: train / calibration / test, never a random tile split.
         shuffled = np.random.default_rng(seed).permutation(unique)
-        train_g, cal_g = set(shuffled[: len(unique) // 3]), set(shuffled[len(unique) // 3 :][::2])
+        cut = int(0.4 * len(unique))
+        train_g, cal_g = set(shuffled[:cut]), set(shuffled[cut:][::2])
         train = np.isin(groups, list(train_g))
         cal = ~train & np.isin(groups, list(cal_g))
         test = ~train & ~cal
@@ -303,8 +309,10 @@ def test_per_class_coverage_on_real_lung_tiles(
         per_class.append([row.coverage for row in report.per_class])
         accuracy = float(np.mean(probe.predict(x[test]) == y[test]))
     mean = np.mean(per_class, axis=0)
+    low = np.min(per_class, axis=0)
     print(
-        f"{score}: probe accuracy {accuracy:.3f}; per-class coverage over 5 seeds {mean.round(3)}"
+        f"{score}: probe accuracy {accuracy:.3f}; per-class coverage, mean of {SEEDS} splits "
+        f"{mean.round(3)}, lowest split {low.round(3)}"
     )
     for name, value in zip(LUNG_CLASSES, mean, strict=True):
         assert 1 - alpha - 0.02 <= value <= 1 - alpha + 0.05, (name, value)

@@ -320,10 +320,14 @@ class ConformalClassifier:
         """Rebuild from :meth:`to_dict`.
 
         Raises:
-            ConfigError: a missing key, or another format version.
+            ConfigError: a missing key, an unknown score or mondrian, or another format version.
         """
         if data.get("format") != CONFORMAL_FORMAT:
             raise ConfigError(f"conformal format {data.get('format')!r} is not supported")
+        if data.get("score") not in get_args(Score) or data.get("mondrian") not in get_args(
+            Mondrian
+        ):
+            raise ConfigError(f"unknown score or mondrian in {dict(data)!r}")
         try:
             return cls(
                 alpha=float(data["alpha"]),

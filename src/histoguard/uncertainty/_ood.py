@@ -117,7 +117,7 @@ def conformal_p_values(
     return result
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class OODGate:
     """A fitted per-case OOD gate: reference embeddings plus calibration scores.
 
