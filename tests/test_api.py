@@ -31,9 +31,9 @@ import histoguard.uncertainty
         histoguard.mil,
         histoguard.stain,
         histoguard.robustness,
+        histoguard.uncertainty,
         histoguard.testing,
         histoguard.report,
-        histoguard.uncertainty,
     ],
 )
 def test_all_is_sorted_and_complete(module: object) -> None:
