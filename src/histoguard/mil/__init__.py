@@ -13,6 +13,7 @@ from histoguard.errors import CohortError
 from histoguard.mil import _abmil, _clam, _dsmil, _pooling, _topk, _transmil  # noqa: F401
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
+from histoguard.mil._ensemble import FoldEnsemble, load_models
 from histoguard.mil._metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -60,6 +61,7 @@ __all__ = [
     "Cohort",
     "CohortError",
     "CohortRow",
+    "FoldEnsemble",
     "MILModel",
     "MILOutput",
     "ModelInfo",
@@ -83,6 +85,7 @@ __all__ = [
     "load_bags",
     "load_cohort",
     "load_model",
+    "load_models",
     "load_splits",
     "load_train_config",
     "metrics_report",

@@ -20,8 +20,9 @@ import torch
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import SlideError
 from histoguard.features import read_feature_file
+from histoguard.mil._ensemble import load_models
 from histoguard.mil._provenance import check_provenance, read_provenance
-from histoguard.mil._train import Bag, load_model, predict_bags
+from histoguard.mil._train import Bag, predict_bags
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +58,6 @@ class SlidePrediction:
     feature_file: Path | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
-
-
-def model_dirs(model: Path) -> list[Path]:
-    """The model folders under ``model``: itself if it holds ``model.json``, else ``fold_*``.
-
-    Raises:
-        FileNotFoundError: neither is there.
-    """
-    if (model / "model.json").is_file():
-        return [model]
-    folds = sorted(p for p in model.glob("fold_*") if (p / "model.json").is_file())
-    if not folds:
-        raise FileNotFoundError(
-            f"{model}: no model.json here or in fold_* folders; pass a `train` output"
-        )
-    return folds
 
 
 def _downsample_of_level(slide_path: Path | None, level: int) -> float | None:
@@ -161,26 +146,22 @@ def predict(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    directories = model_dirs(Path(model))
-    models = [load_model(d) for d in directories]
+    ensemble, labels, directories = load_models(Path(model))
     provenance = read_provenance(directories[0])
-    labels = models[0][1]
     slide_of = {Path(s).stem: Path(s) for s in slides}
     results = []
     for path in map(Path, feature_files):
         data = read_feature_file(path)
         warnings = check_provenance(provenance, data.attrs, path, force=force)
         bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords, data.attrs)
-        outputs = [predict_bags(m, [bag]) for m, _ in models]
-        probs = np.mean([p[0] for p, _ in outputs], axis=0)
-        maps = [a[0] for _, a in outputs if a[0] is not None]
+        (probs,), (attention,) = predict_bags(ensemble, [bag])
         slide_path = _slide_for(path, data.attrs, slide_of)
         results.append(
             SlidePrediction(
                 slide=path.stem,
                 probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
                 predicted=labels[int(np.argmax(probs))],
-                attention=np.mean(maps, axis=0) if maps else None,
+                attention=attention,
                 coords=data.coords,
                 tile_size0=level0_tile_size(data.attrs, slide_path),
                 slide_path=slide_path,

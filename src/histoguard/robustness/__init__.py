@@ -7,6 +7,7 @@ cohort builder, and the audit that runs them all and returns a typed :class:`Aud
 (written as ``audit.json``; ``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
 """
 
+from histoguard.mil._ensemble import FoldEnsemble
 from histoguard.robustness._audit import (
     AUDIT_JSON,
     AUDIT_PARTS,
@@ -29,7 +30,7 @@ from histoguard.robustness._result import (
     Skipped,
     StressSection,
 )
-from histoguard.robustness._slide_models import FoldEnsemble, SlideModel, load_slide_model
+from histoguard.robustness._slide_models import SlideModel, load_slide_model
 from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PGDResult,
