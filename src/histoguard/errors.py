@@ -193,6 +193,12 @@ class ConfigError(HistoguardError, ValueError):
     """
 
 
+def closest_name(name: str, known: Iterable[str]) -> str | None:
+    """The one of ``known`` closest to ``name`` (a likely typo), or None when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 class UnknownNameError(HistoguardError, KeyError):
     """No entry is registered under the requested name.
 
@@ -208,8 +214,8 @@ class UnknownNameError(HistoguardError, KeyError):
         self.kind = kind
         self.name = name
         self.known = tuple(sorted(known))
-        close = difflib.get_close_matches(name, self.known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest_name(name, self.known)
+        hint = f" Did you mean {close!r}?" if close else ""
         listed = ", ".join(self.known) if self.known else "(none registered)"
         super().__init__(f"unknown {kind} {name!r}.{hint} Known: {listed}")
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from histoguard.errors import ConfigError, UnknownNameError
-from histoguard.mil._registry import build_model, list_models
+from histoguard.errors import ConfigError, closest_name
+from histoguard.mil._registry import MODELS, build_model
 
 
 def check_model_settings(model: str, model_kwargs: Mapping[str, Any]) -> None:
@@ -23,15 +23,12 @@ def check_model_settings(model: str, model_kwargs: Mapping[str, Any]) -> None:
     """
     import inspect
 
-    infos = {info.name: info for info in list_models()}
-    if model not in infos:
-        error = UnknownNameError("MIL model", model, infos)
-        raise ConfigError(f"model: {error}") from None
+    info = MODELS.check(model, field="model")
     if not isinstance(model_kwargs, Mapping):
         raise ConfigError(
             f"model_kwargs must be a mapping of {model} settings, got {model_kwargs!r}"
         )
-    parameters = inspect.signature(infos[model].cls.__init__).parameters
+    parameters = inspect.signature(info.cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         accepted = sorted(set(parameters) - {"self", "in_dim", "n_classes"})
         for key in model_kwargs:
@@ -59,10 +56,8 @@ _TYPE_NAMES: dict[type, str] = {
 
 def did_you_mean(name: str, known: Sequence[str]) -> str:
     """A sentence suggesting the closest of ``known`` to ``name``, or "" when none is close."""
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r} for {name!r}?" if close else ""
+    close = closest_name(name, known)
+    return f" Did you mean {close!r} for {name!r}?" if close else ""
 
 
 def checked_type(name: str, value: Any, where: str) -> Any:
