@@ -46,6 +46,20 @@ class SlidePrediction:
         feature_file: the feature file predicted from.
         attrs: the feature file's attributes (provenance, tiling).
         warnings: what could not be checked or was forced (also logged).
+        raw_probabilities: class name -> the ensemble's probability before calibration (equal
+            to ``probabilities`` when the model has no calibration).
+        prediction_set: the conformal prediction set (class names), empty when the model has
+            no conformal calibration.
+        decision: the predicted class, or ``"review"``.
+        reason: why the decision is ``"review"``: ``"out-of-distribution"``, ``"batch drift"``
+            or ``"uncertain"`` (the set is not one class); ``""`` otherwise.
+        ood_p_value: the gate's conformal p-value (small: unlike the training slides), or None
+            without a gate.
+        uncertainty: slide-level measures: ``entropy``, ``mutual_information`` (nats),
+            ``variance``, ``n_members``, ``tile_entropy_weighted`` (attention-weighted tile
+            entropy, nats, when the model gives attention).
+        tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats (each tile as a one-tile
+            bag, over the ensemble members; at most ln C), or None.
     """
 
     slide: str
@@ -58,6 +72,13 @@ class SlidePrediction:
     feature_file: Path | None = None
     attrs: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    raw_probabilities: dict[str, float] = field(default_factory=dict)
+    prediction_set: tuple[str, ...] = ()
+    decision: str = ""
+    reason: str = ""
+    ood_p_value: float | None = None
+    uncertainty: Mapping[str, float] = field(default_factory=dict)
+    tile_uncertainty: np.ndarray | None = None
 
 
 def _downsample_of_level(slide_path: Path | None, level: int) -> float | None:

@@ -47,6 +47,7 @@ from histoguard.uncertainty._ood import (
     knn_distance,
     mahalanobis_distance,
     mmd_test,
+    slide_embedding,
 )
 
 __all__ = [
@@ -85,5 +86,6 @@ __all__ = [
     "predictive_entropy",
     "reliability_diagram",
     "risk_coverage_curve",
+    "slide_embedding",
     "uncertainty_measures",
 ]

@@ -32,6 +32,24 @@ def _matrix(x: npt.ArrayLike, name: str, dim: int | None = None) -> npt.NDArray[
     return m
 
 
+def slide_embedding(features: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """One slide's embedding for the gate: the mean of its tiles' features.
+
+    The encoder's features do not depend on the slide model, so the training slides' embeddings
+    are exchangeable with those of new in-distribution slides.
+
+    Args:
+        features: (N_tiles, D) tile features of one slide, N_tiles >= 1, finite.
+
+    Returns:
+        (D,) float64.
+
+    Raises:
+        ConfigError: an empty or non-finite bag, or not 2-D.
+    """
+    return _matrix(features, "tile features").mean(axis=0)
+
+
 def knn_distance(
     reference: npt.ArrayLike, queries: npt.ArrayLike, *, k: int = 10
 ) -> npt.NDArray[np.float64]:
