@@ -82,7 +82,10 @@ def test_checkpoint_records_provenance_and_predict_draws_nothing(tmp_path: Path)
     assert json.loads((model / "model.json").read_text())["provenance"] == PROVENANCE
     file = histoguard_file(tmp_path / "s1.h5", patch_size_level0=512)
     (result,) = predict(model, [file], tmp_path / "out")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["predictions.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "predictions.csv",
+        "predictions.json",
+    ]
     assert result.attention is not None and result.attention.shape == (N_TILES,)
     np.testing.assert_array_equal(result.coords, grid_coords())
     assert result.tile_size0 == 512 and result.feature_file == file

@@ -20,7 +20,7 @@ from histoguard.cli import app
 from histoguard.errors import AuditDataError
 from histoguard.features import write_feature_file
 from histoguard.mil import build_model
-from histoguard.mil._train import save_model
+from histoguard.mil._checkpoint import save_model
 from histoguard.robustness import (
     AUDIT_PARTS,
     SCHEMA_VERSION,

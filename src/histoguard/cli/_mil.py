@@ -1,4 +1,4 @@
-"""Slide-model commands: ``train``, ``predict`` and ``compare``."""
+"""Slide-model commands: ``train``, ``predict``, ``evaluate`` and ``compare``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,28 @@ def train(
         float | None, typer.Option(help="Decision threshold for sensitivity/specificity.")
     ] = None,
     n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples for CIs.")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Models per split with seeds seed, seed+1, ... (ensemble).")
+    ] = None,
+    calibration_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of slides (whole patients) held out from every split for calibration, "
+            "conformal sets and the out-of-distribution gate [default 0.2; 0: none]."
+        ),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Conformal miscoverage: sets hold the truth with prob. >= 1 - alpha."),
+    ] = None,
+    mondrian: Annotated[
+        str | None,
+        typer.Option(help="Conformal guarantee per 'class' (default), per 'center', or 'none'."),
+    ] = None,
+    ood_alpha: Annotated[
+        float | None,
+        typer.Option(help="Gate level: a slide with p-value <= this is out of distribution."),
+    ] = None,
     model_kwargs: Annotated[
         str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
     ] = None,
@@ -66,6 +88,9 @@ def train(
 ) -> None:
     """Train a MIL model from slide labels on every split of the chosen design; writes models
     (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
+    Calibration slides held out from every split fit temperature scaling, conformal prediction
+    sets and the out-of-distribution gate (trust.json); metrics then report calibration,
+    coverage per class and center, and selective accuracy on the test slides.
     """
     from histoguard.mil import load_train_config
     from histoguard.mil import train as run_training
@@ -74,7 +99,9 @@ def train(
         config, cohort=cohort, features=features, out=out, model=model, split=split, k=k,
         epochs=epochs, seed=seed, patience=patience, lr=lr, weight_decay=weight_decay,
         max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
-        n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs),
+        n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs), seeds=seeds,
+        calibration_fraction=calibration_fraction, alpha=alpha, mondrian=mondrian,
+        ood_alpha=ood_alpha,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
     from histoguard.mil import format_table
@@ -132,21 +159,42 @@ def predict(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option(help="Tiles in the top-tile gallery.", min=0)] = 16,
+    centers: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with slide_id and center columns (a cohort table will do), for a model "
+            "calibrated per center."
+        ),
+    ] = None,
+    mc_dropout: Annotated[
+        int, typer.Option(help="Extra MC-dropout passes per model for the uncertainty.", min=0)
+    ] = 0,
+    batch_test: Annotated[
+        bool,
+        typer.Option(
+            "--batch-test/--no-batch-test",
+            help="Test the whole batch for drift from the training slides (>= 5 slides).",
+        ),
+    ] = True,
 ) -> None:
-    """Predict slides: OUT/predictions.csv (one row per slide) and attention heatmaps (PNG
-    overlay, top-tile gallery, QuPath GeoJSON measurement map). Refuses features from another
-    encoder or scale than the model's unless --force."""
+    """Predict slides and say which predictions to trust: OUT/predictions.csv and .json (the
+    decision, class or review with its reason, prediction set, calibrated probabilities,
+    out-of-distribution p-value, uncertainty) and heatmaps of attention and tile uncertainty
+    (PNG overlays, top-tile gallery, QuPath GeoJSON measurement map). Refuses features from
+    another encoder or scale than the model's unless --force."""
+    from histoguard.core._tables import read_slide_centers
     from histoguard.mil import predict as run_prediction
 
-    results = run_prediction(model, feature_files, out, force=force, slides=slide or ())
+    results = run_prediction(
+        model, feature_files, out, force=force, slides=slide or (),
+        centers=read_slide_centers(centers) if centers else None, mc_dropout=mc_dropout,
+        batch_test=batch_test,
+    )  # fmt: skip
     for r in results:
-        typer.echo(
-            f"{r.slide}: {r.predicted} "
-            + " ".join(f"{k}={v:.3f}" for k, v in r.probabilities.items())
-        )
+        typer.echo(f"{r.slide}: {r.summary()}")
         for warning in r.warnings:
             typer.echo(f"  warning: {warning}", err=True)
-    typer.echo(f"predictions: {out / 'predictions.csv'}")
+    typer.echo(f"predictions: {out / 'predictions.csv'} and predictions.json")
     if not no_heatmaps:
         from histoguard.report import write_prediction_heatmaps
 
@@ -155,6 +203,44 @@ def predict(
             typer.echo(f"  warning: {warning}", err=True)
         n_files = sum(len(paths) for paths in drawn.paths.values())
         typer.echo(f"heatmaps: {n_files} files for {len(drawn.paths)} slides in {out}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        Path, typer.Option(help="A `histoguard train` output folder or one fold_i folder.")
+    ],
+    cohort: Annotated[
+        Path, typer.Option(help="Labelled slides the model never saw: slide_id, label[, center].")
+    ],
+    features: Annotated[Path, typer.Option(help="Folder of <slide_id>.h5 feature files.")],
+    out: OutDir,
+    force: Annotated[
+        bool, typer.Option("--force", help="Accept features of another provenance.")
+    ] = False,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.", min=1)] = 1000,
+) -> None:
+    """How far a model can be trusted on labelled slides: calibration (ECE, Brier, NLL)
+    before and after scaling, conformal coverage per class and center with Clopper-Pearson
+    intervals, selective accuracy and the gate's false alarms. Writes OUT/evaluation.json,
+    evaluation.txt, reliability.png and the predictions."""
+    from histoguard.mil import evaluate as run_evaluation
+    from histoguard.mil import format_trust_report
+    from histoguard.report import write_reliability_diagram
+    from histoguard.uncertainty import reliability_diagram
+
+    result = run_evaluation(model, cohort, features, out, force=force, n_boot=n_boot)
+    typer.echo(format_trust_report(result.report))
+    ev = result.evaluation
+    diagram = write_reliability_diagram(
+        {
+            "before scaling": reliability_diagram(ev.raw_probabilities, ev.labels),
+            "after scaling": reliability_diagram(ev.probabilities, ev.labels),
+        },
+        out / "reliability.png",
+        title=f"{model.name}: {len(ev.labels)} slides of {cohort.name}",
+    )
+    typer.echo(f"evaluation: {out / 'evaluation.json'}, {diagram}")
 
 
 @app.command()

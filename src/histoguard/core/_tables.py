@@ -35,3 +35,24 @@ def read_delimited(
     if not lines or not any(lines[0][1]):
         raise error(f"{path}: the table is empty; it needs a header and one row per {rows_are}")
     return lines[0][1], [(i, cells) for i, cells in lines[1:] if any(cells)]
+
+
+def read_slide_centers(path: Path) -> dict[str, str]:
+    """``slide_id -> center`` from a table with ``slide_id`` and ``center`` columns (a cohort
+    table will do); rows with an empty center are left out.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or lacks either column.
+    """
+    from histoguard.errors import ConfigError
+
+    header, rows = read_delimited(Path(path), error=ConfigError, rows_are="slide")
+    missing = [name for name in ("slide_id", "center") if name not in header]
+    if missing:
+        raise ConfigError(f"{path}: no column {missing}; the table needs slide_id and center")
+    sid, center = header.index("slide_id"), header.index("center")
+    return {
+        cells[sid]: cells[center]
+        for _, cells in rows
+        if len(cells) > max(sid, center) and cells[center]
+    }

@@ -11,9 +11,18 @@ from histoguard.errors import CohortError
 # Imported for their registration side effect: each module registers its models (the registry
 # itself imports none of them).
 from histoguard.mil import _abmil, _clam, _dsmil, _pooling, _topk, _transmil  # noqa: F401
+from histoguard.mil._bags import Bag, load_bags, predict_bags
 from histoguard.mil._base import MILModel, MILOutput
+from histoguard.mil._checkpoint import load_model, save_model
 from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
 from histoguard.mil._ensemble import FoldEnsemble, load_models
+from histoguard.mil._evaluate import (
+    EvaluationResult,
+    TrustEvaluation,
+    evaluate,
+    format_trust_report,
+    trust_report,
+)
 from histoguard.mil._metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -22,7 +31,8 @@ from histoguard.mil._metrics import (
     metrics_report,
     multiclass_metrics,
 )
-from histoguard.mil._predict import SlidePrediction, level0_tile_size, predict
+from histoguard.mil._predict import level0_tile_size, predict
+from histoguard.mil._prediction import SlidePrediction
 from histoguard.mil._provenance import PROVENANCE_FIELDS, read_provenance
 from histoguard.mil._registry import (
     ModelInfo,
@@ -36,6 +46,7 @@ from histoguard.mil._splits import (
     check_no_leak,
     get_or_create_splits,
     given_split,
+    hold_out_calibration,
     kfold_splits,
     leave_one_center_out,
     load_splits,
@@ -43,16 +54,21 @@ from histoguard.mil._splits import (
     unseen_center_splits,
 )
 from histoguard.mil._train import (
-    Bag,
     TrainConfig,
     TrainResult,
-    load_bags,
-    load_model,
     load_train_config,
-    predict_bags,
-    save_model,
     train,
     train_split,
+)
+from histoguard.mil._trust import (
+    Trust,
+    TrustReading,
+    TrustSettings,
+    apply_trust,
+    batch_drift,
+    fit_trust,
+    load_trust,
+    save_trust,
 )
 
 __all__ = [
@@ -61,6 +77,7 @@ __all__ = [
     "Cohort",
     "CohortError",
     "CohortRow",
+    "EvaluationResult",
     "FoldEnsemble",
     "MILModel",
     "MILOutput",
@@ -69,15 +86,25 @@ __all__ = [
     "Split",
     "TrainConfig",
     "TrainResult",
+    "Trust",
+    "TrustEvaluation",
+    "TrustReading",
+    "TrustSettings",
+    "apply_trust",
+    "batch_drift",
     "binary_metrics",
     "bootstrap_ci",
     "build_model",
     "check_no_leak",
     "compare_designs",
+    "evaluate",
+    "fit_trust",
     "format_table",
+    "format_trust_report",
     "get_model_info",
     "get_or_create_splits",
     "given_split",
+    "hold_out_calibration",
     "kfold_splits",
     "leave_one_center_out",
     "level0_tile_size",
@@ -88,6 +115,7 @@ __all__ = [
     "load_models",
     "load_splits",
     "load_train_config",
+    "load_trust",
     "metrics_report",
     "multiclass_metrics",
     "predict",
@@ -96,7 +124,9 @@ __all__ = [
     "register_model",
     "save_model",
     "save_splits",
+    "save_trust",
     "train",
     "train_split",
+    "trust_report",
     "unseen_center_splits",
 ]

@@ -6,7 +6,8 @@ A cohort table is a CSV (or Parquet, when ``pyarrow`` is installed) with the col
     label       required, the class name
     patient_id  optional; defaults to the slide_id (with a warning: splits are then by slide)
     center      optional, the hospital / scanner site
-    split       optional, one of train / val / test, the same for all slides of a patient
+    split       optional, one of train / val / calibration / test, the same for all slides of a
+                patient
     path        optional, the slide or feature file; relative paths resolve against the
                 table's folder
 
@@ -28,7 +29,7 @@ from histoguard.core._tables import read_delimited
 from histoguard.errors import CohortError
 
 #: Values the ``split`` column may hold.
-SPLIT_PARTS = ("train", "val", "test")
+SPLIT_PARTS = ("train", "val", "calibration", "test")
 
 REQUIRED_COLUMNS = ("slide_id", "label")
 OPTIONAL_COLUMNS = ("patient_id", "center", "split", "path")
@@ -57,7 +58,8 @@ class CohortRow:
         patient_id: the patient the slide comes from; slides of one patient never go to
             different parts of a split.
         center: hospital or scanner site, if known.
-        split: ``train``, ``val`` or ``test`` when the table fixes the split, else None.
+        split: ``train``, ``val``, ``calibration`` or ``test`` when the table fixes the split,
+            else None.
         path: the slide or feature file, absolute, if known.
     """
 
@@ -184,7 +186,7 @@ def load_cohort(
         CohortError: when the table cannot be read, or listing every problem found: missing
             required columns, empty slide_id/label/patient_id, duplicate slide ids, labels
             outside ``labels``, fewer than 2 classes, a patient with slides in different
-            splits, a split value other than train/val/test, missing files.
+            splits, a split value other than train/val/calibration/test, missing files.
     """
     header, records = _read_table(table)
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

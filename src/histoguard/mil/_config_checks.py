@@ -89,5 +89,8 @@ _FIELD_KINDS: dict[str, type] = {
     "cohort": Path, "features": Path, "out": Path, "model": str, "model_kwargs": dict,
     "split": str, "k": int, "epochs": int, "patience": int, "lr": float, "weight_decay": float,
     "max_instances": int, "class_balanced": bool, "seed": int, "threshold": float, "n_boot": int,
+    "seeds": int, "calibration_fraction": float, "alpha": float, "conformal_score": str,
+    "mondrian": str, "calibrator": str, "ood_score": str, "ood_k": int, "ood_alpha": float,
+    "drift_alpha": float,
 }  # fmt: skip
 _OPTIONAL = frozenset({"max_instances"})

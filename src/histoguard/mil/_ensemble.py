@@ -15,7 +15,7 @@ from torch import Tensor
 
 from histoguard.errors import ConfigError, ModelMismatchError
 from histoguard.mil._base import MILModel, MILOutput
-from histoguard.mil._train import load_model
+from histoguard.mil._checkpoint import load_model
 
 
 def model_dirs(model: Path) -> list[Path]:

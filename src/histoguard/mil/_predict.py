@@ -6,79 +6,38 @@ the returned :class:`SlidePrediction` objects into heatmaps.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from histoguard.core._atomic import write_bytes_atomic
-from histoguard.errors import SlideError
-from histoguard.features import read_feature_file
+from histoguard.errors import ModelMismatchError, SlideError
+from histoguard.features import FeatureFile, read_feature_file
+from histoguard.mil._bags import (
+    Bag,
+    bag_batch,
+    bag_logits,
+    member_probabilities,
+    predict_bags,
+    tile_probabilities,
+)
+from histoguard.mil._base import MILModel
 from histoguard.mil._ensemble import load_models
+from histoguard.mil._prediction import SlidePrediction, write_predictions
 from histoguard.mil._provenance import check_provenance, read_provenance
-from histoguard.mil._train import Bag, predict_bags
+from histoguard.mil._trust import TRUST_NAME, apply_trust, load_trust
+from histoguard.uncertainty import (
+    attention_weighted_uncertainty,
+    predictive_entropy,
+    slide_embedding,
+    uncertainty_measures,
+)
 
 logger = logging.getLogger(__name__)
-
-PREDICTIONS_NAME = "predictions.csv"
-
-
-@dataclass(frozen=True, eq=False)
-class SlidePrediction:
-    """One slide's prediction, averaged over the models (folds) that made it.
-
-    Attributes:
-        slide: the slide's name (the feature file's stem).
-        probabilities: class name -> probability.
-        predicted: the most probable class.
-        attention: ``(N,)`` attention per tile (mean over the models), or None for models
-            without attention.
-        coords: ``(N, 2)`` level-0 x, y of each tile's top-left corner, or None.
-        tile_size0: tile side in level-0 pixels, or None when the feature file does not say
-            (see :func:`level0_tile_size`).
-        slide_path: the slide the features came from, when known.
-        feature_file: the feature file predicted from.
-        attrs: the feature file's attributes (provenance, tiling).
-        warnings: what could not be checked or was forced (also logged).
-        raw_probabilities: class name -> the ensemble's probability before calibration (equal
-            to ``probabilities`` when the model has no calibration).
-        prediction_set: the conformal prediction set (class names), empty when the model has
-            no conformal calibration.
-        decision: the predicted class, or ``"review"``.
-        reason: why the decision is ``"review"``: ``"out-of-distribution"``, ``"batch drift"``
-            or ``"uncertain"`` (the set is not one class); ``""`` otherwise.
-        ood_p_value: the gate's conformal p-value (small: unlike the training slides), or None
-            without a gate.
-        uncertainty: slide-level measures: ``entropy``, ``mutual_information`` (nats),
-            ``variance``, ``n_members``, ``tile_entropy_weighted`` (attention-weighted tile
-            entropy, nats, when the model gives attention).
-        tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats (each tile as a one-tile
-            bag, over the ensemble members; at most ln C), or None.
-    """
-
-    slide: str
-    probabilities: dict[str, float]
-    predicted: str
-    attention: np.ndarray | None
-    coords: np.ndarray | None = None
-    tile_size0: float | None = None
-    slide_path: Path | None = None
-    feature_file: Path | None = None
-    attrs: Mapping[str, Any] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    raw_probabilities: dict[str, float] = field(default_factory=dict)
-    prediction_set: tuple[str, ...] = ()
-    decision: str = ""
-    reason: str = ""
-    ood_p_value: float | None = None
-    uncertainty: Mapping[str, float] = field(default_factory=dict)
-    tile_uncertainty: np.ndarray | None = None
 
 
 def _downsample_of_level(slide_path: Path | None, level: int) -> float | None:
@@ -132,6 +91,42 @@ def _slide_for(path: Path, attrs: Mapping[str, Any], slides: Mapping[str, Path])
     return Path(recorded) if recorded else None
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One feature file, read and run through the model, before the batch's trust step."""
+
+    path: Path
+    data: FeatureFile
+    bag: Bag
+    probs: np.ndarray
+    attention: np.ndarray | None
+    measures: dict[str, float]
+    tiles: np.ndarray
+    warnings: list[str]
+
+
+def _slide_uncertainty(
+    model: MILModel, bag: Bag, attention: np.ndarray | None, mc_dropout: int, seed: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Slide-level measures over the ensemble members (and MC-dropout passes), and ``(N,)``
+    per-tile predictive entropy of one-tile bags."""
+    features, mask = bag_batch(bag, None, None)
+    members = member_probabilities(model, features, mask, mc_dropout=mc_dropout, seed=seed)
+    measures = uncertainty_measures(members.double().numpy())
+    tiles = predictive_entropy(tile_probabilities(model, bag).astype(np.float64))
+    values = {
+        "entropy": float(measures.predictive_entropy[0]),
+        "mutual_information": float(measures.mutual_information[0]),
+        "variance": float(measures.variance[0]),
+        "n_members": float(measures.n_members),
+    }
+    if attention is not None and attention.shape == tiles.shape:
+        values["tile_entropy_weighted"] = attention_weighted_uncertainty(
+            tiles, attention / attention.sum()
+        )
+    return values, tiles
+
+
 def predict(
     model: str | Path,
     feature_files: Sequence[str | Path],
@@ -139,22 +134,37 @@ def predict(
     *,
     force: bool = False,
     slides: Sequence[str | Path] = (),
+    centers: Mapping[str, str] | None = None,
+    mc_dropout: int = 0,
+    batch_test: bool = True,
 ) -> list[SlidePrediction]:
-    """Predict slides from their feature files with a trained model (or the ensemble of folds).
+    """Predict slides from their feature files with a trained model (or the ensemble of folds),
+    saying for each whether its prediction can be trusted.
 
-    Writes ``out_dir/predictions.csv`` (slide, predicted label, one probability per class) and
-    nothing else; draw the attention with :func:`histoguard.report.write_prediction_heatmaps`.
-    Each feature file's provenance (encoder, weights SHA-256, mpp, tile size) is checked against
-    what the model was trained on; a field either side lacks is a warning, not an error.
+    Writes ``out_dir/predictions.csv`` and ``predictions.json`` (the same fields: decision and
+    reason, prediction set, gate p-value, calibrated and raw probabilities, uncertainty) and
+    nothing else; draw attention and tile uncertainty with
+    :func:`histoguard.report.write_prediction_heatmaps`. Each feature file's provenance
+    (encoder, weights SHA-256, mpp, tile size) is checked against what the model was trained
+    on; a field either side lacks is a warning, not an error.
+
+    With the model's ``trust.json`` (written by ``train`` when it held out calibration slides),
+    each slide gets calibrated probabilities, a conformal prediction set and an
+    out-of-distribution p-value, the batch is tested for drift, and the decision is the class
+    or ``review`` with its reason (see :func:`~histoguard.mil.apply_trust`). Without it the
+    decision is the most probable class and a warning says that nothing was checked.
 
     Args:
-        model: a ``train`` output folder (the folds' probabilities and attention are averaged)
-            or one ``fold_i`` folder.
+        model: a ``train`` output folder (the folds as one ensemble) or one ``fold_i`` folder.
         feature_files: per-slide feature files.
-        out_dir: where ``predictions.csv`` goes.
+        out_dir: where the predictions go.
         force: predict from features whose provenance differs from the model's (a warning).
         slides: the slides themselves, matched to feature files by stem; used when a file does
             not record its slide (CLAM, TRIDENT) or the slide has moved.
+        centers: slide (file stem) -> center, for a model calibrated per center.
+        mc_dropout: extra stochastic forward passes per model with dropout on (0: none), added
+            to the ensemble members for the uncertainty measures.
+        batch_test: test the batch for drift against the training slides (5 slides or more).
 
     Returns:
         One :class:`SlidePrediction` per feature file, in order.
@@ -162,41 +172,81 @@ def predict(
     Raises:
         FileNotFoundError: ``model`` holds no model.
         ModelMismatchError: a file's features come from another encoder, weights, mpp or tile
-            size than the model's (unless ``force``).
+            size than the model's (unless ``force``), or the calibration's classes differ.
         OutputError: a feature file cannot be read.
+        ConfigError: an unreadable ``trust.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ensemble, labels, directories = load_models(Path(model))
+    trust = load_trust(Path(model))
+    if trust is not None and list(trust.labels) != labels:
+        raise ModelMismatchError(
+            f"{model}: {TRUST_NAME} is for classes {list(trust.labels)}, the model predicts "
+            f"{labels}; retrain"
+        )
     provenance = read_provenance(directories[0])
     slide_of = {Path(s).stem: Path(s) for s in slides}
-    results = []
+    parts: list[_Read] = []
     for path in map(Path, feature_files):
         data = read_feature_file(path)
         warnings = check_provenance(provenance, data.attrs, path, force=force)
         bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords, data.attrs)
         (probs,), (attention,) = predict_bags(ensemble, [bag])
+        measures, tiles = _slide_uncertainty(ensemble, bag, attention, mc_dropout, len(parts))
+        parts.append(_Read(path, data, bag, probs, attention, measures, tiles, warnings))
+    reading = None
+    if trust is not None and parts:
+        reading = apply_trust(
+            trust,
+            bag_logits(ensemble, [part.bag for part in parts]),
+            np.stack([slide_embedding(part.bag.features.numpy()) for part in parts]),
+            centers=[(centers or {}).get(part.path.stem, "") for part in parts],
+            test_batch=batch_test,
+        )
+    untrusted = (
+        f"{model}: no {TRUST_NAME}, so no calibration, prediction set or out-of-distribution "
+        "gate: the decision is the most probable class, unchecked; retrain with "
+        "calibration_fraction > 0"
+    )
+    if trust is None:
+        logger.warning("%s", untrusted)
+    results = []
+    for i, part in enumerate(parts):
+        path, data, probs, warnings = part.path, part.data, part.probs, part.warnings
+        raw = {label: float(p) for label, p in zip(labels, probs, strict=True)}
+        calibrated, decision, reason, p_value = raw, "", "", None
+        prediction_set: tuple[str, ...] = ()
+        if reading is not None:
+            calibrated = dict(zip(labels, map(float, reading.probabilities[i]), strict=True))
+            prediction_set = tuple(
+                c for c, keep in zip(labels, reading.sets[i], strict=True) if keep
+            )
+            decision, reason = reading.decisions[i], reading.reasons[i]
+            p_value = float(reading.ood_p_values[i])
+        else:
+            decision = labels[int(np.argmax(probs))]
         slide_path = _slide_for(path, data.attrs, slide_of)
         results.append(
             SlidePrediction(
                 slide=path.stem,
-                probabilities={label: float(p) for label, p in zip(labels, probs, strict=True)},
+                probabilities=calibrated,
                 predicted=labels[int(np.argmax(probs))],
-                attention=attention,
+                attention=part.attention,
                 coords=data.coords,
                 tile_size0=level0_tile_size(data.attrs, slide_path),
                 slide_path=slide_path,
                 feature_file=path,
                 attrs=data.attrs,
                 warnings=tuple(warnings),
+                raw_probabilities=raw,
+                prediction_set=prediction_set,
+                decision=decision,
+                reason=reason,
+                ood_p_value=p_value,
+                uncertainty=part.measures,
+                tile_uncertainty=part.tiles,
             )
         )
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["slide", "predicted", *(f"p_{label}" for label in labels)])
-    for r in results:
-        writer.writerow(
-            [r.slide, r.predicted, *(f"{r.probabilities[label]:.6f}" for label in labels)]
-        )
-    write_bytes_atomic(out / PREDICTIONS_NAME, buffer.getvalue().encode())
+    write_predictions(results, labels, out, trust=trust, reading=reading, model=Path(model))
     return results

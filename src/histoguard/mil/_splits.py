@@ -19,6 +19,7 @@ hold slides ends up empty.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import defaultdict
@@ -45,6 +46,9 @@ class Split:
         val: slide ids for early stopping / model selection (may be empty).
         test: slide ids to evaluate on.
         held_out_centers: centers whose slides are all in ``test`` and nowhere else.
+        calibration: slide ids held out from every split's training, for calibration,
+            conformal prediction and the out-of-distribution gate (the same in every split of
+            a design; see :func:`hold_out_calibration`). May be empty.
     """
 
     name: str
@@ -52,10 +56,16 @@ class Split:
     val: tuple[str, ...]
     test: tuple[str, ...]
     held_out_centers: tuple[str, ...] = ()
+    calibration: tuple[str, ...] = ()
 
     def parts(self) -> dict[str, tuple[str, ...]]:
-        """The three parts by name: ``train``, ``val``, ``test``."""
-        return {"train": self.train, "val": self.val, "test": self.test}
+        """The four parts by name: ``train``, ``val``, ``calibration``, ``test``."""
+        return {
+            "train": self.train,
+            "val": self.val,
+            "calibration": self.calibration,
+            "test": self.test,
+        }
 
 
 def check_no_leak(cohort: Cohort, split: Split) -> None:
@@ -242,7 +252,7 @@ def given_split(cohort: Cohort) -> list[Split]:
             format_problems(
                 f"{_where(cohort)}: the given split needs a split value on every row",
                 problems,
-                "Fill the split column with train, val or test, or use k-fold splits.",
+                "Fill the split column with train, val, calibration or test, or use k-fold splits.",
             ),
             problems,
         )
@@ -260,9 +270,58 @@ def given_split(cohort: Cohort) -> list[Split]:
         train=tuple(sorted(parts["train"])),
         val=tuple(sorted(parts["val"])),
         test=tuple(sorted(parts["test"])),
+        calibration=tuple(sorted(parts["calibration"])),
     )
     check_no_leak(cohort, split)
     return [split]
+
+
+def hold_out_calibration(
+    cohort: Cohort,
+    make: Callable[[Cohort], list[Split]],
+    *,
+    fraction: float = 0.2,
+    seed: int = 0,
+) -> list[Split]:
+    """Hold out calibration patients from every split, then split the rest with ``make``.
+
+    About ``fraction`` of the slides (whole patients, stratified by class with the greedy
+    assignment of the module docstring) become every split's ``calibration`` part; ``make``
+    splits the other slides into train / val / test as usual. No model of the design trains,
+    stops early or is tested on a calibration slide, so calibration, conformal thresholds and
+    the out-of-distribution gate fitted there hold for the whole ensemble of folds.
+
+    Args:
+        cohort: every slide.
+        make: draws the splits of a (sub-)cohort, e.g. ``lambda c: kfold_splits(c, k=5)``.
+        fraction: share of slides held out, in [0, 1); 0 returns ``make(cohort)`` unchanged.
+        seed: orders patients before the assignment.
+
+    Raises:
+        CohortError: fewer than 2 patients, ``fraction`` outside [0, 1), or from ``make``.
+    """
+    if not 0 <= fraction < 1:
+        raise CohortError(f"calibration fraction must be in [0, 1), got {fraction}.")
+    if fraction == 0:
+        return make(cohort)
+    patients = sorted(cohort.by_patient())
+    if len(patients) < 2:
+        raise CohortError(
+            f"{_where(cohort)}: {len(patients)} patient(s) cannot give both calibration and "
+            "training slides; add patients or set calibration_fraction=0."
+        )
+    parts = _stratified_assign(cohort, patients, [1 - fraction, fraction], random.Random(seed))
+    held = {p for p in patients if parts[p] == 1}
+    rest = Cohort(
+        rows=tuple(r for r in cohort.rows if r.patient_id not in held),
+        labels=cohort.labels,
+        source=cohort.source,
+    )
+    calibration = tuple(sorted(r.slide_id for r in cohort.rows if r.patient_id in held))
+    splits = [dataclasses.replace(s, calibration=calibration) for s in make(rest)]
+    for split in splits:
+        check_no_leak(cohort, split)
+    return splits
 
 
 def save_splits(splits: Sequence[Split], path: Path, *, cohort: Cohort) -> None:
@@ -286,6 +345,7 @@ def save_splits(splits: Sequence[Split], path: Path, *, cohort: Cohort) -> None:
                 "val": list(s.val),
                 "test": list(s.test),
                 "held_out_centers": list(s.held_out_centers),
+                "calibration": list(s.calibration),
             }
             for s in splits
         ],
@@ -365,6 +425,9 @@ def _parse_document(path: Path, document: Any) -> list[Split]:
                 isinstance(entry.get(f), list) and all(isinstance(x, str) for x in entry[f])
                 for f in fields
             )
+            # Splits saved before calibration parts existed have no "calibration" key.
+            or not isinstance(entry.get("calibration", []), list)
+            or not all(isinstance(x, str) for x in entry.get("calibration", []))
         ):
             raise bad(f"malformed split entry {entry!r:.80}")
         splits.append(
@@ -374,6 +437,7 @@ def _parse_document(path: Path, document: Any) -> list[Split]:
                 val=tuple(entry["val"]),
                 test=tuple(entry["test"]),
                 held_out_centers=tuple(entry["held_out_centers"]),
+                calibration=tuple(entry.get("calibration", [])),
             )
         )
     return splits

@@ -10,10 +10,11 @@ Progress: per-epoch losses are logged at INFO; ``progress=True`` draws split and
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +22,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from histoguard._version import __version__
-from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ConfigError
-from histoguard.features import read_feature_file
+from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
 from histoguard.mil._base import MILModel
+from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
+from histoguard.mil._ensemble import FoldEnsemble
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
@@ -35,9 +37,11 @@ from histoguard.mil._splits import (
     Split,
     get_or_create_splits,
     given_split,
+    hold_out_calibration,
     kfold_splits,
     leave_one_center_out,
 )
+from histoguard.mil._trust import TrustSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,13 @@ class TrainConfig:
         seed: seeds splits, initialisation, sampling.
         threshold: decision threshold for sensitivity/specificity (binary tasks).
         n_boot: bootstrap resamples for confidence intervals.
+        seeds: models per split, seeds ``seed``, ``seed + 1``, ...: a deep ensemble whose
+            disagreement is part of the reported uncertainty (``fold_i``, ``fold_i-seed1``...).
+        calibration_fraction: share of slides (whole patients) held out from every split to
+            fit calibration, conformal sets and the out-of-distribution gate (0: none; a
+            ``given`` split uses its ``calibration`` rows instead).
+        alpha, conformal_score, mondrian, calibrator, ood_score, ood_k, ood_alpha,
+            drift_alpha: see :class:`~histoguard.mil.TrustSettings`.
     """
 
     cohort: Path
@@ -90,11 +101,21 @@ class TrainConfig:
     seed: int = 0
     threshold: float = 0.5
     n_boot: int = 1000
+    seeds: int = 1
+    calibration_fraction: float = 0.2
+    alpha: float = 0.1
+    conformal_score: str = "lac"
+    mondrian: str = "class"
+    calibrator: str = "temperature"
+    ood_score: str = "knn"
+    ood_k: int = 10
+    ood_alpha: float = 0.05
+    drift_alpha: float = 0.01
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
             raise ConfigError(f"split must be one of {sorted(_SPLIT_MAKERS)}, got {self.split!r}")
-        for name, lowest in (("epochs", 1), ("patience", 1), ("k", 2), ("n_boot", 1)):
+        for name, lowest in (("epochs", 1), ("patience", 1), ("k", 2), ("n_boot", 1), ("seeds", 1)):
             if getattr(self, name) < lowest:
                 raise ConfigError(f"{name} must be >= {lowest}, got {getattr(self, name)}")
         if self.max_instances is not None and self.max_instances < 1:
@@ -107,21 +128,28 @@ class TrainConfig:
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
         check_model_settings(self.model, self.model_kwargs)
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(
+                f"calibration_fraction must be in [0, 1), got {self.calibration_fraction}"
+            )
+        self.trust_settings()  # checks the trust settings
+
+    def trust_settings(self) -> TrustSettings:
+        """The calibration, conformal and gate settings of this run."""
+        return TrustSettings(
+            alpha=self.alpha,
+            score=self.conformal_score,  # type: ignore[arg-type]
+            mondrian=self.mondrian,  # type: ignore[arg-type]
+            calibrator=self.calibrator,  # type: ignore[arg-type]
+            ood_score=self.ood_score,  # type: ignore[arg-type]
+            ood_k=self.ood_k,
+            ood_alpha=self.ood_alpha,
+            drift_alpha=self.drift_alpha,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible values (paths as strings)."""
         return json.loads(json.dumps(asdict(self), default=str))  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True)
-class Bag:
-    """One slide's features: ``features (N, D)`` float32, ``coords (N, 2)`` level-0 px or None,
-    and the feature file's attributes (provenance)."""
-
-    slide_id: str
-    features: torch.Tensor
-    coords: np.ndarray | None
-    attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,28 +220,6 @@ def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"{where}{error}") from None
 
 
-def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
-    """Read every slide's feature file once (``features_dir/<slide_id>.h5``)."""
-    bags = {}
-    for row in cohort.rows:
-        data = read_feature_file(features_dir / f"{row.slide_id}.h5")
-        bags[row.slide_id] = Bag(
-            row.slide_id, torch.from_numpy(data.features.copy()), data.coords, data.attrs
-        )
-    return bags
-
-
-def _batch(
-    bag: Bag, generator: torch.Generator | None, max_instances: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One bag as ``(1, N, D)`` features and a ``(1, N)`` all-True mask, optionally subsampled."""
-    features = bag.features
-    if generator is not None and max_instances is not None and len(features) > max_instances:
-        keep = torch.randperm(len(features), generator=generator)[:max_instances]
-        features = features[keep]
-    return features.unsqueeze(0), torch.ones(1, len(features), dtype=torch.bool)
-
-
 def _mean_loss(
     model: MILModel, bags: Sequence[Bag], labels: torch.Tensor, weights: torch.Tensor | None
 ) -> float:
@@ -221,7 +227,7 @@ def _mean_loss(
     total = 0.0
     with torch.no_grad():
         for bag, label in zip(bags, labels, strict=True):
-            features, mask = _batch(bag, None, None)
+            features, mask = bag_batch(bag, None, None)
             output = model(features, mask)
             total += float(model.compute_loss(output, label.view(1), class_weights=weights))
     return total / max(1, len(bags))
@@ -266,7 +272,7 @@ def train_split(
         order = torch.randperm(len(train_ids), generator=generator)
         running = 0.0
         for index in order.tolist():
-            features, mask = _batch(bags[train_ids[index]], generator, config.max_instances)
+            features, mask = bag_batch(bags[train_ids[index]], generator, config.max_instances)
             output = model(features, mask)
             loss = model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
             optimiser.zero_grad()
@@ -290,71 +296,18 @@ def train_split(
     return model.eval()
 
 
-def predict_bags(
-    model: MILModel, bags: Sequence[Bag]
-) -> tuple[np.ndarray, list[np.ndarray | None]]:
-    """Class probabilities ``(S, C)`` and per-tile attention (``(N,)`` or None) for each bag."""
-    probabilities, attentions = [], []
-    for bag in bags:
-        features, mask = _batch(bag, None, None)
-        probs, attention = model.predict(features, mask)
-        probabilities.append(probs[0].numpy())
-        attentions.append(None if attention is None else attention[0].numpy())
-    return np.stack(probabilities), attentions
+def _draw_splits(cohort: Cohort, config: TrainConfig) -> list[Split]:
+    """The design's splits, with calibration patients held out first (not for ``given``, whose
+    table says which slides calibrate)."""
 
+    def make(part: Cohort) -> list[Split]:
+        return _SPLIT_MAKERS[config.split](part, config.k, config.seed)
 
-def save_model(
-    model: MILModel,
-    directory: Path,
-    *,
-    labels: Sequence[str],
-    provenance: Mapping[str, Any] | None = None,
-) -> None:
-    """Write ``model.safetensors`` and ``model.json`` (constructor config, class names and the
-    training features' provenance: ``encoder``, ``weights_sha256``, ``mpp``, ``tile_size``, as
-    far as known; see :func:`~histoguard.mil._provenance.training_provenance`)."""
-    from safetensors.torch import save_file
-
-    from histoguard.core._weights import load_state_dict
-
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-
-    def verify(tmp: Path) -> None:
-        loaded = load_state_dict(tmp)
-        if loaded.keys() != state.keys() or any(
-            not torch.equal(loaded[k], state[k]) for k in state
-        ):
-            raise OSError(f"{directory}: checkpoint read back differs from the model")
-
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_output(directory / "model.safetensors", verify=verify) as tmp:
-        save_file(state, str(tmp))
-    description = {
-        "model": model.config(),
-        "labels": list(labels),
-        "provenance": dict(provenance or {}),
-        "histoguard_version": __version__,
-    }
-    write_bytes_atomic(
-        directory / "model.json", (json.dumps(description, indent=2) + "\n").encode()
+    if config.split == "given":
+        return make(cohort)
+    return hold_out_calibration(
+        cohort, make, fraction=config.calibration_fraction, seed=config.seed
     )
-
-
-def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
-    """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (no pickles).
-
-    Checkpoints saved before provenance was recorded load the same way.
-
-    Returns:
-        ``(model in eval mode, class names)``.
-    """
-    from histoguard.core._weights import load_state_dict
-
-    directory = Path(directory)
-    description = json.loads((directory / "model.json").read_text())
-    model = build_model(**description["model"])
-    model.load_state_dict(load_state_dict(directory / "model.safetensors"), strict=True)
-    return model.eval(), list(description["labels"])
 
 
 def train(
@@ -363,13 +316,22 @@ def train(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train and validate a MIL model on every split of the chosen design.
+    """Train and validate a MIL model on every split of the chosen design, and fit what tells
+    its predictions when not to be trusted.
 
     Writes to ``config.out``: ``config.json`` (resolved), ``splits.json`` (reused on reruns,
-    never silently redrawn), ``fold_<i>/model.safetensors`` + ``model.json``,
-    ``predictions.csv`` (one row per test slide and fold), ``metrics.json`` and ``metrics.txt``
-    (per fold and per center, with bootstrap confidence intervals). Each model records the
-    provenance its training features share (encoder, weights SHA-256, mpp, tile size).
+    never silently redrawn), ``fold_<i>/model.safetensors`` + ``model.json`` (and
+    ``fold_<i>-seed<j>`` with ``seeds > 1``), ``predictions.csv`` (one row per test slide and
+    fold), ``metrics.json`` and ``metrics.txt`` (per fold and per center, with bootstrap
+    confidence intervals). Each model records the provenance its training features share
+    (encoder, weights SHA-256, mpp, tile size).
+
+    With calibration slides (``calibration_fraction > 0``, or ``calibration`` rows of a given
+    split) it also writes ``trust.json`` + ``trust.safetensors`` (calibration, conformal
+    thresholds, out-of-distribution gate) for the ensemble in ``out`` and for each model in
+    its folder, and ``metrics.json`` gains a ``trust`` section: calibration, coverage per class
+    and center, selective accuracy and gate false alarms on the test slides, each split's
+    models calibrated on the calibration slides.
 
     Args:
         config: the run's settings.
@@ -381,6 +343,8 @@ def train(
         CohortError: the cohort table is invalid (all problems listed), or splits would leak.
     """
     from histoguard.core._batch import progress_bars
+    from histoguard.mil._evaluate import format_trust_report, trust_report
+    from histoguard.mil._trust_fit import TrustFitter
 
     say = log or (lambda message: None)
     out = Path(config.out)
@@ -390,52 +354,61 @@ def train(
     )
     cohort = load_cohort(config.cohort, features_dir=config.features)
     bags = load_bags(cohort, config.features)
-    splits = get_or_create_splits(
-        out / "splits.json",
-        cohort,
-        lambda: _SPLIT_MAKERS[config.split](cohort, config.k, config.seed),
-    )
+    splits = get_or_create_splits(out / "splits.json", cohort, lambda: _draw_splits(cohort, config))
     provenance = training_provenance((slide_id, bag.attrs) for slide_id, bag in bags.items())
     center_of = {row.slide_id: row.center or "" for row in cohort.rows}
     label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
-    y_true: list[int] = []
+    fitter = TrustFitter.for_run(cohort, bags, splits, config.trust_settings())
+    for warning in fitter.warnings:
+        logger.warning("%s", warning)
+        say(f"warning: {warning}")
+    test_ids: list[str] = []
     probs: list[np.ndarray] = []
-    centers: list[str] = []
     folds: list[str] = []
     rows = ["fold,slide_id,center,label," + ",".join(f"p_{label}" for label in cohort.labels)]
-    fold_dirs = []
+    fold_dirs: list[Path] = []
+    models: list[MILModel] = []
     with progress_bars(progress) as bars:
         split_task = bars.add_task("splits", total=len(splits))
-        epoch_task = bars.add_task("epochs", total=config.epochs)
+        epoch_task = bars.add_task("epochs", total=config.epochs * config.seeds)
         for i, split in enumerate(splits):
-            bars.reset(epoch_task, total=config.epochs, description=f"{split.name} epochs")
+            bars.reset(
+                epoch_task, total=config.epochs * config.seeds, description=f"{split.name} epochs"
+            )
             started = time.perf_counter()
-            model = train_split(
-                split, cohort, bags, config,
-                on_epoch=lambda *_: bars.advance(epoch_task),
-            )  # fmt: skip
-            fold_dir = out / f"fold_{i}"
-            save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
-            fold_dirs.append(fold_dir)
-            test_ids = list(split.test)
-            p, _ = predict_bags(model, [bags[s] for s in test_ids])
-            for slide_id, row_probs in zip(test_ids, p, strict=True):
-                y_true.append(label_of[slide_id])
+            members = []
+            for j in range(config.seeds):
+                model = train_split(
+                    split, cohort, bags, dataclasses.replace(config, seed=config.seed + j),
+                    on_epoch=lambda *_: bars.advance(epoch_task),
+                )  # fmt: skip
+                fold_dir = out / (f"fold_{i}" if j == 0 else f"fold_{i}-seed{j}")
+                save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
+                fitter.fit_and_save(model, fold_dir)
+                fold_dirs.append(fold_dir)
+                members.append(model)
+                models.append(model)
+            split_model = members[0] if len(members) == 1 else FoldEnsemble(members).eval()
+            split_test = list(split.test)
+            p, _ = predict_bags(split_model, [bags[s] for s in split_test])
+            fitter.add_test_predictions(split_model, split_test, p, label_of, center_of)
+            for slide_id, row_probs in zip(split_test, p, strict=True):
+                test_ids.append(slide_id)
                 probs.append(row_probs)
-                centers.append(center_of[slide_id])
                 folds.append(split.name)
                 values = ",".join(f"{v:.6f}" for v in row_probs)
                 rows.append(
                     f"{split.name},{slide_id},{center_of[slide_id]},{cohort.labels[label_of[slide_id]]},{values}"
                 )
             seconds = time.perf_counter() - started
-            sizes = f"trained on {len(split.train)}, tested on {len(test_ids)}"
+            sizes = f"trained on {len(split.train)}, tested on {len(split_test)}"
             logger.info("%s: %s slides (%.1f s)", split.name, sizes, seconds)
             say(f"{split.name}: {sizes} slides ({seconds:.1f} s)")
             bars.advance(split_task)
     write_bytes_atomic(out / "predictions.csv", ("\n".join(rows) + "\n").encode())
+    centers = [center_of[s] for s in test_ids]
     report = metrics_report(
-        np.asarray(y_true),
+        np.asarray([label_of[s] for s in test_ids]),
         np.stack(probs),
         labels=cohort.labels,
         threshold=config.threshold,
@@ -445,8 +418,14 @@ def train(
         seed=config.seed,
     )
     report["design"] = config.split
+    table = format_table(report)
+    if fitter.enabled:
+        fitter.fit_and_save(models[0] if len(models) == 1 else FoldEnsemble(models).eval(), out)
+        readings = fitter.test_readings()
+        report["trust"] = trust_report(readings, n_boot=config.n_boot, seed=config.seed)
+        table += "\n\n" + format_trust_report(report["trust"])
     write_bytes_atomic(
         out / "metrics.json", (json.dumps(report, indent=2, default=float) + "\n").encode()
     )
-    write_bytes_atomic(out / "metrics.txt", (format_table(report) + "\n").encode())
+    write_bytes_atomic(out / "metrics.txt", (table + "\n").encode())
     return TrainResult(out=out, report=report, fold_dirs=tuple(fold_dirs))

@@ -47,7 +47,8 @@ def slide_embedding(features: npt.ArrayLike) -> npt.NDArray[np.float64]:
     Raises:
         ConfigError: an empty or non-finite bag, or not 2-D.
     """
-    return _matrix(features, "tile features").mean(axis=0)
+    mean: npt.NDArray[np.float64] = _matrix(features, "tile features").mean(axis=0)
+    return mean
 
 
 def knn_distance(

@@ -1,0 +1,143 @@
+"""Feature bags: one slide's tile features in memory, fed to MIL models one bag at a time, and
+the forward passes the uncertainty measures need (ensemble members, MC dropout, one-tile bags)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from histoguard.features import read_feature_file
+from histoguard.mil._base import MILModel
+from histoguard.mil._cohort import Cohort
+
+
+@dataclass(frozen=True)
+class Bag:
+    """One slide's features: ``features (N, D)`` float32, ``coords (N, 2)`` level-0 px or None,
+    and the feature file's attributes (provenance)."""
+
+    slide_id: str
+    features: torch.Tensor
+    coords: np.ndarray | None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
+    """Read every slide's feature file once (``features_dir/<slide_id>.h5``)."""
+    bags = {}
+    for row in cohort.rows:
+        data = read_feature_file(features_dir / f"{row.slide_id}.h5")
+        bags[row.slide_id] = Bag(
+            row.slide_id, torch.from_numpy(data.features.copy()), data.coords, data.attrs
+        )
+    return bags
+
+
+def bag_batch(
+    bag: Bag, generator: torch.Generator | None, max_instances: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One bag as ``(1, N, D)`` features and a ``(1, N)`` all-True mask, optionally subsampled."""
+    features = bag.features
+    if generator is not None and max_instances is not None and len(features) > max_instances:
+        keep = torch.randperm(len(features), generator=generator)[:max_instances]
+        features = features[keep]
+    return features.unsqueeze(0), torch.ones(1, len(features), dtype=torch.bool)
+
+
+def predict_bags(
+    model: MILModel, bags: Sequence[Bag]
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Class probabilities ``(S, C)`` and per-tile attention (``(N,)`` or None) for each bag."""
+    probabilities, attentions = [], []
+    for bag in bags:
+        features, mask = bag_batch(bag, None, None)
+        probs, attention = model.predict(features, mask)
+        probabilities.append(probs[0].numpy())
+        attentions.append(None if attention is None else attention[0].numpy())
+    return np.stack(probabilities), attentions
+
+
+def ensemble_members(model: MILModel) -> list[MILModel]:
+    """The models whose disagreement measures epistemic uncertainty: a
+    :class:`~histoguard.mil.FoldEnsemble`'s members, else the model itself."""
+    members = getattr(model, "members", None)
+    return [m for m in members if isinstance(m, MILModel)] if members is not None else [model]
+
+
+def _dropout_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+
+
+def member_probabilities(
+    model: MILModel,
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    mc_dropout: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Each ensemble member's class probabilities, and MC-dropout passes of each.
+
+    Args:
+        model: one model or a fold ensemble.
+        features: ``(B, N, D)`` padded bags; mask ``(B, N)`` True for real tiles.
+        mc_dropout: extra stochastic passes per member with dropout active (0: none); members
+            without dropout layers contribute their one deterministic pass.
+        seed: seeds the dropout masks.
+
+    Returns:
+        ``(M, B, C)`` probabilities, M = members x (1 + mc_dropout) for members with dropout.
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    outputs = []
+    try:
+        with torch.no_grad():
+            for member in ensemble_members(model):
+                member.eval()
+                outputs.append(torch.softmax(member(features, mask).logits, dim=1))
+                dropouts = _dropout_modules(member)
+                if not mc_dropout or not dropouts:
+                    continue
+                for module in dropouts:
+                    module.train()
+                try:
+                    for _ in range(mc_dropout):
+                        outputs.append(torch.softmax(member(features, mask).logits, dim=1))
+                finally:
+                    member.eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return torch.stack(outputs)
+
+
+def tile_probabilities(model: MILModel, bag: Bag, *, chunk: int = 4096) -> np.ndarray:
+    """Each member's probabilities for every tile seen alone (a one-tile bag).
+
+    Returns:
+        ``(M, N, C)`` float32, M = ensemble members.
+    """
+    features = bag.features
+    parts = []
+    for start in range(0, len(features), chunk):
+        block = features[start : start + chunk].unsqueeze(1)  # (n, 1, D): n one-tile bags
+        mask = torch.ones(block.shape[0], 1, dtype=torch.bool)
+        parts.append(member_probabilities(model, block, mask))
+    return torch.cat(parts, dim=1).numpy()
+
+
+def bag_logits(model: MILModel, bags: Sequence[Bag]) -> np.ndarray:
+    """``(S, C)`` float64 logits of each bag (a fold ensemble's are the log of its members'
+    mean probability), in eval mode without gradients."""
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for bag in bags:
+            features, mask = bag_batch(bag, None, None)
+            rows.append(model(features, mask).logits[0].double().numpy())
+    return np.stack(rows)

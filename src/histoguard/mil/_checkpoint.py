@@ -1,0 +1,70 @@
+"""Saving and loading one trained MIL model: safetensors weights plus a JSON description that
+rebuilds it (no pickles) and records the training features' provenance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histoguard._version import __version__
+from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.mil._base import MILModel
+from histoguard.mil._registry import build_model
+
+
+def save_model(
+    model: MILModel,
+    directory: Path,
+    *,
+    labels: Sequence[str],
+    provenance: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``model.safetensors`` and ``model.json`` (constructor config, class names and the
+    training features' provenance: ``encoder``, ``weights_sha256``, ``mpp``, ``tile_size``, as
+    far as known; see :func:`~histoguard.mil._provenance.training_provenance`)."""
+    from safetensors.torch import save_file
+
+    from histoguard.core._weights import load_state_dict
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+    def verify(tmp: Path) -> None:
+        loaded = load_state_dict(tmp)
+        if loaded.keys() != state.keys() or any(
+            not torch.equal(loaded[k], state[k]) for k in state
+        ):
+            raise OSError(f"{directory}: checkpoint read back differs from the model")
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_output(directory / "model.safetensors", verify=verify) as tmp:
+        save_file(state, str(tmp))
+    description = {
+        "model": model.config(),
+        "labels": list(labels),
+        "provenance": dict(provenance or {}),
+        "histoguard_version": __version__,
+    }
+    write_bytes_atomic(
+        directory / "model.json", (json.dumps(description, indent=2) + "\n").encode()
+    )
+
+
+def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
+    """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (no pickles).
+
+    Checkpoints saved before provenance was recorded load the same way.
+
+    Returns:
+        ``(model in eval mode, class names)``.
+    """
+    from histoguard.core._weights import load_state_dict
+
+    directory = Path(directory)
+    description = json.loads((directory / "model.json").read_text())
+    model = build_model(**description["model"])
+    model.load_state_dict(load_state_dict(directory / "model.safetensors"), strict=True)
+    return model.eval(), list(description["labels"])

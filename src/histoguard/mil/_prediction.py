@@ -1,0 +1,170 @@
+"""One slide's prediction, and the two files that carry a batch of them: ``predictions.csv``
+(opens in pandas or a spreadsheet) and ``predictions.json`` (the same fields, plus the batch
+drift test and the trust settings)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoguard._version import __version__
+from histoguard.core._atomic import write_bytes_atomic
+from histoguard.mil._trust import Trust, TrustReading
+
+PREDICTIONS_NAME = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+_FORMAT = "histoguard.predictions"
+_VERSION = 1
+#: The slide-level uncertainty columns, in order (nats, except variance and members).
+UNCERTAINTY_COLUMNS = (
+    "entropy", "mutual_information", "variance", "n_members", "tile_entropy_weighted",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class SlidePrediction:
+    """One slide's prediction, averaged over the models (folds) that made it.
+
+    Attributes:
+        slide: the slide's name (the feature file's stem).
+        probabilities: class name -> probability.
+        predicted: the most probable class.
+        attention: ``(N,)`` attention per tile (mean over the models), or None for models
+            without attention.
+        coords: ``(N, 2)`` level-0 x, y of each tile's top-left corner, or None.
+        tile_size0: tile side in level-0 pixels, or None when the feature file does not say
+            (see :func:`level0_tile_size`).
+        slide_path: the slide the features came from, when known.
+        feature_file: the feature file predicted from.
+        attrs: the feature file's attributes (provenance, tiling).
+        warnings: what could not be checked or was forced (also logged).
+        raw_probabilities: class name -> the ensemble's probability before calibration (equal
+            to ``probabilities`` when the model has no calibration).
+        prediction_set: the conformal prediction set (class names), empty when the model has
+            no conformal calibration.
+        decision: the predicted class, or ``"review"``.
+        reason: why the decision is ``"review"``: ``"out-of-distribution"``, ``"batch drift"``
+            or ``"uncertain"`` (the set is not one class); ``""`` otherwise.
+        ood_p_value: the gate's conformal p-value (small: unlike the training slides), or None
+            without a gate.
+        uncertainty: slide-level measures: ``entropy``, ``mutual_information`` (nats),
+            ``variance``, ``n_members``, ``tile_entropy_weighted`` (attention-weighted tile
+            entropy, nats, when the model gives attention).
+        tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats (each tile as a one-tile
+            bag, over the ensemble members; at most ln C), or None.
+    """
+
+    slide: str
+    probabilities: dict[str, float]
+    predicted: str
+    attention: np.ndarray | None
+    coords: np.ndarray | None = None
+    tile_size0: float | None = None
+    slide_path: Path | None = None
+    feature_file: Path | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    raw_probabilities: dict[str, float] = field(default_factory=dict)
+    prediction_set: tuple[str, ...] = ()
+    decision: str = ""
+    reason: str = ""
+    ood_p_value: float | None = None
+    uncertainty: Mapping[str, float] = field(default_factory=dict)
+    tile_uncertainty: np.ndarray | None = None
+
+    def summary(self) -> str:
+        """One line: the decision and why, e.g. ``tumour (p=0.972; set {tumour}; gate
+        p=0.41)`` or ``review: out of distribution (gate p=0.020; most probable: tumour
+        p=0.990)``."""
+        top = self.probabilities.get(self.predicted, float("nan"))
+        gate = "" if self.ood_p_value is None else f"gate p={self.ood_p_value:.3f}"
+        if self.decision == "review":
+            shown = self.reason.replace("-", " ")
+            details = [gate] if gate else []
+            if self.reason == "uncertain":
+                details.insert(0, "set {" + ", ".join(self.prediction_set) + "}")
+            details.append(f"most probable: {self.predicted} p={top:.3f}")
+            return f"review: {shown} ({'; '.join(details)})"
+        details = [f"p={top:.3f}"]
+        if self.prediction_set:
+            details.append("set {" + ", ".join(self.prediction_set) + "}")
+        if gate:
+            details.append(gate)
+        else:
+            details.append("unchecked: the model has no calibration")
+        return f"{self.decision or self.predicted} ({'; '.join(details)})"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def write_predictions(
+    results: Sequence[SlidePrediction],
+    labels: Sequence[str],
+    out: Path,
+    *,
+    trust: Trust | None,
+    reading: TrustReading | None,
+    model: Path,
+) -> None:
+    """Write ``predictions.csv`` and ``predictions.json`` into ``out`` (atomically).
+
+    CSV columns: ``slide, decision, reason, predicted, prediction_set`` (classes joined by
+    ``|``), ``ood_p_value``, ``p_<class>`` (calibrated), ``raw_p_<class>``, then
+    :data:`UNCERTAINTY_COLUMNS`; empty cells where a value does not exist.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "slide", "decision", "reason", "predicted", "prediction_set", "ood_p_value",
+            *(f"p_{label}" for label in labels), *(f"raw_p_{label}" for label in labels),
+            *UNCERTAINTY_COLUMNS,
+        ]
+    )  # fmt: skip
+    for r in results:
+        writer.writerow(
+            [
+                r.slide, r.decision, r.reason, r.predicted, "|".join(r.prediction_set),
+                _number(r.ood_p_value),
+                *(f"{r.probabilities[label]:.6f}" for label in labels),
+                *(f"{r.raw_probabilities[label]:.6f}" for label in labels),
+                *(_number(r.uncertainty.get(name)) for name in UNCERTAINTY_COLUMNS),
+            ]
+        )  # fmt: skip
+    write_bytes_atomic(out / PREDICTIONS_NAME, buffer.getvalue().encode())
+    drift = None
+    if reading is not None and reading.drift is not None:
+        drift = {**asdict(reading.drift), "slides": len(results)}
+    document: dict[str, Any] = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "histoguard_version": __version__,
+        "model": str(model),
+        "classes": list(labels),
+        "trust": None if trust is None else {
+            **asdict(trust.settings), "calibration_slides": len(trust.calibration_slides),
+            "warnings": list(trust.warnings),
+        },
+        "batch_drift": drift,
+        "notes": [] if reading is None else list(reading.notes),
+        "slides": [
+            {
+                "slide": r.slide, "decision": r.decision, "reason": r.reason,
+                "predicted": r.predicted, "prediction_set": list(r.prediction_set),
+                "ood_p_value": r.ood_p_value, "probabilities": r.probabilities,
+                "raw_probabilities": r.raw_probabilities, "uncertainty": dict(r.uncertainty),
+                "warnings": list(r.warnings),
+            }
+            for r in results
+        ],
+    }  # fmt: skip
+    write_bytes_atomic(out / PREDICTIONS_JSON, (json.dumps(document, indent=1) + "\n").encode())

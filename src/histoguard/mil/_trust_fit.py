@@ -1,0 +1,132 @@
+"""Fitting a run's :class:`~histoguard.mil.Trust` objects during ``train``: one for every model
+folder and one for the ensemble, all on the calibration slides, and calibrated readings of each
+split's test slides for the train report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from histoguard.mil._bags import Bag, bag_logits
+from histoguard.mil._base import MILModel
+from histoguard.mil._cohort import Cohort
+from histoguard.mil._evaluate import TrustEvaluation
+from histoguard.mil._splits import Split
+from histoguard.mil._trust import Trust, TrustSettings, apply_trust, fit_trust, save_trust
+from histoguard.uncertainty import slide_embedding
+
+
+class TrustFitter:
+    """Fits and saves the trust of a run's models, and collects test-slide readings.
+
+    Build it with :meth:`for_run`. When the splits hold no calibration slides it does nothing
+    (:attr:`enabled` is False) and says why in :attr:`warnings`.
+    """
+
+    def __init__(
+        self,
+        cohort: Cohort,
+        bags: Mapping[str, Bag],
+        calibration: Sequence[str],
+        settings: TrustSettings,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        self.cohort = cohort
+        self.bags = bags
+        self.calibration = tuple(calibration)
+        self.settings = settings
+        self.warnings = list(warnings)
+        self.enabled = bool(self.calibration)
+        held = set(self.calibration)
+        self.reference = tuple(s for s in cohort.slide_ids() if s not in held)
+        self._embeddings: dict[str, np.ndarray] = {}
+        self._fitted: dict[int, Trust] = {}
+        self._readings: list[TrustEvaluation] = []
+
+    @classmethod
+    def for_run(
+        cls,
+        cohort: Cohort,
+        bags: Mapping[str, Bag],
+        splits: Sequence[Split],
+        settings: TrustSettings,
+    ) -> TrustFitter:
+        """The fitter for a run's splits (which share one calibration part)."""
+        calibration = splits[0].calibration if splits else ()
+        warnings = []
+        if any(s.calibration != calibration for s in splits):
+            warnings.append("splits disagree on their calibration slides: no calibration fitted")
+            calibration = ()
+        elif not calibration:
+            warnings.append(
+                "no calibration slides (calibration_fraction=0, a given split without "
+                "calibration rows, or splits.json drawn before calibration parts existed): "
+                "predictions will carry no calibrated probabilities, prediction sets or "
+                "out-of-distribution gate"
+            )
+        return cls(cohort, bags, calibration, settings, warnings)
+
+    def embeddings(self, slide_ids: Sequence[str]) -> np.ndarray:
+        """``(S, D)`` slide embeddings (mean tile features), computed once per slide."""
+        for s in slide_ids:
+            if s not in self._embeddings:
+                self._embeddings[s] = slide_embedding(self.bags[s].features.numpy())
+        return np.stack([self._embeddings[s] for s in slide_ids])
+
+    def fit(self, model: MILModel) -> Trust:
+        """The model's :class:`Trust` on the calibration slides (cached per model)."""
+        if id(model) not in self._fitted:
+            labels = [self.cohort.labels.index(self.cohort.row(s).label) for s in self.calibration]
+            centers = [self.cohort.row(s).center or "" for s in self.calibration]
+            trust = fit_trust(
+                bag_logits(model, [self.bags[s] for s in self.calibration]),
+                labels,
+                self.embeddings(self.calibration),
+                self.embeddings(self.reference),
+                class_names=self.cohort.labels,
+                slide_ids=self.calibration,
+                centers=centers,
+                settings=self.settings,
+            )
+            self.warnings.extend(w for w in trust.warnings if w not in self.warnings)
+            self._fitted[id(model)] = trust
+        return self._fitted[id(model)]
+
+    def fit_and_save(self, model: MILModel, directory: Path) -> None:
+        """Fit the model's trust and write it into ``directory`` (nothing when disabled)."""
+        if self.enabled:
+            save_trust(self.fit(model), directory)
+
+    def add_test_predictions(
+        self,
+        model: MILModel,
+        test_ids: Sequence[str],
+        probabilities: np.ndarray,
+        label_of: Mapping[str, int],
+        center_of: Mapping[str, str],
+    ) -> None:
+        """Calibrate one split's test predictions with that split's model's trust."""
+        if not self.enabled or not test_ids:
+            return
+        trust = self.fit(model)
+        logits = bag_logits(model, [self.bags[s] for s in test_ids])
+        centers = [center_of[s] for s in test_ids]
+        reading = apply_trust(
+            trust, logits, self.embeddings(test_ids), centers=centers, test_batch=False
+        )
+        self._readings.append(
+            TrustEvaluation.from_reading(
+                reading,
+                trust,
+                labels=[label_of[s] for s in test_ids],
+                raw_probabilities=probabilities,
+                centers=centers,
+                slide_ids=test_ids,
+            )
+        )
+
+    def test_readings(self) -> TrustEvaluation:
+        """Every split's test readings, pooled."""
+        return TrustEvaluation.concatenate(self._readings)
