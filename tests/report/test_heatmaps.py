@@ -11,19 +11,18 @@ import pytest
 from PIL import Image
 
 from histoguard.mil import SlidePrediction, predict
-from histoguard.report import write_prediction_heatmaps
+from histoguard.report import uncertainty_overlay, write_prediction_heatmaps
 from histoguard.report._heatmaps import (
+    UNCERTAINTY_MEASUREMENT,
     attention_geojson,
     attention_overlay,
-    colorbar_height,
-    colormap_lut,
-    prediction_title,
     rank_normalise,
-    title_height,
     top_tile_indices,
     top_tiles_gallery,
     write_heatmaps,
 )
+from histoguard.report._overlay import colorbar_height, colormap_lut, title_height
+from histoguard.report._titles import prediction_title, uncertainty_title
 from tests.mil.test_predict import clam_file, histoguard_file, save_tiny_model
 
 #: A 4 x 3 grid of 512-px tiles on a 2048 x 1536 level-0 slide, thumbnail downsample 8.
@@ -347,3 +346,213 @@ def test_histoguard_file_on_its_slide_gets_overlay_gallery_and_map(
         assert image.size == (4 + 5 * (128 + 4), 4 + 128 + 4)
     with Image.open(paths["attention"]) as image:
         assert image.size[0] == 2048  # the slide's thumbnail, not a stand-in canvas
+
+
+# --- the trust readings: decision titles, tile uncertainty -------------------------------------
+
+
+def _trust_prediction(**fields: object) -> SlidePrediction:
+    defaults: dict[str, object] = {
+        "slide": "s1", "probabilities": {"normal": 0.03, "tumour": 0.97},
+        "predicted": "tumour", "attention": None,
+    }  # fmt: skip
+    return SlidePrediction(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "title"),
+    [
+        ({}, "s1: predicted tumour (p = 0.97)"),  # no decision: the title of before
+        (
+            {"decision": "tumour", "prediction_set": ("tumour",)},
+            "s1: tumour (p = 0.97; set {tumour})",
+        ),
+        ({"decision": "tumour"}, "s1: tumour (p = 0.97)"),  # no conformal calibration: no set
+        (
+            {"decision": "review", "reason": "out-of-distribution", "ood_p_value": 0.003},
+            "s1: review: out of distribution (p = 0.003)",
+        ),
+        (
+            {"decision": "review", "reason": "out-of-distribution"},
+            "s1: review: out of distribution",  # no gate p-value to show
+        ),
+        (
+            {"decision": "review", "reason": "uncertain", "prediction_set": ("normal", "tumour")},
+            "s1: review: uncertain (set {normal, tumour})",
+        ),
+        ({"decision": "review", "reason": "uncertain"}, "s1: review: uncertain (empty set)"),
+        (
+            {"decision": "review", "reason": "batch drift", "ood_p_value": 0.4},
+            "s1: review: batch drift",
+        ),
+        ({"decision": "review"}, "s1: review"),
+    ],
+)
+def test_prediction_title_shows_the_decision_and_its_evidence(
+    fields: dict[str, object], title: str
+) -> None:
+    assert prediction_title(_trust_prediction(**fields)) == title
+
+
+def test_uncertainty_title_gives_the_slide_entropy_when_known() -> None:
+    assert uncertainty_title(_trust_prediction()) == "s1: tile uncertainty"
+    known = _trust_prediction(uncertainty={"entropy": 0.4123, "variance": 0.01})
+    assert uncertainty_title(known) == "s1: tile uncertainty (slide entropy 0.41 nats)"
+
+
+def test_uncertainty_overlay_paints_by_value_on_zero_to_ln_c() -> None:
+    coords = grid_coords()
+    ln3 = np.log(3)
+    entropy = np.full(12, np.nan)
+    entropy[[0, 1, 2]] = [0.0, ln3 / 2, ln3]
+    alpha = 0.5
+    image = uncertainty_overlay(thumbnail(), DOWNSAMPLE, coords, TILE0, entropy, 3, alpha=alpha)
+    thumb_h, thumb_w = thumbnail().shape[:2]
+    assert image.size == (thumb_w, thumb_h + colorbar_height(thumb_h))
+    pixels = np.asarray(image)
+    lut = colormap_lut("viridis").astype(float)
+    for index, colour in ((0, lut[0]), (1, lut[128]), (2, lut[-1])):
+        expected = np.round((1 - alpha) * GREY + alpha * colour)
+        assert np.all(np.abs(tile_pixels(pixels, coords[index]) - expected) <= 1), index
+    assert np.all(tile_pixels(pixels, coords[5]) == GREY)  # NaN: not painted
+    # By value, not by rank: a slide uncertain everywhere is the top colour everywhere.
+    uniform = np.asarray(
+        uncertainty_overlay(thumbnail(), DOWNSAMPLE, coords, TILE0, np.full(12, ln3), 3)
+    )
+    top_colour = np.round(0.5 * GREY + 0.5 * lut[-1])
+    assert all(np.all(np.abs(tile_pixels(uniform, c) - top_colour) <= 1) for c in coords)
+    bar_row = pixels[thumb_h + 4]
+    assert np.abs(bar_row[4].astype(int) - lut[0]).max() <= 2
+    assert np.abs(bar_row[-5].astype(int) - lut[-1]).max() <= 2
+
+
+def test_uncertainty_overlay_rejects_entropy_outside_zero_to_ln_c() -> None:
+    coords = grid_coords()
+    with pytest.raises(ValueError, match="ln 2"):  # ln 3 nats cannot come from two classes
+        uncertainty_overlay(thumbnail(), DOWNSAMPLE, coords, TILE0, np.full(12, np.log(3)), 2)
+    with pytest.raises(ValueError, match="n_classes"):
+        uncertainty_overlay(thumbnail(), DOWNSAMPLE, coords, TILE0, np.zeros(12), 1)
+    # float32 rounding just above ln C is a uniform prediction, not an error
+    near = np.full(12, np.float32(np.log(2)), dtype=np.float32)
+    uncertainty_overlay(thumbnail(), DOWNSAMPLE, coords, TILE0, near, 2)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _entropy_of(measurements: dict[str, float | None]) -> float | None:
+    return measurements[UNCERTAINTY_MEASUREMENT]
+
+
+def test_write_heatmaps_draws_uncertainty_beside_attention(tmp_path: Path) -> None:
+    coords = grid_coords()
+    rng = np.random.default_rng(1)
+    scores = rng.dirichlet(np.ones(12))
+    entropy = rng.uniform(0.0, np.log(2), 12)
+    entropy[3] = np.nan
+    paths = write_heatmaps(
+        tmp_path, "s", thumbnail=thumbnail(), downsample=DOWNSAMPLE, coords=coords,
+        tile_size0=TILE0, scores=scores, tile_uncertainty=entropy, n_classes=2,
+        title="s: tumour (p = 0.97)", uncertainty_title="s: tile uncertainty",
+    )  # fmt: skip
+    assert set(paths) == {"attention", "geojson", "uncertainty"}
+    assert paths["uncertainty"].name == "s.uncertainty.png"
+    for key in ("attention", "uncertainty"):
+        assert paths[key].read_bytes()[:8] == PNG_SIGNATURE
+        with Image.open(paths[key]) as image:
+            image.verify()
+    with Image.open(paths["attention"]) as a, Image.open(paths["uncertainty"]) as u:
+        assert a.size[0] == u.size[0] == thumbnail().shape[1]
+        assert u.size[1] >= thumbnail().shape[0] + colorbar_height(thumbnail().shape[0])
+    features = json.loads(paths["geojson"].read_text())["features"]
+    assert len(features) == 12
+    for i, feature in enumerate(features):
+        measurements = feature["properties"]["measurements"]
+        assert set(measurements) == {"attention", "attention rank", UNCERTAINTY_MEASUREMENT}
+        assert measurements["attention"] == pytest.approx(scores[i])
+        if i == 3:
+            assert _entropy_of(measurements) is None
+        else:
+            assert _entropy_of(measurements) == pytest.approx(entropy[i])
+    with pytest.raises(ValueError, match="n_classes"):
+        write_heatmaps(
+            tmp_path, "t", thumbnail=None, downsample=1.0, coords=coords, tile_size0=TILE0,
+            scores=scores, tile_uncertainty=entropy,
+        )  # fmt: skip
+
+
+def _on_known_slide(known_slide: Path, **fields: object) -> SlidePrediction:
+    """A prediction on ``known_slide``'s tissue: 8 x 6 tiles of 256 level-0 px."""
+    xs, ys = np.meshgrid(512 + 256 * np.arange(8), 512 + 256 * np.arange(6))
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    attention = np.random.default_rng(2).dirichlet(np.ones(len(coords)))
+    return _trust_prediction(
+        slide="known", attention=attention, coords=coords, tile_size0=256.0,
+        slide_path=known_slide, **fields,
+    )  # fmt: skip
+
+
+def test_prediction_with_tile_uncertainty_gets_its_map_and_measurement(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    entropy = np.linspace(0.0, np.log(2), 48)
+    prediction = _on_known_slide(
+        known_slide, tile_uncertainty=entropy, decision="review", reason="out-of-distribution",
+        ood_p_value=0.003, uncertainty={"entropy": 0.5},
+    )  # fmt: skip
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
+    assert drawn.warnings == ()
+    paths = drawn.paths["known"]
+    assert set(paths) == {"attention", "geojson", "uncertainty"}  # no tile spec: no gallery
+    assert paths["uncertainty"] == tmp_path / "maps" / "known.uncertainty.png"
+    with Image.open(paths["attention"]) as a, Image.open(paths["uncertainty"]) as u:
+        assert a.size[0] == u.size[0] == 2048  # both on the slide's thumbnail
+        titled = np.asarray(a.convert("RGB"))
+    features = json.loads(paths["geojson"].read_text())["features"]
+    measurements = [f["properties"]["measurements"] for f in features]
+    np.testing.assert_allclose([_entropy_of(m) for m in measurements], entropy)
+    # The decision is in the title: the same map with no decision differs only above the map.
+    undecided = _on_known_slide(known_slide)
+    plain = write_prediction_heatmaps([undecided], tmp_path / "plain")
+    with Image.open(plain.paths["known"]["attention"]) as image:
+        untitled = np.asarray(image.convert("RGB"))
+    top = title_height(2048, prediction_title(prediction))
+    assert top == title_height(2048, prediction_title(undecided))
+    assert titled.shape == untitled.shape
+    assert (titled[:top] != untitled[:top]).any()
+    assert np.array_equal(titled[top:], untitled[top:])
+
+
+def test_prediction_without_tile_uncertainty_writes_no_uncertainty_file(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    drawn = write_prediction_heatmaps([_on_known_slide(known_slide)], tmp_path)
+    assert drawn.warnings == ()
+    assert set(drawn.paths["known"]) == {"attention", "geojson"}
+    assert not list(tmp_path.glob("*.uncertainty.png"))
+    feature = json.loads(drawn.paths["known"]["geojson"].read_text())["features"][0]
+    assert set(feature["properties"]["measurements"]) == {"attention", "attention rank"}
+
+
+def test_tile_uncertainty_of_the_wrong_length_is_a_warning(
+    tmp_path: Path, known_slide: Path
+) -> None:
+    prediction = _on_known_slide(known_slide, tile_uncertainty=np.zeros(5))
+    drawn = write_prediction_heatmaps([prediction], tmp_path)
+    assert set(drawn.paths["known"]) == {"attention", "geojson"}
+    (warning,) = drawn.warnings
+    assert "tile uncertainty not drawn" in warning and "48 tiles" in warning
+
+
+def test_without_the_slide_the_geojson_still_carries_tile_uncertainty(tmp_path: Path) -> None:
+    entropy = np.full(12, 0.25)
+    prediction = _trust_prediction(
+        attention=np.full(12, 1 / 12), coords=grid_coords(), tile_size0=TILE0,
+        tile_uncertainty=entropy,
+    )  # fmt: skip
+    drawn = write_prediction_heatmaps([prediction], tmp_path)
+    assert set(drawn.paths["s1"]) == {"geojson"}
+    (warning,) = drawn.warnings
+    assert "attention and uncertainty overlays not drawn" in warning
+    features = json.loads(drawn.paths["s1"]["geojson"].read_text())["features"]
+    assert [_entropy_of(f["properties"]["measurements"]) for f in features] == [0.25] * 12

@@ -1,4 +1,5 @@
-"""Everything people look at: attention heatmaps, the tiling overview, the audit page.
+"""Everything people look at: attention and tile-uncertainty heatmaps, reliability diagrams,
+the tiling overview, the audit page.
 
 This is the only room that draws. It reads results (or their JSON) and never runs a model.
 """
@@ -10,18 +11,21 @@ from histoguard.report._heatmaps import (
     attention_geojson,
     attention_overlay,
     top_tiles_gallery,
+    uncertainty_overlay,
     write_heatmaps,
     write_prediction_heatmaps,
 )
 
 if TYPE_CHECKING:
     from histoguard.report._audit_page import render_audit_html, write_audit_page
+    from histoguard.report._reliability import write_reliability_diagram
 
-#: Names imported on first use: the audit page needs matplotlib and the robustness room, which
-#: the heatmaps do not.
+#: Names imported on first use: the audit page and the reliability diagram need matplotlib
+#: (and the audit page the robustness room), which the heatmaps do not.
 _LAZY = {
     "render_audit_html": "histoguard.report._audit_page",
     "write_audit_page": "histoguard.report._audit_page",
+    "write_reliability_diagram": "histoguard.report._reliability",
 }
 
 
@@ -39,7 +43,9 @@ __all__ = [
     "attention_overlay",
     "render_audit_html",
     "top_tiles_gallery",
+    "uncertainty_overlay",
     "write_audit_page",
     "write_heatmaps",
     "write_prediction_heatmaps",
+    "write_reliability_diagram",
 ]

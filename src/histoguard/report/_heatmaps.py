@@ -1,9 +1,11 @@
-"""Attention maps people can open: a coloured overlay PNG, a top-tile gallery, QuPath GeoJSON.
+"""Attention maps people can open: a coloured overlay PNG, a top-tile gallery, QuPath GeoJSON,
+and beside them the map of each tile's uncertainty.
 
-Scores are shown by *rank*, not by value: MIL attention is a softmax, so a handful of tiles hold
-most of the mass and a min–max scale would paint everything else the bottom colour. With ranks
-every colour of the map is used and "red" always means "the top few percent of this slide".
-The raw scores still travel in the GeoJSON for anyone who needs them.
+Attention is shown by *rank*, not by value: MIL attention is a softmax, so a handful of tiles
+hold most of the mass and a min–max scale would paint everything else the bottom colour. With
+ranks every colour of the map is used and "red" always means "the top few percent of this
+slide". The raw scores still travel in the GeoJSON for anyone who needs them. Tile uncertainty
+(predictive entropy) is shown by *value* on 0..ln C: it means the same on every slide.
 
 :func:`write_prediction_heatmaps` draws what :func:`histoguard.mil.predict` returned: it reads
 results and never runs a model. It draws only what it can draw truthfully: without the tiles'
@@ -19,15 +21,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from numpy.typing import ArrayLike
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from scipy.stats import rankdata
 
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.report._overlay import _BACKGROUND_RGB, Colormap, paint_tiles
+from histoguard.report._titles import prediction_title, uncertainty_title
 from histoguard.slide._geojson import tile_geojson
 
 if TYPE_CHECKING:
@@ -35,62 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Colormap = Literal["turbo", "viridis"]
-
-#: Colour anchors, RGB in [0, 1], evenly spaced over [0, 1]. Turbo (Google's perceptual
-#: replacement for jet: blue = low, red = high) is sampled every 16th entry of its 256-entry
-#: table; viridis is matplotlib's at nine even steps. Linear interpolation between anchors is
-#: visually indistinguishable from the full tables.
-_ANCHORS: dict[str, tuple[tuple[float, float, float], ...]] = {
-    "turbo": (
-        (0.18995, 0.07176, 0.23217),
-        (0.25107, 0.25237, 0.63374),
-        (0.27628, 0.42118, 0.89123),
-        (0.25862, 0.57958, 0.99876),
-        (0.15844, 0.73551, 0.92305),
-        (0.09267, 0.86554, 0.76230),
-        (0.19659, 0.94901, 0.59466),
-        (0.42778, 0.99419, 0.38575),
-        (0.64362, 0.98999, 0.23356),
-        (0.80473, 0.92452, 0.20459),
-        (0.93301, 0.81236, 0.22667),
-        (0.99314, 0.67408, 0.20348),
-        (0.98360, 0.49291, 0.12849),
-        (0.92105, 0.31489, 0.05475),
-        (0.81608, 0.18462, 0.01809),
-        (0.66449, 0.08436, 0.00424),
-        (0.47960, 0.01583, 0.01055),
-    ),
-    "viridis": (
-        (0.26667, 0.00392, 0.32941),
-        (0.28235, 0.15686, 0.47059),
-        (0.24314, 0.28627, 0.53725),
-        (0.19216, 0.40784, 0.55686),
-        (0.14902, 0.50980, 0.55686),
-        (0.12157, 0.61961, 0.53725),
-        (0.20784, 0.71765, 0.47451),
-        (0.43137, 0.80784, 0.34510),
-        (0.99216, 0.90588, 0.14510),
-    ),
-}
-
-_BACKGROUND_RGB = (255, 255, 255)
 _GALLERY_GAP_PX = 4
-
-
-def colormap_lut(name: Colormap = "turbo", n: int = 256) -> npt.NDArray[np.uint8]:
-    """The ``(n, 3)`` uint8 RGB lookup table of a colormap, low to high.
-
-    Raises:
-        ValueError: for an unknown colormap name.
-    """
-    if name not in _ANCHORS:
-        raise ValueError(f"unknown colormap {name!r}; choose from {sorted(_ANCHORS)}")
-    anchors = np.asarray(_ANCHORS[name], dtype=np.float64)
-    at = np.linspace(0.0, 1.0, len(anchors))
-    grid = np.linspace(0.0, 1.0, n)
-    channels = [np.interp(grid, at, anchors[:, c]) for c in range(3)]
-    return np.round(np.stack(channels, axis=1) * 255).astype(np.uint8)
 
 
 def rank_normalise(scores: ArrayLike) -> npt.NDArray[np.float64]:
@@ -120,76 +69,9 @@ def top_tile_indices(scores: ArrayLike, k: int) -> npt.NDArray[np.int64]:
     return order[: max(k, 0)].astype(np.int64)
 
 
-_TEXT_RGB = (0, 0, 0)
-_MIN_FONT_PX = 10
-_PAD_PX = 4
 #: Colour-bar tick positions (attention rank) and the captions under its two ends.
-_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
-_CAPTIONS = ("low attention", "attention rank", "high attention")
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's bundled scalable font at ``size`` pixels."""
-    return ImageFont.load_default(size=max(_MIN_FONT_PX, size))
-
-
-def _fitting_font_size(texts: Sequence[str], width: int, largest: int) -> int:
-    """The largest font size (at most ``largest``) at which ``texts`` fit side by side in
-    ``width`` pixels with padding between them; never below the legibility floor."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    size = max(_MIN_FONT_PX, largest)
-    room = width - (len(texts) + 1) * 2 * _PAD_PX
-    while size > _MIN_FONT_PX and sum(draw.textlength(t, font=_font(size)) for t in texts) > room:
-        size -= 1
-    return size
-
-
-def _colorbar(width: int, height: int, lut: npt.NDArray[np.uint8]) -> Image.Image:
-    """A strip as wide as the map: the low→high gradient, ticks labelled with the attention
-    rank (0, 0.25, ..., 1), and "low attention" / "attention rank" / "high attention" below."""
-    canvas = Image.new("RGB", (width, height), _BACKGROUND_RGB)
-    size = _fitting_font_size(_CAPTIONS, width, max(_MIN_FONT_PX, (height - 8) // 4))
-    font = _font(size)
-    bar_top, bar_h = 2, max(8, height - 2 * size - 18)
-    bar_w = max(1, width - 2 * _PAD_PX)
-    gradient = lut[np.linspace(0, len(lut) - 1, bar_w).round().astype(int)]
-    canvas.paste(Image.fromarray(np.repeat(gradient[None], bar_h, axis=0)), (_PAD_PX, bar_top))
-    draw = ImageDraw.Draw(canvas)
-    tick_y = bar_top + bar_h
-    for tick in _TICKS:
-        x = _PAD_PX + tick * (bar_w - 1)
-        draw.line((x, tick_y, x, tick_y + 4), fill=_TEXT_RGB, width=1)
-        label = f"{tick:g}"
-        half = draw.textlength(label, font=font) / 2
-        left = min(max(x - half, 0), width - 2 * half)
-        draw.text((left, tick_y + 5), label, fill=_TEXT_RGB, font=font)
-    caption_y = tick_y + 5 + size + 4
-    low, middle, high = _CAPTIONS
-    draw.text((_PAD_PX, caption_y), low, fill=_TEXT_RGB, font=font)
-    centre = (width - draw.textlength(middle, font=font)) / 2
-    draw.text((centre, caption_y), middle, fill=_TEXT_RGB, font=font)
-    right = width - _PAD_PX - draw.textlength(high, font=font)
-    draw.text((right, caption_y), high, fill=_TEXT_RGB, font=font)
-    return canvas
-
-
-def colorbar_height(map_height: int) -> int:
-    """Height in pixels of the colour-bar strip that :func:`attention_overlay` appends."""
-    return max(56, map_height // 8)
-
-
-def _title_strip(width: int, title: str) -> Image.Image:
-    """A white strip as wide as the map with ``title`` in black, shrunk to fit the width."""
-    size = _fitting_font_size([title], width, min(40, max(14, width // 40)))
-    strip = Image.new("RGB", (width, size + 2 * _PAD_PX + 4), _BACKGROUND_RGB)
-    ImageDraw.Draw(strip).text((_PAD_PX, _PAD_PX), title, fill=_TEXT_RGB, font=_font(size))
-    return strip
-
-
-def title_height(map_width: int, title: str | None) -> int:
-    """Height in pixels of the title strip :func:`attention_overlay` puts above the map (0
-    without a title)."""
-    return 0 if not title else _title_strip(map_width, title).height
+_RANK_TICKS = tuple((t, f"{t:g}") for t in (0.0, 0.25, 0.5, 0.75, 1.0))
+_RANK_CAPTIONS = ("low attention", "attention rank", "high attention")
 
 
 def attention_overlay(
@@ -213,7 +95,8 @@ def attention_overlay(
         scores: ``(N,)`` attention scores; tiles with a non-finite score are not painted.
         alpha: opacity of the colour over the tissue, in [0, 1].
         colormap: ``"turbo"`` (jet-like, low blue → high dark red) or ``"viridis"``.
-        title: a line above the map (e.g. the slide, its predicted class and probability).
+        title: a line above the map (e.g. the slide and its decision, see
+            :func:`~histoguard.report._titles.prediction_title`).
 
     Returns:
         An RGB image ``W`` wide and ``title_height(W, title) + H + colorbar_height(H)`` tall:
@@ -224,40 +107,71 @@ def attention_overlay(
         ValueError: on inconsistent shapes, a non-positive downsample or tile size, or alpha
             outside [0, 1].
     """
-    image = np.asarray(thumbnail)
-    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     level = rank_normalise(scores)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"thumbnail must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    if level.shape != (len(xy),):
-        raise ValueError(f"scores must have shape ({len(xy)},), got {level.shape}")
-    if not (downsample > 0 and tile_size0 > 0 and 0.0 <= alpha <= 1.0):
-        raise ValueError("need downsample > 0, tile_size0 > 0 and 0 <= alpha <= 1")
-    lut = colormap_lut(colormap)
-    height, width = image.shape[:2]
-    # Paint a map of LUT indices (-1 = no tile) first, so colours are blended once per pixel.
-    shade = np.full((height, width), -1, dtype=np.int16)
-    corners = np.clip(np.round(xy / downsample).astype(np.int64), 0, None)
-    ends = np.maximum(np.round((xy + tile_size0) / downsample).astype(np.int64), corners + 1)
-    n_finite = int(np.isfinite(level).sum())
-    # Ascending order: with overlapping tiles the later (higher) score is the one left visible.
-    order = np.argsort(level, kind="stable")[:n_finite]
-    lut_index = np.round(level[order] * (len(lut) - 1)).astype(np.int16)
-    for (x0, y0), (x1, y1), value in zip(
-        corners[order].tolist(), ends[order].tolist(), lut_index.tolist(), strict=True
-    ):
-        shade[y0:y1, x0:x1] = value
-    painted = shade >= 0
-    blended = image.astype(np.float64)
-    blended[painted] = (1 - alpha) * blended[painted] + alpha * lut[shade[painted]]
-    heatmap = Image.fromarray(np.round(blended).astype(np.uint8))
-    top = title_height(width, title)
-    out = Image.new("RGB", (width, top + height + colorbar_height(height)), _BACKGROUND_RGB)
-    if title:
-        out.paste(_title_strip(width, title), (0, 0))
-    out.paste(heatmap, (0, top))
-    out.paste(_colorbar(width, colorbar_height(height), lut), (0, top + height))
-    return out
+    return paint_tiles(
+        thumbnail, downsample, coords, tile_size0, level, ticks=_RANK_TICKS,
+        captions=_RANK_CAPTIONS, alpha=alpha, colormap=colormap, title=title,
+    )  # fmt: skip
+
+
+#: Where the tile-uncertainty colour bar is ticked, as fractions of ln C.
+_ENTROPY_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The GeoJSON measurement holding each tile's predictive entropy.
+UNCERTAINTY_MEASUREMENT = "predictive entropy (nats)"
+
+
+def uncertainty_overlay(
+    thumbnail: np.ndarray,
+    downsample: float,
+    coords: ArrayLike,
+    tile_size0: float,
+    entropy: ArrayLike,
+    n_classes: int,
+    *,
+    alpha: float = 0.5,
+    colormap: Colormap = "viridis",
+    title: str | None = None,
+) -> Image.Image:
+    """Paint each tile's predictive entropy over a slide thumbnail, on the fixed scale 0..ln C.
+
+    Unlike attention, entropy means the same on every slide (0: the models agree on one class
+    with certainty; ln C: uniform over the C classes), so it is drawn by value, not by rank: a
+    slide whose tiles are all uncertain looks uncertain. Viridis by default, so the map is not
+    mistaken for the attention map beside it.
+
+    Args:
+        thumbnail, downsample, coords, tile_size0, alpha, title: as for
+            :func:`attention_overlay`.
+        entropy: ``(N,)`` per-tile predictive entropy in nats, in [0, ln C]
+            (``SlidePrediction.tile_uncertainty``); non-finite tiles are not painted.
+        n_classes: C, the number of classes (at least 2).
+        colormap: ``"viridis"`` or ``"turbo"``.
+
+    Returns:
+        An RGB image laid out as :func:`attention_overlay`'s; its colour bar is ticked in nats
+        from 0 to ln C and captioned "predictive entropy (nats), 0..ln C".
+
+    Raises:
+        ValueError: on the errors of :func:`attention_overlay`, ``n_classes < 2``, or a finite
+            entropy below 0 or above ln C (a sign that ``n_classes`` is wrong).
+    """
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    ln_c = float(np.log(n_classes))
+    e = np.asarray(entropy, dtype=np.float64)
+    finite = e[np.isfinite(e)]
+    tolerance = 1e-6 * ln_c  # float32 entropies of a uniform prediction land just above ln C
+    if finite.size and (finite.min() < -tolerance or finite.max() > ln_c + tolerance):
+        raise ValueError(
+            f"tile entropies must lie in [0, ln {n_classes} = {ln_c:.4f}] nats; got "
+            f"[{finite.min():.4f}, {finite.max():.4f}]: are there {n_classes} classes?"
+        )
+    ticks = tuple((t, f"{t * ln_c:.2f}") for t in _ENTROPY_TICKS)
+    captions = ("certain", f"predictive entropy (nats), 0..ln {n_classes}", "uncertain")
+    return paint_tiles(
+        thumbnail, downsample, coords, tile_size0, np.clip(e / ln_c, 0.0, 1.0), ticks=ticks,
+        captions=captions, alpha=alpha, colormap=colormap, title=title,
+    )  # fmt: skip
 
 
 def top_tiles_gallery(
@@ -307,23 +221,38 @@ def top_tiles_gallery(
 
 
 def attention_geojson(
-    coords: ArrayLike, tile_size0: float, scores: ArrayLike, *, name: str = "attention"
+    coords: ArrayLike,
+    tile_size0: float,
+    scores: ArrayLike,
+    *,
+    name: str = "attention",
+    tile_uncertainty: ArrayLike | None = None,
 ) -> dict[str, object]:
-    """A QuPath measurement map: one tile per coordinate with its attention.
+    """A QuPath measurement map: one tile per coordinate with its attention (and uncertainty).
 
     Args:
         coords: ``(N, 2)`` level-0 (x, y) top-left tile corners.
         tile_size0: tile side in level-0 pixels.
         scores: ``(N,)`` attention scores.
         name: measurement name.
+        tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats, or None.
 
     Returns:
         A GeoJSON FeatureCollection (see :func:`~histoguard.slide._geojson.tile_geojson`) whose
         tiles carry ``name`` (the raw score) and ``"<name> rank"`` (in [0, 1], the scale of the
-        PNG overlay; QuPath colours measurement maps min–max, so the rank reproduces the PNG).
+        PNG overlay; QuPath colours measurement maps min–max, so the rank reproduces the PNG),
+        and with ``tile_uncertainty`` also ``"predictive entropy (nats)"``
+        (:data:`UNCERTAINTY_MEASUREMENT`; set QuPath's display range to 0..ln C to match the
+        uncertainty PNG).
+
+    Raises:
+        ValueError: if a value array is not ``(N,)`` (see ``tile_geojson``).
     """
     s = np.asarray(scores, dtype=np.float64)
-    return tile_geojson(coords, tile_size0, {name: s, f"{name} rank": rank_normalise(s)})
+    values = {name: s, f"{name} rank": rank_normalise(s)}
+    if tile_uncertainty is not None:
+        values[UNCERTAINTY_MEASUREMENT] = np.asarray(tile_uncertainty, dtype=np.float64)
+    return tile_geojson(coords, tile_size0, values)
 
 
 def _blank_canvas(
@@ -354,8 +283,12 @@ def write_heatmaps(
     scores: ArrayLike,
     top_tiles: np.ndarray | None = None,
     title: str | None = None,
+    tile_uncertainty: ArrayLike | None = None,
+    n_classes: int | None = None,
+    uncertainty_title: str | None = None,
 ) -> dict[str, Path]:
-    """Write a slide's attention overlay, QuPath GeoJSON and (optionally) top-tile gallery.
+    """Write a slide's attention overlay, QuPath GeoJSON, and (optionally) top-tile gallery and
+    tile-uncertainty overlay.
 
     Each file is written atomically (see :mod:`histoguard.core._atomic`): a file present under its
     final name is complete.
@@ -369,11 +302,22 @@ def write_heatmaps(
         top_tiles: ``(K, S, S, 3)`` uint8 pixels of the tiles at
             ``top_tile_indices(scores, K)``, in that order (highest score first).
         title: a line above the overlay (see :func:`attention_overlay`).
+        tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats; drawn with
+            :func:`uncertainty_overlay` and added to the GeoJSON.
+        n_classes: C, needed with ``tile_uncertainty`` (the colour scale is 0..ln C).
+        uncertainty_title: a line above the uncertainty overlay.
 
     Returns:
         ``{"attention": <stem>.attention.png, "geojson": <stem>.attention.geojson}`` plus
-        ``"top_tiles": <stem>.top_tiles.png`` when tiles were given.
+        ``"top_tiles": <stem>.top_tiles.png`` when tiles were given and
+        ``"uncertainty": <stem>.uncertainty.png`` with ``tile_uncertainty``.
+
+    Raises:
+        ValueError: ``tile_uncertainty`` without ``n_classes``, and the errors of
+            :func:`attention_overlay` and :func:`uncertainty_overlay`.
     """
+    if tile_uncertainty is not None and n_classes is None:
+        raise ValueError("tile_uncertainty needs n_classes: its colour scale runs 0..ln C")
     s = np.asarray(scores, dtype=np.float64)
     paths = {
         "attention": out_dir / f"{slide_stem}.attention.png",
@@ -383,7 +327,14 @@ def write_heatmaps(
         thumbnail, downsample = _blank_canvas(coords, tile_size0, downsample)
     overlay = attention_overlay(thumbnail, downsample, coords, tile_size0, s, title=title)
     write_bytes_atomic(paths["attention"], _png_bytes(overlay))
-    _write_geojson(paths["geojson"], coords, tile_size0, s)
+    if tile_uncertainty is not None and n_classes is not None:
+        paths["uncertainty"] = out_dir / f"{slide_stem}.uncertainty.png"
+        drawn = uncertainty_overlay(
+            thumbnail, downsample, coords, tile_size0, tile_uncertainty, n_classes,
+            title=uncertainty_title,
+        )  # fmt: skip
+        write_bytes_atomic(paths["uncertainty"], _png_bytes(drawn))
+    _write_geojson(paths["geojson"], coords, tile_size0, s, tile_uncertainty)
     if top_tiles is not None:
         k = len(top_tiles)
         gallery = top_tiles_gallery(top_tiles, s[top_tile_indices(s, k)], columns=8)
@@ -392,8 +343,14 @@ def write_heatmaps(
     return paths
 
 
-def _write_geojson(path: Path, coords: ArrayLike, tile_size0: float, scores: ArrayLike) -> None:
-    geojson = attention_geojson(coords, tile_size0, scores)
+def _write_geojson(
+    path: Path,
+    coords: ArrayLike,
+    tile_size0: float,
+    scores: ArrayLike,
+    tile_uncertainty: ArrayLike | None = None,
+) -> None:
+    geojson = attention_geojson(coords, tile_size0, scores, tile_uncertainty=tile_uncertainty)
     write_bytes_atomic(path, json.dumps(geojson, allow_nan=False).encode())
 
 
@@ -402,8 +359,8 @@ class PredictionHeatmaps:
     """What :func:`write_prediction_heatmaps` wrote.
 
     Attributes:
-        paths: slide -> ``{"attention", "geojson", "top_tiles"}`` -> file, for the files
-            written (a slide that got none is absent).
+        paths: slide -> ``{"attention", "geojson", "top_tiles", "uncertainty"}`` -> file, for
+            the files written (a slide that got none is absent).
         warnings: why something was not drawn (also logged).
     """
 
@@ -411,25 +368,23 @@ class PredictionHeatmaps:
     warnings: tuple[str, ...]
 
 
-def prediction_title(prediction: SlidePrediction) -> str:
-    """``"<slide>: predicted <class> (p = 0.93)"``."""
-    probability = prediction.probabilities[prediction.predicted]
-    return f"{prediction.slide}: predicted {prediction.predicted} (p = {probability:.2f})"
-
-
 def write_prediction_heatmaps(
     predictions: Sequence[SlidePrediction], out_dir: str | Path, *, top_k: int = 16
 ) -> PredictionHeatmaps:
-    """Draw the attention of :func:`histoguard.mil.predict`'s results.
+    """Draw the attention and tile uncertainty of :func:`histoguard.mil.predict`'s results.
 
     Per slide with attention and coordinates: ``<slide>.attention.png`` (the overlay on the
-    slide's thumbnail, titled with the predicted class and its probability, with a colour bar),
-    ``<slide>.attention.geojson`` (QuPath measurement map) and ``<slide>.top_tiles.png`` (the
-    ``top_k`` tiles, for histoguard feature files whose slide opens).
+    slide's thumbnail with a colour bar, titled with the decision and its evidence, see
+    :func:`~histoguard.report._titles.prediction_title`), ``<slide>.attention.geojson``
+    (QuPath measurement map: attention, and each tile's predictive entropy when the prediction
+    has ``tile_uncertainty``), ``<slide>.top_tiles.png`` (the ``top_k`` tiles, for histoguard
+    feature files whose slide opens) and, with ``tile_uncertainty``,
+    ``<slide>.uncertainty.png`` (:func:`uncertainty_overlay`, entropy on 0..ln C).
 
     Nothing is drawn from a guess: a slide whose tile size in level-0 pixels is unknown gets no
     files, and one whose slide cannot be reopened gets the GeoJSON only; both are warnings
-    (logged and returned) naming the feature file and the fix.
+    (logged and returned) naming the feature file and the fix. So is a ``tile_uncertainty``
+    that does not have one value per tile (it is then left out).
 
     Args:
         predictions: what :func:`histoguard.mil.predict` returned.
@@ -444,41 +399,56 @@ def write_prediction_heatmaps(
     paths: dict[str, dict[str, Path]] = {}
     warnings: list[str] = []
     for prediction in predictions:
-        written, problem = _draw_prediction(prediction, out, top_k)
+        written, problems = _draw_prediction(prediction, out, top_k)
         if written:
             paths[prediction.slide] = written
-        if problem:
+        for problem in problems:
             logger.warning("%s", problem)
             warnings.append(problem)
     return PredictionHeatmaps(paths=paths, warnings=tuple(warnings))
 
 
+def _tile_uncertainty(
+    prediction: SlidePrediction, n_tiles: int, source: object
+) -> tuple[npt.NDArray[np.float64] | None, list[str]]:
+    """The prediction's per-tile entropy if it has one value per tile, and why not otherwise."""
+    if prediction.tile_uncertainty is None:
+        return None, []
+    entropy = np.asarray(prediction.tile_uncertainty, dtype=np.float64)
+    if entropy.shape != (n_tiles,):
+        return None, [
+            f"{source}: tile uncertainty not drawn: {entropy.shape} values for {n_tiles} tiles"
+        ]
+    return entropy, []
+
+
 def _draw_prediction(
     prediction: SlidePrediction, out: Path, top_k: int
-) -> tuple[dict[str, Path], str]:
-    """One slide's heatmap files, and a warning ("" when everything was drawn)."""
+) -> tuple[dict[str, Path], list[str]]:
+    """One slide's heatmap files, and the warnings (none when everything was drawn)."""
     from histoguard.errors import SlideError
     from histoguard.slide import TileSpec, open_slide, read_tiles
 
     source = prediction.feature_file or prediction.slide
     if prediction.attention is None:
-        return {}, ""  # a model without attention: nothing to draw, nothing wrong
+        return {}, []  # a model without attention: nothing to draw, nothing wrong
     if prediction.coords is None:
-        return {}, f"{source}: no heatmap: the feature file has no tile coordinates"
+        return {}, [f"{source}: no heatmap: the feature file has no tile coordinates"]
     if prediction.slide_path is not None and Path(prediction.slide_path).is_dir():
-        return {}, (
+        return {}, [
             f"{source}: no heatmap: its tiles came from the tile folder {prediction.slide_path}, "
             "which has no slide to draw on; tile slides with `histoguard tile` for heatmaps"
-        )
+        ]
     if prediction.tile_size0 is None:
-        return {}, (
+        return {}, [
             f"{source}: no heatmap: the feature file does not say how large its tiles are in "
             "level-0 pixels (patch_size_level0, level0_tile_size, or CLAM's patch_size with "
             "patch_level 0 or a known downsample). Pass the slide (--slide / slides=) so its "
             "level downsample can be read, or extract the features with histoguard"
-        )
+        ]
     scores = np.asarray(prediction.attention, dtype=np.float64)
     coords, size0 = prediction.coords, prediction.tile_size0
+    entropy, problems = _tile_uncertainty(prediction, len(scores), source)
     attrs = prediction.attrs
     geojson = out / f"{prediction.slide}.attention.geojson"
     slide_path = prediction.slide_path
@@ -503,15 +473,18 @@ def _draw_prediction(
                 if tiles and len(tiles) == len(reads):
                     top_tiles = np.stack(tiles)
     except (SlideError, OSError, ValueError) as error:
-        _write_geojson(geojson, coords, size0, scores)
+        _write_geojson(geojson, coords, size0, scores, entropy)
         where = slide_path if slide_path is not None else "(unknown)"
-        return {"geojson": geojson}, (
-            f"{source}: attention overlay not drawn: cannot reopen the slide {where} ({error}); "
-            f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay"
-        )
+        drawn = "attention and uncertainty overlays" if entropy is not None else "attention overlay"
+        return {"geojson": geojson}, [
+            *problems,
+            f"{source}: {drawn} not drawn: cannot reopen the slide {where} ({error}); "
+            f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay",
+        ]
     written = write_heatmaps(
         out, prediction.slide, thumbnail=thumbnail.image, downsample=thumbnail.downsample,
         coords=coords, tile_size0=size0, scores=scores, top_tiles=top_tiles,
-        title=prediction_title(prediction),
+        title=prediction_title(prediction), tile_uncertainty=entropy,
+        n_classes=len(prediction.probabilities), uncertainty_title=uncertainty_title(prediction),
     )  # fmt: skip
-    return written, ""
+    return written, problems
