@@ -191,7 +191,9 @@ def test_cli_train_then_predict(pseudo_cohort: PseudoCohort, tmp_path: Path) -> 
     )
     assert predicted.exit_code == 0, predicted.output
     rows = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "slide,predicted,p_normal,p_tumour" and len(rows) == 4
+    header = "slide,decision,reason,predicted,prediction_set,ood_p_value,p_normal,p_tumour"
+    assert rows[0].startswith(header) and len(rows) == 4
+    assert (tmp_path / "run" / "trust.json").is_file() and "trust on" in trained.output
     # The pseudo-slides have no slide file: the QuPath map is written, the overlay is not
     # drawn on a blank canvas, and the user is told why.
     geojson = json.loads((tmp_path / "pred" / "bag000.attention.geojson").read_text())

@@ -391,7 +391,7 @@ def train(
             split_model = members[0] if len(members) == 1 else FoldEnsemble(members).eval()
             split_test = list(split.test)
             p, _ = predict_bags(split_model, [bags[s] for s in split_test])
-            fitter.add_test_predictions(split_model, split_test, p, label_of, center_of)
+            fitter.add_test_predictions(split_model, split, p, label_of, center_of)
             for slide_id, row_probs in zip(split_test, p, strict=True):
                 test_ids.append(slide_id)
                 probs.append(row_probs)

@@ -42,7 +42,7 @@ class TrustFitter:
         held = set(self.calibration)
         self.reference = tuple(s for s in cohort.slide_ids() if s not in held)
         self._embeddings: dict[str, np.ndarray] = {}
-        self._fitted: dict[int, Trust] = {}
+        self._fitted: dict[tuple[int, tuple[str, ...]], Trust] = {}
         self._readings: list[TrustEvaluation] = []
 
     @classmethod
@@ -75,24 +75,28 @@ class TrustFitter:
                 self._embeddings[s] = slide_embedding(self.bags[s].features.numpy())
         return np.stack([self._embeddings[s] for s in slide_ids])
 
-    def fit(self, model: MILModel) -> Trust:
-        """The model's :class:`Trust` on the calibration slides (cached per model)."""
-        if id(model) not in self._fitted:
-            labels = [self.cohort.labels.index(self.cohort.row(s).label) for s in self.calibration]
-            centers = [self.cohort.row(s).center or "" for s in self.calibration]
+    def fit(self, model: MILModel, *, without_centers: Sequence[str] = ()) -> Trust:
+        """The model's :class:`Trust` on the calibration slides, leaving out those of
+        ``without_centers`` (cached per model and exclusion)."""
+        key = (id(model), tuple(sorted(without_centers)))
+        if key not in self._fitted:
+            excluded = set(without_centers)
+            rows = [self.cohort.row(s) for s in self.calibration]
+            rows = [r for r in rows if r.center not in excluded]
+            slide_ids = [r.slide_id for r in rows]
             trust = fit_trust(
-                bag_logits(model, [self.bags[s] for s in self.calibration]),
-                labels,
-                self.embeddings(self.calibration),
+                bag_logits(model, [self.bags[s] for s in slide_ids]),
+                [self.cohort.label_index(r) for r in rows],
+                self.embeddings(slide_ids),
                 self.embeddings(self.reference),
                 class_names=self.cohort.labels,
-                slide_ids=self.calibration,
-                centers=centers,
+                slide_ids=slide_ids,
+                centers=[r.center or "" for r in rows],
                 settings=self.settings,
             )
             self.warnings.extend(w for w in trust.warnings if w not in self.warnings)
-            self._fitted[id(model)] = trust
-        return self._fitted[id(model)]
+            self._fitted[key] = trust
+        return self._fitted[key]
 
     def fit_and_save(self, model: MILModel, directory: Path) -> None:
         """Fit the model's trust and write it into ``directory`` (nothing when disabled)."""
@@ -102,15 +106,18 @@ class TrustFitter:
     def add_test_predictions(
         self,
         model: MILModel,
-        test_ids: Sequence[str],
+        split: Split,
         probabilities: np.ndarray,
         label_of: Mapping[str, int],
         center_of: Mapping[str, str],
     ) -> None:
-        """Calibrate one split's test predictions with that split's model's trust."""
+        """Calibrate one split's test predictions with that split's model's trust, fitted
+        without the calibration slides of the split's held-out centers: coverage at a new
+        center is then measured with a calibration that never saw it."""
+        test_ids = list(split.test)
         if not self.enabled or not test_ids:
             return
-        trust = self.fit(model)
+        trust = self.fit(model, without_centers=split.held_out_centers)
         logits = bag_logits(model, [self.bags[s] for s in test_ids])
         centers = [center_of[s] for s in test_ids]
         reading = apply_trust(
