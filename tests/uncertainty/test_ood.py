@@ -18,6 +18,7 @@ from histoguard.uncertainty import (
     knn_distance,
     mahalanobis_distance,
     mmd_test,
+    slide_embedding,
 )
 
 # --- known answers ---------------------------------------------------------------------------
@@ -48,6 +49,40 @@ def test_mahalanobis_matches_ledoit_wolf_precision() -> None:
     centred = queries - fitted.location_
     expected = np.sqrt(np.einsum("nd,de,ne->n", centred, fitted.precision_, centred))
     np.testing.assert_allclose(mahalanobis_distance(reference, queries), expected, rtol=1e-8)
+
+
+def test_slide_embedding_is_the_float64_mean_of_the_tiles() -> None:
+    bag = np.random.default_rng(6).normal(size=(300, 16)).astype(np.float32) * 1e3
+    embedding = slide_embedding(bag)
+    assert embedding.dtype == np.float64 and embedding.shape == (16,)
+    np.testing.assert_allclose(embedding, bag.astype(np.float64).mean(axis=0), rtol=1e-12)
+    for value in (np.nan, np.inf, -np.inf):
+        bad = bag.copy()
+        bad[17, 3] = value
+        with pytest.raises(ConfigError, match="finite"):
+            slide_embedding(bad)
+    with pytest.raises(ConfigError, match="shape"):
+        slide_embedding(np.zeros((0, 16), dtype=np.float32))
+    with pytest.raises(ConfigError, match="shape"):
+        slide_embedding(bag[0])
+
+
+def test_the_mahalanobis_gate_fits_its_covariance_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(7)
+    gate = OODGate.fit(rng.normal(size=(40, 6)), rng.normal(size=(20, 6)), score="mahalanobis")
+    fits = []
+    original = LedoitWolf.fit
+    monkeypatch.setattr(LedoitWolf, "fit", lambda self, x: fits.append(1) or original(self, x))
+    x = rng.normal(size=(5, 6))
+    first, second = gate.scores(x), gate.scores(x[:2])
+    assert fits == []  # fitted once in OODGate.fit, not again per call
+    expected = mahalanobis_distance(gate.reference, (x - gate.mean) / gate.scale)
+    np.testing.assert_allclose(first, expected, rtol=1e-12)
+    np.testing.assert_allclose(second, expected[:2], rtol=1e-12)
+    again = OODGate.from_dict(json.loads(json.dumps(gate.to_dict())))
+    np.testing.assert_allclose(again.scores(x), expected, rtol=1e-12)
 
 
 def test_mmd_statistic_matches_the_definition() -> None:
