@@ -275,3 +275,20 @@ def test_real_batch_test_flags_colon_not_held_out_lung(
     )
     assert colon.p_value < 0.01
     assert lung.p_value > 0.01
+
+
+def test_euclidean_knn_matches_scikit_learn_and_sees_a_uniform_shift() -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=(200, 8))
+    queries = rng.normal(size=(20, 8))
+    ours = knn_distance(reference, queries, k=5, metric="euclidean")
+    distances, _ = NearestNeighbors(n_neighbors=5).fit(reference).kneighbors(queries)
+    np.testing.assert_allclose(ours, distances.mean(axis=1) / np.sqrt(8), rtol=1e-9)
+    # A query far along the all-ones direction: cosine sees a normal direction, Euclidean
+    # sees the distance.
+    far = np.full((1, 8), 12.0) + rng.normal(size=(1, 8))
+    cosine_far = knn_distance(reference, far, k=5)[0]
+    assert cosine_far < np.quantile(knn_distance(reference, queries, k=5), 0.99)
+    assert knn_distance(reference, far, k=5, metric="euclidean")[0] > 5 * ours.max()

@@ -107,7 +107,7 @@ class TrainConfig:
     conformal_score: str = "lac"
     mondrian: str = "class"
     calibrator: str = "temperature"
-    ood_score: str = "knn"
+    ood_score: str = "knn-euclidean"
     ood_k: int = 10
     ood_alpha: float = 0.05
     drift_alpha: float = 0.01

@@ -70,9 +70,11 @@ class TrustSettings:
         score: conformal score, ``"lac"`` (smallest sets) or ``"aps"`` (adaptive).
         mondrian: ``"class"``, ``"center"`` or ``"none"`` (marginal coverage only).
         calibrator: ``"temperature"`` (one parameter) or ``"vector"`` (2 per class).
-        ood_score: gate score, ``"knn"`` (mean cosine distance to the k nearest training
-            slides) or ``"mahalanobis"``.
-        ood_k: neighbours for ``"knn"`` (fewer when there are fewer training slides).
+        ood_score: gate score in the standardised embedding space: ``"knn-euclidean"`` (mean
+            distance to the k nearest training slides), ``"knn"`` (the same in cosine
+            distance, blind to a shift along a direction the training slides share) or
+            ``"mahalanobis"``.
+        ood_k: neighbours for the kNN scores (fewer when there are fewer training slides).
         ood_alpha: a slide with gate p-value <= this is "out of distribution: review"; the
             in-distribution false-alarm rate is at most this.
         drift_alpha: a batch whose MMD p-value against the training slides is <= this is
@@ -83,7 +85,7 @@ class TrustSettings:
     score: Score = "lac"
     mondrian: Mondrian = "class"
     calibrator: CalibratorKind = "temperature"
-    ood_score: OODScore = "knn"
+    ood_score: OODScore = "knn-euclidean"
     ood_k: int = 10
     ood_alpha: float = 0.05
     drift_alpha: float = 0.01

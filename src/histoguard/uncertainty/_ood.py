@@ -19,7 +19,8 @@ import numpy.typing as npt
 
 from histoguard.errors import ConfigError
 
-OODScore = Literal["knn", "mahalanobis"]
+OODScore = Literal["knn", "knn-euclidean", "mahalanobis"]
+KNNMetric = Literal["cosine", "euclidean"]
 
 
 def _matrix(x: npt.ArrayLike, name: str, dim: int | None = None) -> npt.NDArray[np.float64]:
@@ -61,25 +62,42 @@ def slide_embedding(features: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 def knn_distance(
-    reference: npt.ArrayLike, queries: npt.ArrayLike, *, k: int = 10
+    reference: npt.ArrayLike,
+    queries: npt.ArrayLike,
+    *,
+    k: int = 10,
+    metric: KNNMetric = "cosine",
 ) -> npt.NDArray[np.float64]:
-    """Mean cosine distance of each query to its k nearest reference rows.
+    """Mean distance of each query to its k nearest reference rows.
+
+    Cosine distance ignores how far a query lies along a direction the reference also points
+    to (a uniform shift of every feature can look normal); Euclidean distance sees it.
 
     Args:
         reference: (M, D) in-distribution embeddings (e.g. the training tiles).
         queries: (N, D) embeddings to score.
         k: neighbours, 1 <= k <= M.
+        metric: ``"cosine"`` (1 - cosine similarity, in [0, 2]) or ``"euclidean"`` (divided
+            by sqrt(D), so standardised features give values of order 1).
 
     Returns:
-        (N,) distances in [0, 2]; higher is stranger.
+        (N,) distances; higher is stranger.
 
     Raises:
-        ConfigError: k out of range, or shapes that do not fit.
+        ConfigError: k out of range, an unknown metric, or shapes that do not fit.
     """
     ref = _matrix(reference, "reference")
     q = _matrix(queries, "queries", ref.shape[1])
     if not 1 <= k <= ref.shape[0]:
         raise ConfigError(f"k must lie in [1, {ref.shape[0]}] (reference rows), got {k}")
+    if metric == "euclidean":
+        squared = (q**2).sum(axis=1)[:, None] + (ref**2).sum(axis=1)[None, :] - 2.0 * q @ ref.T
+        distance = np.sqrt(np.maximum(squared, 0.0) / ref.shape[1])
+        nearest = np.partition(distance, k - 1, axis=1)[:, :k]
+        euclidean: npt.NDArray[np.float64] = nearest.mean(axis=1)
+        return euclidean
+    if metric != "cosine":
+        raise ConfigError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     eps = 1e-12
     ref_n = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), eps)
     q_n = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), eps)
@@ -161,8 +179,8 @@ class OODGate:
     so no feature dominates the distance by its units. Build it with :meth:`fit`.
 
     Attributes:
-        score: ``"knn"`` or ``"mahalanobis"``.
-        k: neighbours for ``"knn"``.
+        score: ``"knn"`` (cosine), ``"knn-euclidean"`` or ``"mahalanobis"``.
+        k: neighbours for the kNN scores.
         mean, scale: (D,) standardisation of the reference.
         reference: (M, D) standardised reference embeddings.
         calibration_scores: (n,) sorted scores of the held-out in-distribution cases.
@@ -190,8 +208,8 @@ class OODGate:
             reference: (M, D) embeddings of the training data.
             calibration: (n, D) embeddings of held-out in-distribution cases, disjoint from the
                 reference (by patient / slide / source group), or the p-values are not valid.
-            score: ``"knn"`` or ``"mahalanobis"``.
-            k: neighbours for ``"knn"``.
+            score: ``"knn"`` (cosine), ``"knn-euclidean"`` or ``"mahalanobis"``.
+            k: neighbours for the kNN scores.
 
         Raises:
             ConfigError: an unknown score, or shapes that do not fit.
@@ -223,6 +241,8 @@ class OODGate:
         x = (_matrix(embeddings, "embeddings", self.reference.shape[1]) - self.mean) / self.scale
         if self.score == "knn":
             return knn_distance(self.reference, x, k=self.k)
+        if self.score == "knn-euclidean":
+            return knn_distance(self.reference, x, k=self.k, metric="euclidean")
         return _mahalanobis(self._covariance, x)
 
     @cached_property
