@@ -183,3 +183,23 @@ def test_train_predict_evaluate_carry_trust(pseudo_cohort: PseudoCohort, tmp_pat
     assert evaluated.report["n"] == len(calibration)
     assert (tmp_path / "eval" / "evaluation.json").is_file()
     assert "coverage (target 0.90)" in (tmp_path / "eval" / "evaluation.txt").read_text()
+    # The command line: the same evaluation, and the reliability diagram beside it.
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    command = [
+        "evaluate", "--model", str(run), "--cohort", str(table), "--features",
+        str(pseudo_cohort.features), "--out", str(tmp_path / "cli"), "--n-boot", "50",
+    ]  # fmt: skip
+    invoked = CliRunner().invoke(app, command)
+    assert invoked.exit_code == 0, invoked.output
+    assert "coverage (target 0.90)" in invoked.output
+    assert (tmp_path / "cli" / "reliability.png").stat().st_size > 1000
+    # A model without calibration cannot be evaluated, and the message says how to fix it.
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        (untrusted / name).write_bytes((result.fold_dirs[0] / name).read_bytes())
+    refused = CliRunner().invoke(app, [*command[:2], str(untrusted), *command[3:]])
+    assert refused.exit_code != 0 and "calibration_fraction > 0" in refused.output

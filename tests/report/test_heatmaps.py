@@ -370,7 +370,7 @@ def _trust_prediction(**fields: object) -> SlidePrediction:
         ({"decision": "tumour"}, "s1: tumour (p = 0.97)"),  # no conformal calibration: no set
         (
             {"decision": "review", "reason": "out-of-distribution", "ood_p_value": 0.003},
-            "s1: review: out of distribution (p = 0.003)",
+            "s1: review: out of distribution (gate p = 0.003)",
         ),
         (
             {"decision": "review", "reason": "out-of-distribution"},

@@ -16,6 +16,7 @@ COMMANDS = (
     "extract",
     "train",
     "predict",
+    "evaluate",
     "compare",
     "audit",
     "encoders",

@@ -16,7 +16,7 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.mil._trust import Trust, TrustReading
+from histoguard.mil._trust import REVIEW, Trust, TrustReading
 
 PREDICTIONS_NAME = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -79,27 +79,42 @@ class SlidePrediction:
     uncertainty: Mapping[str, float] = field(default_factory=dict)
     tile_uncertainty: np.ndarray | None = None
 
-    def summary(self) -> str:
-        """One line: the decision and why, e.g. ``tumour (p=0.972; set {tumour}; gate
-        p=0.41)`` or ``review: out of distribution (gate p=0.020; most probable: tumour
-        p=0.990)``."""
-        top = self.probabilities.get(self.predicted, float("nan"))
-        gate = "" if self.ood_p_value is None else f"gate p={self.ood_p_value:.3f}"
-        if self.decision == "review":
-            shown = self.reason.replace("-", " ")
-            details = [gate] if gate else []
-            if self.reason == "uncertain":
-                details.insert(0, "set {" + ", ".join(self.prediction_set) + "}")
-            details.append(f"most probable: {self.predicted} p={top:.3f}")
-            return f"review: {shown} ({'; '.join(details)})"
-        details = [f"p={top:.3f}"]
-        if self.prediction_set:
-            details.append("set {" + ", ".join(self.prediction_set) + "}")
-        if gate:
-            details.append(gate)
-        else:
-            details.append("unchecked: the model has no calibration")
-        return f"{self.decision or self.predicted} ({'; '.join(details)})"
+    def summary(self, *, brief: bool = False) -> str:
+        """The decision and its evidence in one line, for the console and for map titles.
+
+        ``tumour (p = 0.97; set {tumour}; gate p = 0.41)``;
+        ``review: out of distribution (gate p = 0.003; most probable tumour, p = 0.99)``;
+        ``review: uncertain (set {normal, tumour}; ...)``; ``review: batch drift (...)``;
+        ``tumour (p = 0.97; unchecked: the model has no calibration)`` for a model without
+        ``trust.json``; ``predicted tumour (p = 0.97)`` when no decision was made.
+
+        Args:
+            brief: leave out what a map title does not need (the most probable class of a
+                slide under review, the gate p-value of a decided one, "unchecked").
+        """
+        probability = self.probabilities.get(self.predicted, float("nan"))
+        top = f"p = {probability:.2f}"
+        gate = "" if self.ood_p_value is None else f"gate p = {self.ood_p_value:.2g}"
+        chosen = "set {" + ", ".join(self.prediction_set) + "}" if self.prediction_set else ""
+        if not self.decision:
+            return f"predicted {self.predicted} ({top})"
+        if self.decision != REVIEW:
+            evidence = [f"p = {self.probabilities.get(self.decision, probability):.2f}"]
+            evidence += [chosen] if chosen else []
+            if not brief:
+                evidence.append(gate or "unchecked: the model has no calibration")
+            return f"{self.decision} ({'; '.join(evidence)})"
+        if not self.reason:
+            return REVIEW
+        evidence = []
+        if self.reason == "out-of-distribution" and gate:
+            evidence.append(gate)
+        if self.reason == "uncertain":
+            evidence.append(chosen or "empty set")
+        if not brief:
+            evidence.append(f"most probable {self.predicted}, {top}")
+        text = f"{REVIEW}: {self.reason.replace('-', ' ')}"
+        return f"{text} ({'; '.join(evidence)})" if evidence else text
 
 
 def _number(value: float | None) -> str:
