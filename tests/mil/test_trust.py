@@ -179,8 +179,21 @@ def test_train_predict_evaluate_carry_trust(pseudo_cohort: PseudoCohort, tmp_pat
     table.write_text(
         "\n".join([lines[0], *(x for x in lines[1:] if x.split(",")[0] in calibration)])
     )
-    evaluated = evaluate(run, table, pseudo_cohort.features, tmp_path / "eval", n_boot=50)
+    elsewhere = []
+    for i in range(6):  # slides from "elsewhere": features far from every training slide
+        path = tmp_path / f"elsewhere{i}.h5"
+        noise = np.random.default_rng(i).normal(0, 1, data.features.shape)
+        write_feature_file(path, data.features + 40.0 + noise, data.coords, dict(data.attrs))
+        elsewhere.append(path)
+    evaluated = evaluate(
+        run, table, pseudo_cohort.features, tmp_path / "eval", n_boot=50, ood_features=elsewhere
+    )
     assert evaluated.report["n"] == len(calibration)
+    gate = evaluated.report["gate"]["out_of_distribution"]
+    assert gate["auroc"]["value"] == 1.0 and gate["detected"]["k"] == 6
+    assert gate["batch_p_value"] <= 0.01
+    curve = evaluated.report["selective"]["risk_coverage"]
+    assert curve["kept"][-1] == 1.0 and len(curve["kept"]) == len(curve["accuracy"])
     assert (tmp_path / "eval" / "evaluation.json").is_file()
     assert "coverage (target 0.90)" in (tmp_path / "eval" / "evaluation.txt").read_text()
     # The command line: the same evaluation, and the reliability diagram beside it.

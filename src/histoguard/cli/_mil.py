@@ -218,6 +218,13 @@ def evaluate(
     force: Annotated[
         bool, typer.Option("--force", help="Accept features of another provenance.")
     ] = False,
+    ood: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Feature file of a slide known to come from elsewhere (repeatable): adds the "
+            "gate's AUROC, detection rate and batch test against the cohort's slides."
+        ),
+    ] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.", min=1)] = 1000,
 ) -> None:
     """How far a model can be trusted on labelled slides: calibration (ECE, Brier, NLL)
@@ -229,7 +236,9 @@ def evaluate(
     from histoguard.report import write_reliability_diagram
     from histoguard.uncertainty import reliability_diagram
 
-    result = run_evaluation(model, cohort, features, out, force=force, n_boot=n_boot)
+    result = run_evaluation(
+        model, cohort, features, out, force=force, ood_features=ood or (), n_boot=n_boot
+    )
     typer.echo(format_trust_report(result.report))
     ev = result.evaluation
     diagram = write_reliability_diagram(

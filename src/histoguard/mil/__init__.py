@@ -21,6 +21,7 @@ from histoguard.mil._evaluate import (
     TrustEvaluation,
     evaluate,
     format_trust_report,
+    gate_performance,
     trust_report,
 )
 from histoguard.mil._metrics import (
@@ -101,6 +102,7 @@ __all__ = [
     "fit_trust",
     "format_table",
     "format_trust_report",
+    "gate_performance",
     "get_model_info",
     "get_or_create_splits",
     "given_split",

@@ -17,7 +17,14 @@ import numpy.typing as npt
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ModelMismatchError
-from histoguard.mil._trust import REVIEW, TRUST_NAME, Trust, TrustReading, load_trust
+from histoguard.mil._trust import (
+    REVIEW,
+    TRUST_NAME,
+    Trust,
+    TrustReading,
+    batch_drift,
+    load_trust,
+)
 from histoguard.uncertainty import (
     aurc,
     brier_score,
@@ -25,6 +32,8 @@ from histoguard.uncertainty import (
     coverage_report,
     ece_bootstrap,
     negative_log_likelihood,
+    risk_coverage_curve,
+    slide_embedding,
 )
 
 EVALUATION_NAME = "evaluation.json"
@@ -192,12 +201,60 @@ def trust_report(
                 "accuracy_decided": _proportion(int(right_decided.sum()), int(decided.sum())),
                 "accuracy_all": _proportion(int((predicted == truth).sum()), n),
                 "aurc": aurc(ev.probabilities.max(axis=1), predicted == truth),
+                "risk_coverage": _curve(ev.probabilities.max(axis=1), predicted == truth),
             },
             "gate": gate,
             "reasons": dict(Counter(r or "decided" for r in ev.reasons)),
         }
     )
     return report
+
+
+def _curve(
+    confidence: npt.NDArray[np.float64], correct: npt.NDArray[np.bool_]
+) -> dict[str, list[float]]:
+    """The risk-coverage curve at (at most) 101 evenly spaced points of the fraction kept."""
+    kept, accuracy = risk_coverage_curve(confidence, correct)
+    index = np.unique(np.linspace(0, kept.size - 1, min(kept.size, 101)).round().astype(int))
+    return {"kept": kept[index].tolist(), "accuracy": accuracy[index].tolist()}
+
+
+def gate_performance(
+    trust: Trust,
+    in_distribution: npt.ArrayLike,
+    out_of_distribution: npt.ArrayLike,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How well the gate tells slides known to come from elsewhere from in-distribution ones.
+
+    Args:
+        trust: the model's trust (its gate and ``ood_alpha``).
+        in_distribution: (N, D) slide embeddings of in-distribution slides the gate never saw.
+        out_of_distribution: (M, D) those of slides from elsewhere.
+
+    Returns:
+        ``auroc`` of the gate score (out-of-distribution = positive) with a percentile
+        bootstrap CI, ``detected`` (share of the M flagged at ``ood_alpha``, Clopper-Pearson
+        CI) and ``batch_p_value`` (the MMD test of the M slides as one batch; None under 5).
+    """
+    from histoguard.mil._metrics import binary_metrics, bootstrap_ci
+
+    inside = np.asarray(in_distribution, dtype=np.float64)
+    outside = np.asarray(out_of_distribution, dtype=np.float64)
+    scores = np.concatenate([trust.gate.scores(inside), trust.gate.scores(outside)])
+    truth = np.r_[np.zeros(len(inside)), np.ones(len(outside))].astype(int)
+    value, low, high = bootstrap_ci(binary_metrics, truth, scores, n_boot=n_boot, seed=seed)["auc"]
+    flagged = int((trust.gate.p_values(outside) <= trust.settings.ood_alpha).sum())
+    drift = batch_drift(trust, outside, seed=seed)
+    return {
+        "n_in": len(inside),
+        "n_out": len(outside),
+        "auroc": {"value": value, "lower": low, "upper": high},
+        "detected": _proportion(flagged, len(outside)),
+        "batch_p_value": None if drift is None else drift.p_value,
+    }
 
 
 def _ci(entry: Mapping[str, Any]) -> str:
@@ -244,8 +301,23 @@ def format_trust_report(report: Mapping[str, Any]) -> str:
         f"gate: {alarms['k']}/{alarms['n']} in-distribution slides flagged at ood_alpha = "
         f"{gate['ood_alpha']:g}, rate {_ci(alarms)}: {gate['reading']}"
     )
+    ood = gate.get("out_of_distribution")
+    if ood:
+        batch = (
+            "n/a (< 5 slides)" if ood["batch_p_value"] is None else f"{ood['batch_p_value']:.4f}"
+        )
+        lines.append(
+            f"gate on {ood['n_out']} slides from elsewhere vs {ood['n_in']}: AUROC "
+            f"{_ci(ood['auroc'])}; flagged {_ci(ood['detected'])}; batch test p = {batch}"
+        )
     lines.append("reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(report["reasons"].items())))
     return "\n".join(lines)
+
+
+def _embeddings(files: Sequence[str | Path]) -> npt.NDArray[np.float64]:
+    from histoguard.features import read_feature_file
+
+    return np.stack([slide_embedding(read_feature_file(Path(f)).features) for f in files])
 
 
 @dataclass(frozen=True)
@@ -264,6 +336,7 @@ def evaluate(
     out_dir: str | Path,
     *,
     force: bool = False,
+    ood_features: Sequence[str | Path] = (),
     n_boot: int = 1000,
     seed: int = 0,
 ) -> EvaluationResult:
@@ -272,7 +345,9 @@ def evaluate(
 
     Runs :func:`~histoguard.mil.predict` on every slide of ``cohort`` (its feature file is
     ``features/<slide_id>.h5``), then writes ``out_dir/predictions.csv`` + ``.json``,
-    ``evaluation.json`` (:func:`trust_report`) and ``evaluation.txt``.
+    ``evaluation.json`` (:func:`trust_report`) and ``evaluation.txt``. With ``ood_features``
+    (feature files of slides known to come from elsewhere: another organ, scanner or stain) the
+    report's ``gate`` also gives :func:`gate_performance` against the cohort's slides.
 
     Raises:
         CohortError: an invalid cohort table or missing feature files.
@@ -316,6 +391,12 @@ def evaluate(
         ood_alpha=trust.settings.ood_alpha,
     )
     report = trust_report(evaluation, n_boot=n_boot, seed=seed)
+    if ood_features:
+        report["gate"]["out_of_distribution"] = _finite(
+            gate_performance(
+                trust, _embeddings(files), _embeddings(ood_features), n_boot=n_boot, seed=seed
+            )
+        )
     write_bytes_atomic(out / EVALUATION_NAME, (json.dumps(report, indent=2) + "\n").encode())
     write_bytes_atomic(out / "evaluation.txt", (format_trust_report(report) + "\n").encode())
     return EvaluationResult(report=report, evaluation=evaluation, out=out)
