@@ -144,6 +144,15 @@ def test_train_predict_evaluate_carry_trust(pseudo_cohort: PseudoCohort, tmp_pat
     assert len(calibration) >= 9  # 1 / (n + 1) <= ood_alpha: the gate can flag a slide
     for folder in (run, *result.fold_dirs):
         assert (folder / "trust.json").is_file() and (folder / "trust.safetensors").is_file()
+    # The gate's reference is what the model trained on: a fold's train and val slides (its
+    # test slides would find themselves as nearest neighbours), all of them for the ensemble.
+    for folder, split in zip(result.fold_dirs, splits, strict=True):
+        fold_trust = load_trust(folder)
+        assert fold_trust is not None
+        assert fold_trust.n_reference == len(split["train"]) + len(split["val"])
+    ensemble_trust = load_trust(run)
+    assert ensemble_trust is not None
+    assert ensemble_trust.n_reference == len(pseudo_cohort.positive_tiles) - len(calibration)
     trust = result.report["trust"]
     assert trust["n"] == len(pseudo_cohort.positive_tiles) - len(calibration)
     assert [row["name"] for row in trust["coverage"]["per_class"]] == ["normal", "tumour"]

@@ -104,9 +104,7 @@ def train(
         ood_alpha=ood_alpha,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
-    from histoguard.mil import format_table
-
-    typer.echo(format_table(result.report))
+    typer.echo(result.table)
     typer.echo(f"outputs: {result.out}")
 
 

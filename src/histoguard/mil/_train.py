@@ -154,11 +154,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the run's outputs are, and its metrics report."""
+    """Where the run's outputs are, its metrics report, and the report as the text table
+    written to ``metrics.txt`` (metrics, then the trust part when there is one)."""
 
     out: Path
     report: dict[str, Any]
     fold_dirs: tuple[Path, ...]
+    table: str = ""
 
 
 def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
@@ -384,7 +386,7 @@ def train(
                 )  # fmt: skip
                 fold_dir = out / (f"fold_{i}" if j == 0 else f"fold_{i}-seed{j}")
                 save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
-                fitter.fit_and_save(model, fold_dir)
+                fitter.fit_and_save(model, fold_dir, split=split)
                 fold_dirs.append(fold_dir)
                 members.append(model)
                 models.append(model)
@@ -428,4 +430,4 @@ def train(
         out / "metrics.json", (json.dumps(report, indent=2, default=float) + "\n").encode()
     )
     write_bytes_atomic(out / "metrics.txt", (table + "\n").encode())
-    return TrainResult(out=out, report=report, fold_dirs=tuple(fold_dirs))
+    return TrainResult(out=out, report=report, fold_dirs=tuple(fold_dirs), table=table)

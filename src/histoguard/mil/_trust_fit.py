@@ -42,7 +42,7 @@ class TrustFitter:
         held = set(self.calibration)
         self.reference = tuple(s for s in cohort.slide_ids() if s not in held)
         self._embeddings: dict[str, np.ndarray] = {}
-        self._fitted: dict[tuple[int, tuple[str, ...]], Trust] = {}
+        self._fitted: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Trust] = {}
         self._readings: list[TrustEvaluation] = []
 
     @classmethod
@@ -75,10 +75,25 @@ class TrustFitter:
                 self._embeddings[s] = slide_embedding(self.bags[s].features.numpy())
         return np.stack([self._embeddings[s] for s in slide_ids])
 
-    def fit(self, model: MILModel, *, without_centers: Sequence[str] = ()) -> Trust:
+    def fit(
+        self,
+        model: MILModel,
+        *,
+        reference: Sequence[str] | None = None,
+        without_centers: Sequence[str] = (),
+    ) -> Trust:
         """The model's :class:`Trust` on the calibration slides, leaving out those of
-        ``without_centers`` (cached per model and exclusion)."""
-        key = (id(model), tuple(sorted(without_centers)))
+        ``without_centers`` (cached per model, reference and exclusion).
+
+        Args:
+            model: a fold's model, a split's seed ensemble or the ensemble of all.
+            reference: the gate's training slides: those the model trained (and stopped
+                early) on; None: every slide outside the calibration part (right for the
+                ensemble of all folds, which trained on all of them).
+            without_centers: centers whose calibration slides are left out.
+        """
+        reference = tuple(self.reference if reference is None else reference)
+        key = (id(model), reference, tuple(sorted(without_centers)))
         if key not in self._fitted:
             excluded = set(without_centers)
             rows = [self.cohort.row(s) for s in self.calibration]
@@ -88,7 +103,7 @@ class TrustFitter:
                 bag_logits(model, [self.bags[s] for s in slide_ids]),
                 [self.cohort.label_index(r) for r in rows],
                 self.embeddings(slide_ids),
-                self.embeddings(self.reference),
+                self.embeddings(reference),
                 class_names=self.cohort.labels,
                 slide_ids=slide_ids,
                 centers=[r.center or "" for r in rows],
@@ -98,10 +113,15 @@ class TrustFitter:
             self._fitted[key] = trust
         return self._fitted[key]
 
-    def fit_and_save(self, model: MILModel, directory: Path) -> None:
-        """Fit the model's trust and write it into ``directory`` (nothing when disabled)."""
+    def fit_and_save(self, model: MILModel, directory: Path, *, split: Split | None = None) -> None:
+        """Fit the model's trust and write it into ``directory`` (nothing when disabled).
+
+        Args:
+            split: the split the model trained on (its train and val slides are the gate's
+                reference); None for the ensemble of every split.
+        """
         if self.enabled:
-            save_trust(self.fit(model), directory)
+            save_trust(self.fit(model, reference=_trained_on(split)), directory)
 
     def add_test_predictions(
         self,
@@ -117,7 +137,11 @@ class TrustFitter:
         test_ids = list(split.test)
         if not self.enabled or not test_ids:
             return
-        trust = self.fit(model, without_centers=split.held_out_centers)
+        # The test slides must not be in the gate's reference, or each would find itself
+        # among its nearest neighbours and look in distribution.
+        trust = self.fit(
+            model, reference=_trained_on(split), without_centers=split.held_out_centers
+        )
         logits = bag_logits(model, [self.bags[s] for s in test_ids])
         centers = [center_of[s] for s in test_ids]
         reading = apply_trust(
@@ -137,3 +161,7 @@ class TrustFitter:
     def test_readings(self) -> TrustEvaluation:
         """Every split's test readings, pooled."""
         return TrustEvaluation.concatenate(self._readings)
+
+
+def _trained_on(split: Split | None) -> tuple[str, ...] | None:
+    return None if split is None else (*split.train, *split.val)
