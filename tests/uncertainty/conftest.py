@@ -79,7 +79,11 @@ EBHI_CLASS = {"Normal": 0, "Polyp": 0, "Adenocarcinoma": 1}
 #: +-0.2 OD (severity 2, sigma 0.05, is the size of light stain augmentation).
 #: ``colour_response`` 5: a scanner gamma of up to 1.3^+-1 and R, G, B gains of up to +-30 %.
 #: Both draw a new change per tile.
-LUNG_SHIFTS = (("hed_jitter", 5), ("colour_response", 5))
+#: Strong shifts of the lung tiles: per-tile random stain jitter and scanner colour response
+#: at their top severities, and a systematic stain shift, every tile Macenko-transferred in full
+#: to the stain appearance of one reference image (``stain_refs/tiatoolbox_target_image.png``).
+LUNG_SHIFTS = (("hed_jitter", 5), ("colour_response", 5), ("stain_transfer_tiatoolbox", 5))
+STAIN_REFERENCE = "tiatoolbox_target_image.png"
 TILE = 224
 _CHUNK = 256
 
@@ -160,7 +164,10 @@ def _trust_tiles(shared_data: Path) -> TrustTiles:
 
     from histoguard.core._image import decode_image
     from histoguard.encoders import load_encoder
-    from histoguard.robustness.shifts._perturbations import get_perturbation
+    from histoguard.robustness.shifts._perturbations import (
+        get_perturbation,
+        stain_transfer_perturbation,
+    )
 
     encoder = load_encoder("hg-cnn")
     seconds: dict[str, float] = {}
@@ -168,7 +175,15 @@ def _trust_tiles(shared_data: Path) -> TrustTiles:
     root = shared_data / "tiles" / "lc25000_lung"
     with (root / "labels.csv").open(newline="") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda r: (r["source_image_group"], r["path"]))
-    shifts = {name: get_perturbation(name) for name, _ in LUNG_SHIFTS}
+    reference = decode_image(shared_data / "stain_refs" / STAIN_REFERENCE)
+    shifts = {
+        name: (
+            stain_transfer_perturbation(reference, name.removeprefix("stain_transfer_"))
+            if name.startswith("stain_transfer_")
+            else get_perturbation(name)
+        )
+        for name, _ in LUNG_SHIFTS
+    }
     parts: dict[str, list[npt.NDArray[np.float32]]] = {"lung": [], **{n: [] for n in shifts}}
     for first in range(0, len(rows), _CHUNK):
         chunk = rows[first : first + _CHUNK]

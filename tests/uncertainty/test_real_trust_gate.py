@@ -40,7 +40,9 @@ PERMUTATIONS = 200
 #: For the false-alarm batches: p-values down to 1/101, still <= DRIFT_ALPHA; a permutation
 #: test with few permutations is as exact, only less powerful.
 FALSE_ALARM_PERMUTATIONS = 100
-GateScore = Literal["knn", "mahalanobis"]
+GateScore = Literal["knn-euclidean", "knn", "mahalanobis"]
+#: The product's default first (TrustSettings.ood_score).
+SCORES: tuple[GateScore, ...] = ("knn-euclidean", "knn", "mahalanobis")
 
 
 def _gate(run: SlideRun, score: GateScore) -> OODGate:
@@ -78,7 +80,7 @@ def test_gate_separates_colorectal_slides(slide_runs: list[SlideRun]) -> None:
         truth = np.r_[np.zeros(inside.size), np.ones(outside.size)]
         return float(roc_auc_score(truth, np.r_[inside, outside]))
 
-    table: dict[str, list[list[float]]] = {"knn": [], "mahalanobis": []}
+    table: dict[str, list[list[float]]] = {score: [] for score in SCORES}
     columns = ["colorectal", "GlaS", "EBHI", *(name for name, _ in LUNG_SHIFTS)]
     for run in slide_runs:
         ood = _ood_slides(run, test_only=True)
@@ -102,18 +104,17 @@ def test_gate_separates_colorectal_slides(slide_runs: list[SlideRun]) -> None:
         f"\nslide-level OOD AUROC, {n_test:.0f} held-out lung test slides vs {n_colon:.0f} "
         f"colorectal / shifted lung slides per seed; mean [min] over {len(slide_runs)} seeds"
     )
-    print(f"{'score':12} " + " ".join(f"{c:>17}" for c in columns))
+    print(f"{'score':14} " + " ".join(f"{c:>17}" for c in columns))
     for score, rows in table.items():
         values = np.array(rows)
         print(
-            f"{score:12} "
+            f"{score:14} "
             + " ".join(
                 f"{m:9.3f} [{lo:.3f}]" for m, lo in zip(values.mean(0), values.min(0), strict=True)
             )
         )
-    for score, rows in table.items():
-        colorectal = np.array(rows)[:, 0]
-        assert colorectal.mean() >= AUROC_TARGET, (score, colorectal)
+    colorectal = np.array(table[SCORES[0]])[:, 0]  # the product's default score
+    assert colorectal.mean() >= AUROC_TARGET, colorectal
 
 
 def _detection(
@@ -144,6 +145,7 @@ def _detection(
             ),
         ),
         "colour_response",
+        "stain_transfer_tiatoolbox",
     ],
 )
 def test_batch_drift_detects_each_shift(slide_runs: list[SlideRun], shift: str) -> None:
@@ -173,7 +175,7 @@ def test_false_alarms_on_in_distribution_slides_and_batches(slide_runs: list[Sli
     on disjoint batches of ID_BATCH held-out slides. Both are exact under exchangeability, so the
     rate is checked for being not significantly above its level (the lower end of its
     Clopper-Pearson interval), and reported."""
-    slide_alarms = {"knn": [0, 0], "mahalanobis": [0, 0]}
+    slide_alarms = {score: [0, 0] for score in SCORES}
     batch_p: list[float] = []
     for run in slide_runs:
         for score, counts in slide_alarms.items():

@@ -185,11 +185,14 @@ def test_the_batch_test_flags_an_ebhi_batch(
                 "(AUROC 0.65-0.89): it flags under 5 % of them",
             ),
         ),
+        "knn-euclidean",
         "mahalanobis",
     ],
 )
 def test_the_tile_gate_flags_ebhi_tiles(
-    trust_tiles: TrustTiles, center_runs: list[CenterRun], score: Literal["knn", "mahalanobis"]
+    trust_tiles: TrustTiles,
+    center_runs: list[CenterRun],
+    score: Literal["knn", "knn-euclidean", "mahalanobis"],
 ) -> None:
     """Per tile at p <= OOD_ALPHA: the EBHI tiles are flagged far above the false-alarm level
     (the lower end of their Clopper-Pearson interval above OOD_ALPHA), every seed."""
