@@ -225,3 +225,27 @@ def test_train_predict_evaluate_carry_trust(pseudo_cohort: PseudoCohort, tmp_pat
         (untrusted / name).write_bytes((result.fold_dirs[0] / name).read_bytes())
     refused = CliRunner().invoke(app, [*command[:2], str(untrusted), *command[3:]])
     assert refused.exit_code != 0 and "calibration_fraction > 0" in refused.output
+
+
+@pytest.mark.slow
+def test_seed_ensembles_and_mc_dropout_add_members(
+    pseudo_cohort: PseudoCohort, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        cohort=pseudo_cohort.table, features=pseudo_cohort.features, out=tmp_path / "run",
+        k=2, epochs=2, n_boot=20, seeds=2, calibration_fraction=0,
+    )  # fmt: skip
+    result = train(config)
+    assert sorted(p.name for p in result.fold_dirs) == [
+        "fold_0", "fold_0-seed1", "fold_1", "fold_1-seed1",
+    ]  # fmt: skip
+    files = sorted(pseudo_cohort.features.glob("*.h5"))[:2]
+    (plain,) = predict(result.out, files[:1], tmp_path / "p0")
+    (dropped,) = predict(result.out, files[:1], tmp_path / "p1", mc_dropout=3)
+    assert plain.uncertainty["n_members"] == 4  # 2 folds x 2 seeds
+    assert dropped.uncertainty["n_members"] == 4 * (1 + 3)
+    assert plain.uncertainty["mutual_information"] > 0  # the members disagree a little
+    # No calibration slides: predictions are made, and say nothing was checked.
+    assert plain.ood_p_value is None and plain.prediction_set == ()
+    assert "unchecked" in plain.summary()
+    assert "trust" not in result.report
