@@ -187,5 +187,6 @@ def predict_slides(
 def slide_embeddings(
     features: npt.NDArray[np.float32], bags: Sequence[npt.NDArray[np.int64]]
 ) -> npt.NDArray[np.float64]:
-    """(S, D) gate embeddings: ``slide_embedding`` (mean of the tile features) per slide."""
+    """(S, 2 D) gate embeddings: ``slide_embedding`` (mean and standard deviation of the tile
+    features) per slide."""
     return np.stack([slide_embedding(features[bag]) for bag in bags])

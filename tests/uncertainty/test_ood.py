@@ -51,11 +51,14 @@ def test_mahalanobis_matches_ledoit_wolf_precision() -> None:
     np.testing.assert_allclose(mahalanobis_distance(reference, queries), expected, rtol=1e-8)
 
 
-def test_slide_embedding_is_the_float64_mean_of_the_tiles() -> None:
+def test_slide_embedding_is_the_float64_mean_and_spread_of_the_tiles() -> None:
     bag = np.random.default_rng(6).normal(size=(300, 16)).astype(np.float32) * 1e3
     embedding = slide_embedding(bag)
-    assert embedding.dtype == np.float64 and embedding.shape == (16,)
-    np.testing.assert_allclose(embedding, bag.astype(np.float64).mean(axis=0), rtol=1e-12)
+    assert embedding.dtype == np.float64 and embedding.shape == (32,)
+    exact = bag.astype(np.float64)
+    np.testing.assert_allclose(embedding[:16], exact.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(embedding[16:], exact.std(axis=0), rtol=1e-9)
+    np.testing.assert_array_equal(slide_embedding(bag[:1])[16:], 0.0)
     for value in (np.nan, np.inf, -np.inf):
         bad = bag.copy()
         bad[17, 3] = value

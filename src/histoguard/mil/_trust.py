@@ -8,7 +8,8 @@ Fitted on calibration slides that no model of the run trained, stopped early or 
 - a :class:`~histoguard.uncertainty.ConformalClassifier` on the *uncalibrated* probabilities
   (so its guarantee does not depend on a temperature fitted on the same slides; for binary
   tasks and LAC the sets are the same either way), Mondrian by class or by center;
-- an :class:`~histoguard.uncertainty.OODGate` on the slides' mean tile embeddings against the
+- an :class:`~histoguard.uncertainty.OODGate` on the slides' embeddings (mean and spread of
+  their tile features, :func:`~histoguard.uncertainty.slide_embedding`) against the
   training slides, whose conformal p-values flag a slide unlike anything trained on, and a
   batch MMD test against the same reference.
 
@@ -119,7 +120,7 @@ class Trust:
         labels: class names in output order.
         calibrator: maps logits to calibrated logits.
         conformal: thresholds on the uncalibrated probabilities.
-        gate: the slide-level OOD gate (mean tile embeddings).
+        gate: the slide-level OOD gate (on :func:`~histoguard.uncertainty.slide_embedding`).
         calibration_slides: the slides it was fitted on.
         n_reference: training slides in the gate's reference.
         warnings: what limits it (too few calibration slides for a guarantee, ...).

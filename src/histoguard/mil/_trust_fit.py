@@ -69,7 +69,8 @@ class TrustFitter:
         return cls(cohort, bags, calibration, settings, warnings)
 
     def embeddings(self, slide_ids: Sequence[str]) -> np.ndarray:
-        """``(S, D)`` slide embeddings (mean tile features), computed once per slide."""
+        """``(S, 2 D)`` slide embeddings (mean and spread of the tile features), computed once
+        per slide."""
         for s in slide_ids:
             if s not in self._embeddings:
                 self._embeddings[s] = slide_embedding(self.bags[s].features.numpy())
