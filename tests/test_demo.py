@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,11 +14,20 @@ import pytest
 from typer.testing import CliRunner
 
 from histoguard.cli import app
-from histoguard.demo._pseudo_slides import build_training_slides
+from histoguard.demo._pseudo_slides import (
+    COPIES_PER_GROUP,
+    HELD_OUT,
+    N_SLIDES,
+    TILES_PER_SLIDE,
+    TUMOUR_TILES,
+    build_pseudo_slides,
+    groups_needed,
+)
 from histoguard.demo._run import DemoResult, run_demo
 from histoguard.demo._summary import SEPARABLE_NOTE, summary_lines
 from histoguard.errors import ConfigError
 from histoguard.features import read_feature_file
+from histoguard.mil import SlidePrediction
 from histoguard.slide import read_coords_file
 from tests.conftest import REPO_ROOT
 
@@ -28,15 +39,70 @@ def _stratum(n: int, value: float, low: float, high: float) -> dict[str, Any]:
     return {"n": n, "metrics": {k: {"value": value, "low": low, "high": high} for k in names}}
 
 
-def _result(training_source: str, *, value: float, data: Path | None) -> Any:
+def _rate(k: int, n: int, lower: float, upper: float) -> dict[str, Any]:
+    return {"k": k, "n": n, "value": k / n, "lower": lower, "upper": upper}
+
+
+def _coverage_row(name: str, covered: int, n: int, verdict: str) -> dict[str, Any]:
+    return {
+        "name": name, "n": n, "covered": covered, "coverage": covered / n, "lower": 0.75,
+        "upper": 0.99, "mean_set_size": 1.1, "review_rate": 0.1, "verdict": verdict,
+    }  # fmt: skip
+
+
+def _trust() -> dict[str, Any]:
+    def calibration(ece: float) -> dict[str, Any]:
+        entry = {"value": ece, "lower": ece / 2, "upper": ece * 2}
+        return {"ece_width": entry, "ece_mass": entry, "brier": 0.1, "nll": 0.3}
+
+    return {
+        "n": 60,
+        "alpha": 0.1,
+        "calibration": {"before": calibration(0.08), "after": calibration(0.05)},
+        "coverage": {
+            "overall": _coverage_row("all", 55, 60, "inconclusive"),
+            "per_class": [
+                _coverage_row("normal", 27, 30, "inconclusive"),
+                _coverage_row("tumour", 30, 30, "covered"),
+            ],
+            "per_group": [],
+        },
+        "selective": {"review_rate": _rate(9, 60, 0.07, 0.27)},
+        "gate": {
+            "ood_alpha": 0.05,
+            "false_alarms": _rate(1, 60, 0.0004, 0.089),
+            "reading": "inconclusive: the 95 % interval contains 0.05",
+        },
+        "reasons": {"decided": 51, "uncertain": 9},
+    }
+
+
+def _prediction(slide: str, decision: str, reason: str = "", p: float = 0.9) -> SlidePrediction:
+    predicted = decision if decision != "review" else "tumour"
+    other = "normal" if predicted == "tumour" else "tumour"
+    return SlidePrediction(
+        slide=slide, probabilities={predicted: p, other: 1 - p}, predicted=predicted,
+        attention=None, decision=decision, reason=reason, ood_p_value=0.02 if reason else 0.4,
+        prediction_set=() if reason == "out-of-distribution" else (predicted,),
+    )  # fmt: skip
+
+
+def _result(
+    training_source: str,
+    *,
+    value: float,
+    data: Path | None,
+    predictions: tuple[SlidePrediction, ...] = (),
+) -> Any:
     report = {
         "labels": ["normal", "tumour"],
         "alpha": 0.05,
         "n_boot": 200,
         "resampled_by": "slide",
-        "overall": _stratum(24, value, min(value, 0.8), 1.0),
+        "overall": _stratum(60, value, min(value, 0.8), 1.0),
         "folds": {},
-        "centers": {"site0": _stratum(12, value, 0.7, 1.0)},
+        "centers": {"site0": _stratum(30, value, 0.7, 1.0)},
+        "trust": _trust(),
     }
     audit = {
         "metadata": {
@@ -45,17 +111,22 @@ def _result(training_source: str, *, value: float, data: Path | None) -> Any:
         },
         "robustness_index": {"value": 0.61, "ci": [0.52, 0.70], "confidence": 0.95},
     }
-    prediction = SimpleNamespace(
-        slide="scan", predicted="tumour", probabilities={"normal": 0.2, "tumour": 0.8}
+    demo_slide = "scan" if data is None else "CMU-1-Small-Region"
+    predictions = predictions or (
+        _prediction("held-out-normal", "normal"),
+        _prediction("held-out-tumour", "tumour"),
+        _prediction(demo_slide, "review", "out-of-distribution"),
     )
     return SimpleNamespace(
         source="generated" if data is None else "real",
         data=data,
-        slides=(Path("scan.tiff"),),
+        slides=(Path(f"{demo_slide}.tiff"),),
         training_source=training_source,
         training_report=report,
-        fold_sizes=(("fold0", 13, 3, 8), ("fold1", 13, 3, 8), ("fold2", 13, 3, 8)),
-        predictions=(prediction,),
+        fold_sizes=(("fold0", 32, 8, 20), ("fold1", 32, 8, 20), ("fold2", 32, 8, 20)),
+        calibration={"normal": 10, "tumour": 10},
+        held_out={"held-out-normal": "normal", "held-out-tumour": "tumour"},
+        predictions=predictions,
         audit=SimpleNamespace(audit=audit, html_path=Path("audit.html")),
     )
 
@@ -64,10 +135,13 @@ def test_summary_of_generated_data_says_so_and_never_says_lung() -> None:
     text = "\n".join(summary_lines(_result("generated", value=1.0, data=None)))
     assert "generated" in text
     assert "lung" not in text.lower()
+    assert "skin" not in text.lower()
     assert SEPARABLE_NOTE in text
     assert "rule of three" in text  # a perfect score's [1, 1] interval is explained
     assert "normal vs tumour" in text
-    assert "24 pseudo-slides" in text and "held out 8" in text
+    assert f"{N_SLIDES} pseudo-slides" in text and "held out 20" in text
+    assert "20 pseudo-slides (whole patients: 10 normal, 10 tumour) held out of every fold" in text
+    assert "Prediction for scan: refused: review: out of distribution" in text
 
 
 def test_summary_gives_every_metric_with_its_interval_and_method() -> None:
@@ -79,6 +153,45 @@ def test_summary_gives_every_metric_with_its_interval_and_method() -> None:
     assert "LC25000 lung tiles" in text
     assert "rule of three" not in text  # the score is not perfect
     assert SEPARABLE_NOTE not in text
+
+
+def test_summary_gives_the_trust_readings_with_their_intervals() -> None:
+    lines = summary_lines(_result("real", value=0.9, data=Path("/data")))
+    text = "\n".join(lines)
+    assert "fitted on the 20 calibration slides, read on the 60 cross-validation test" in text
+    assert "0.080 [0.040, 0.160] before temperature scaling, 0.050 [0.025, 0.100] after" in text
+    assert "normal 27/30 = 0.900 [0.750, 0.990] (inconclusive)" in text
+    assert "tumour 30/30 = 1.000 [0.750, 0.990] (covered)" in text
+    assert "sent to review 9/60" in text
+    assert "1/60 in-distribution test slides flagged, false-alarm rate 0.017 [0.000, 0.089]" in text
+    assert "smallest p-value is 1/21 = 0.048" in text
+
+
+def test_summary_says_what_each_prediction_means() -> None:
+    lines = summary_lines(_result("real", value=0.9, data=Path("/data")))
+    (normal,) = [line for line in lines if line.startswith("Prediction for held-out-normal")]
+    assert "in distribution, held out: normal (p=0.900; set {normal}; gate p=0.400)" in normal
+    assert normal.endswith("decided rightly (truly normal)")
+    (cmu,) = [line for line in lines if line.startswith("Prediction for CMU-1")]
+    assert "refused: skin tissue under a model trained on lung tiles" in cmu
+    assert "review: out of distribution (gate p=0.020" in cmu
+
+
+def test_summary_never_fakes_a_refusal_or_a_right_answer() -> None:
+    predictions = (
+        _prediction("held-out-normal", "tumour"),
+        _prediction("held-out-tumour", "review", "uncertain"),
+        _prediction("CMU-1-Small-Region", "tumour", p=0.99),
+    )
+    lines = summary_lines(_result("real", value=0.9, data=Path("/data"), predictions=predictions))
+    text = "\n".join(lines)
+    assert "decided WRONGLY (truly normal)" in text
+    assert "held-out-tumour: in distribution, held out: review: uncertain" in text
+    assert "not decided: sent to review" in text
+    (cmu,) = [line for line in lines if line.startswith("Prediction for CMU-1")]
+    assert "NOT refused as out of distribution" in cmu
+    assert "refused: skin" not in cmu
+    assert "tumour (p=0.990; set {tumour}; gate p=0.400)" in cmu
 
 
 # --- where the real data comes from ---------------------------------------------------------------
@@ -119,14 +232,61 @@ def test_the_cli_refuses_a_missing_data_folder(tmp_path: Path) -> None:
     assert "absent" in result.output
 
 
-def test_real_pseudo_slides_never_reuse_an_original_image(
+def _manifest(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_real_pseudo_slides_never_share_an_original_image(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    _, slides, source = build_training_slides(tmp_path, shared_data)
-    assert source == "real"
-    tiles = [tile for slide in slides for tile in slide.iterdir()]
-    digests = [hashlib.sha256(tile.read_bytes()).hexdigest() for tile in tiles]
-    assert len(digests) == len(set(digests))  # no tile copied into two places: no leak
+    pseudo = build_pseudo_slides(tmp_path, shared_data)
+    assert pseudo.source == "real"
+    folders = [*pseudo.slides, *(slide for slide, _ in pseudo.held_out)]
+    assert len(pseudo.slides) == N_SLIDES and len(pseudo.held_out) == len(HELD_OUT)
+    tiles = [tile for slide in folders for tile in slide.iterdir()]
+    assert len(tiles) == len(folders) * TILES_PER_SLIDE
+    slides_of_image: dict[str, set[str]] = {}
+    for tile in tiles:  # LC25000 holds some byte-identical copies within one group
+        digest = hashlib.sha256(tile.read_bytes()).hexdigest()
+        slides_of_image.setdefault(digest, set()).add(tile.parent.name)
+    assert all(len(slides) == 1 for slides in slides_of_image.values())  # no image in two
+    rows = _manifest(pseudo.manifest)
+    assert len(rows) == len(tiles)
+    slides_of_group: dict[str, set[str]] = {}
+    for row in rows:
+        slides_of_group.setdefault(row["source_image_group"], set()).add(row["slide_id"])
+        assert (tmp_path / "slides" / row["slide_id"] / row["tile"]).is_file() or (
+            tmp_path / "held_out" / row["slide_id"] / row["tile"]
+        ).is_file()
+    # No original (source_image_group) in two pseudo-slides, so none on both sides of a split
+    # nor in a training slide and a calibration or held-out one.
+    assert all(len(slides) == 1 for slides in slides_of_group.values())
+    copies = Counter((row["slide_id"], row["source_image_group"]) for row in rows)
+    assert max(copies.values()) <= COPIES_PER_GROUP
+    assert len(slides_of_group) == sum(groups_needed().values())
+    with (shared_data / "tiles" / "lc25000_lung" / "labels.csv").open() as f:
+        truth = {r["path"]: (r["source_image_group"], r["label"]) for r in csv.DictReader(f)}
+    assert all(truth[row["source"]][0] == row["source_image_group"] for row in rows)
+    cohort = _manifest(pseudo.cohort)
+    assert [r["slide_id"] for r in cohort] == [s.name for s in pseudo.slides]
+    assert not {name for name in HELD_OUT} & {r["slide_id"] for r in cohort}
+    labels = [r["label"] for r in cohort]
+    for slide, label in [*zip(pseudo.slides, labels, strict=True), *pseudo.held_out]:
+        kinds = Counter(truth[row["source"]][1] for row in rows if row["slide_id"] == slide.name)
+        assert kinds["lung_aca"] == (TUMOUR_TILES if label == "tumour" else 0), (slide.name, kinds)
+
+
+def test_generated_pseudo_slides_have_the_same_layout(tmp_path: Path) -> None:
+    pseudo = build_pseudo_slides(tmp_path, None)
+    assert pseudo.source == "generated"
+    assert len(pseudo.slides) == N_SLIDES
+    assert [label for _, label in pseudo.held_out] == list(HELD_OUT.values())
+    for slide in [*pseudo.slides, *(s for s, _ in pseudo.held_out)]:
+        assert len(list(slide.glob("*.png"))) == TILES_PER_SLIDE
+    assert {r["source"] for r in _manifest(pseudo.manifest)} == {""}
+    labels = Counter(r["label"] for r in _manifest(pseudo.cohort))
+    assert labels == {"normal": N_SLIDES // 2, "tumour": N_SLIDES // 2}
 
 
 # --- end to end -----------------------------------------------------------------------------------
@@ -153,6 +313,18 @@ def test_demo_without_data_runs_on_generated_data_and_says_so(
     assert np.array_equal(features.coords, tiles.coords)
     assert features.attrs["encoder"] == "hg-handcrafted"
     assert "Prediction for generated-slide" in result.output
+    assert "Prediction for held-out-normal: in distribution, held out: " in result.output
+    assert "Trust, fitted on the 20 calibration slides" in result.output
+    with (tmp_path / "demo" / "predictions" / "predictions.csv").open() as f:
+        rows = {row["slide"]: row for row in csv.DictReader(f)}
+    assert list(rows) == [*HELD_OUT, "generated-slide"]
+    for row in rows.values():  # the mechanics ran: every trust field is there
+        assert row["decision"] in ("normal", "tumour", "review")
+        assert row["reason"] in ("", "out-of-distribution", "batch drift", "uncertain")
+        assert (row["reason"] == "") == (row["decision"] != "review")
+        assert 0 < float(row["ood_p_value"]) <= 1
+        assert abs(float(row["p_normal"]) + float(row["p_tumour"]) - 1) < 1e-4
+        assert row["entropy"] != ""
     assert (tmp_path / "demo" / "predictions" / "generated-slide.attention.png").is_file()
     assert (tmp_path / "demo" / "model" / "fold_0" / "model.safetensors").is_file()
     assert "simulated two-center cohort (generated tiles)" in result.output
@@ -173,7 +345,19 @@ def test_demo_with_data_uses_the_real_slide_and_lung_tiles(
     assert [r.status for r in result.features_report.results] == ["done"]
     assert result.training_source == "real"
     assert result.training_report["overall"]["metrics"]["auc"]["value"] > 0.8
-    assert result.heatmaps[result.predictions[0].slide]["attention"].is_file()
+    assert result.calibration == {"normal": 10, "tumour": 10}
+    assert set(result.training_report["trust"]["calibration"]) == {"before", "after"}
+    *held_out, cmu = result.predictions
+    assert [p.slide for p in held_out] == list(HELD_OUT) == list(result.held_out)
+    assert cmu.slide == "CMU-1-Small-Region"
+    assert result.heatmaps[cmu.slide]["attention"].is_file()
+    assert set(result.heatmaps) == {cmu.slide}  # pseudo-slides have no slide image to draw on
+    # Both sides of trust: an in-distribution held-out pseudo-slide is decided, rightly, and
+    # the skin slide is refused under the lung model.
+    assert any(p.decision == result.held_out[p.slide] for p in held_out), [
+        p.summary() for p in held_out
+    ]
+    assert (cmu.decision, cmu.reason) == ("review", "out-of-distribution"), cmu.summary()
     audit = result.audit.audit
     assert audit["metadata"]["tile_source"] == "real"
     for part in ("robustness_index", "apd", "clustering_score", "stress", "adversarial"):
@@ -182,3 +366,4 @@ def test_demo_with_data_uses_the_real_slide_and_lung_tiles(
     assert "real LC25000 lung tiles" in text
     assert f"Data: {shared_data}" in text
     assert SEPARABLE_NOTE not in text
+    assert "Prediction for CMU-1-Small-Region: refused: skin tissue" in text

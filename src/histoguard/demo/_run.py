@@ -1,8 +1,16 @@
 """``histoguard demo``: the whole current pipeline, offline, on real data when it is given.
 
 Today the pipeline is slide -> tissue -> tiles -> features -> a MIL model trained from slide
-labels -> predictions with attention heatmaps, and beside it the robustness audit of an encoder
-on a simulated two-center cohort; later stages append themselves here.
+labels, with calibration, conformal sets and an out-of-distribution gate fitted on held-out
+calibration slides -> predictions that say whether they can be trusted, with attention
+heatmaps, and beside it the robustness audit of an encoder on a simulated two-center cohort;
+later stages append themselves here.
+
+The demo shows both sides of trust: two held-out in-distribution pseudo-slides (originals no
+training or calibration slide used) are predicted together with the demo slide, so the summary
+can show a decided prediction next to the demo slide's, which for the real CMU-1 skin sample
+under the lung model should be refused as out of distribution; the summary says which
+happened.
 
 The real data is a folder the caller names (``--data DIR``, laid out as the project's shared
 data: ``wsi/``, ``tiles/lc25000_lung/``, ``stain_refs/``); nothing here looks for it on its own,
@@ -11,8 +19,10 @@ so what the demo ran on is always what its caller chose, and :meth:`DemoResult.s
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +32,12 @@ from histoguard._tile_slides import tile_slides
 from histoguard.core._atomic import atomic_output
 from histoguard.core._batch import BatchReport
 from histoguard.demo._audit import run_demo_audit
-from histoguard.demo._pseudo_slides import build_training_slides
+from histoguard.demo._pseudo_slides import (
+    CALIBRATION_SLIDES,
+    LABELS,
+    N_SLIDES,
+    build_pseudo_slides,
+)
 from histoguard.demo._summary import summary_lines
 from histoguard.errors import ConfigError
 from histoguard.features import ExtractionConfig, extract_features
@@ -55,6 +70,11 @@ class DemoResult:
         training_report: the cross-validation metrics report (:func:`histoguard.mil.train`).
         fold_sizes: per fold ``(name, n_train, n_val, n_test)`` pseudo-slides: fitted on,
             early-stopped on, held out (the three disjoint).
+        calibration: label -> pseudo-slides of that label held out of every fold to fit
+            calibration, conformal sets and the gate.
+        predictions: the held-out pseudo-slides' predictions first, then the demo slides'.
+        held_out: held-out pseudo-slide name -> its true label (not in the cohort; their
+            originals are in no training or calibration slide).
     """
 
     source: Literal["given", "real", "generated"]
@@ -69,6 +89,8 @@ class DemoResult:
     predictions: tuple[SlidePrediction, ...]
     audit: AuditOutputs
     heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
+    calibration: dict[str, int] = field(default_factory=dict)
+    held_out: dict[str, str] = field(default_factory=dict)
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """Per slide stem: paths of ``tiles`` (h5), ``thumbnail``, ``geojson``, ``features``."""
@@ -89,9 +111,10 @@ class DemoResult:
 
     def summary(self) -> list[str]:
         """What the demo ran on, trained and measured, one printable line each: the data
-        source of every stage, the task and its classes, the pseudo-slides trained on and held
-        out, every metric with its confidence interval and how the interval was computed, and
-        why the numbers look as they do."""
+        source of every stage, the task and its classes, the pseudo-slides trained on, held
+        out and calibrated on, every metric with its confidence interval and how the interval
+        was computed, the trust readings (calibration, coverage, gate false alarms), each
+        prediction's decision and what it means, and why the numbers look as they do."""
         return summary_lines(self)
 
 
@@ -135,9 +158,12 @@ def run_demo(
     """Run the pipeline end to end: tissue detection and tiling at 0.5 µm/px, 224 px tiles;
     features from the built-in hand-crafted encoder (colour in optical-density/HED space and
     texture; no weights, no training); an ABMIL model trained from slide labels (tumour vs
-    normal) on 24 pseudo-slides (real LC25000 lung tiles from ``data``, else generated tiles),
-    validated by patient-grouped 3-fold cross-validation; its prediction and attention heatmaps
-    for the demo slide, which shows the mechanics, not a diagnosis. Beside it, the robustness
+    normal) on 80 pseudo-slides (real LC25000 lung tiles from ``data``, else generated tiles):
+    20 held out of every fold as calibration slides (temperature scaling, class-wise conformal
+    sets at alpha 0.1, out-of-distribution gate at 0.05), the rest validated by
+    patient-grouped 3-fold cross-validation; predictions, with decision (the class, or
+    ``review`` and why) and attention heatmaps, for two held-out in-distribution pseudo-slides
+    and the demo slide, which show the mechanics, not a diagnosis. Beside it, the robustness
     audit of the built-in CNN ``hg-cnn`` on a simulated two-center cohort of the same kind of
     tiles (``audit/audit.json`` + ``.html``).
 
@@ -182,14 +208,21 @@ def run_demo(
     )
     features = extract_features(tiled, out / "features", extraction, progress=progress)
 
-    # Rebuilt on every run: a rerun with other data must not reuse the other tiles' features.
+    # Rebuilt on every run: a rerun with other data must not reuse the other tiles' features
+    # (nor the model: its splits.json is reused on reruns and would not fit another cohort).
     shutil.rmtree(out / "training", ignore_errors=True)
-    cohort, training_slides, training_source = build_training_slides(out / "training", root)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    pseudo = build_pseudo_slides(out / "training", root)
     bag_config = ExtractionConfig(encoder=DEMO_ENCODER, tiling=tiling, readers=0)
-    extract_features(training_slides, out / "training" / "features", bag_config, progress=False)
+    extract_features(pseudo.slides, out / "training" / "features", bag_config, progress=False)
+    held_out_slides = [slide for slide, _ in pseudo.held_out]
+    held_out_features = out / "training" / "held_out_features"
+    held_out_report = extract_features(
+        held_out_slides, held_out_features, bag_config, progress=False
+    )
     training = train(
         TrainConfig(
-            cohort=cohort,
+            cohort=pseudo.cohort,
             features=out / "training" / "features",
             out=out / "model",
             model="abmil",
@@ -197,13 +230,21 @@ def run_demo(
             epochs=25,
             lr=1e-3,
             n_boot=200,
+            calibration_fraction=CALIBRATION_SLIDES / N_SLIDES,
         )
     )
     splits = json.loads((out / "model" / "splits.json").read_text())["splits"]
     fold_sizes = tuple((s["name"], len(s["train"]), len(s["val"]), len(s["test"])) for s in splits)
+    label_of = {
+        row["slide_id"]: row["label"]
+        for row in csv.DictReader(pseudo.cohort.read_text().splitlines())
+    }
+    calibration = Counter(label_of[s] for s in splits[0].get("calibration", ())) if splits else {}
     done = [r.output for r in features.results if r.output is not None]
-    predictions = predict(out / "model", done, out / "predictions") if done else []
-    heatmaps = write_prediction_heatmaps(predictions, out / "predictions").paths
+    held_out_files = [r.output for r in held_out_report.results if r.output is not None]
+    predictions = predict(out / "model", [*held_out_files, *done], out / "predictions")
+    demo_predictions = predictions[len(held_out_files) :]
+    heatmaps = write_prediction_heatmaps(demo_predictions, out / "predictions").paths
     audit = run_demo_audit(out / "audit", root, progress=progress)
     return DemoResult(
         source=source,
@@ -212,10 +253,12 @@ def run_demo(
         out_dir=out,
         report=report,
         features_report=features,
-        training_source=training_source,
+        training_source=pseudo.source,
         training_report=training.report,
         fold_sizes=fold_sizes,
         predictions=tuple(predictions),
         audit=audit,
         heatmaps=heatmaps,
+        calibration={label: calibration.get(label, 0) for label in LABELS},
+        held_out={slide.name: label for slide, label in pseudo.held_out},
     )

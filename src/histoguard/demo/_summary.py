@@ -2,9 +2,10 @@
 
 The demo exists to show the mechanics, so its printed summary must never suggest more: it names
 the data of every stage (real LC25000 lung tiles or generated ones), the task and its classes,
-the pseudo-slides trained on and held out, every metric with its confidence interval and how
-that interval was computed, and, for generated data, that the classes are separable by
-construction.
+the pseudo-slides trained on, held out and calibrated on, every metric with its confidence
+interval and how that interval was computed, the trust readings, what each prediction's
+decision means (a refusal is reported as one only when the model made it), and, for generated
+data, that the classes are separable by construction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from histoguard.demo._pseudo_slides import LABELS, N_SLIDES, TILES_PER_SLIDE, TUMOUR_TILES
+from histoguard.demo._pseudo_slides import (
+    COPIES_PER_GROUP,
+    LABELS,
+    N_SLIDES,
+    TILES_PER_SLIDE,
+    TUMOUR_TILES,
+)
 
 if TYPE_CHECKING:
     from histoguard.demo._run import DemoResult
@@ -44,8 +51,8 @@ def training_description(source: str) -> str:
         return (
             f"real LC25000 lung tiles (a 'normal' pseudo-slide: {TILES_PER_SLIDE} normal lung "
             f"tiles; a 'tumour' one: {TUMOUR_TILES} adenocarcinoma + "
-            f"{TILES_PER_SLIDE - TUMOUR_TILES} normal; every tile from a different original "
-            "image)"
+            f"{TILES_PER_SLIDE - TUMOUR_TILES} normal; up to {COPIES_PER_GROUP} augmented "
+            "copies of one original image in a pseudo-slide, and no original in two)"
         )
     return (
         f"generated H&E-like tiles ({TILES_PER_SLIDE} per pseudo-slide; a 'tumour' one has "
@@ -110,9 +117,17 @@ def summary_lines(result: DemoResult) -> list[str]:
         f"{name}: fitted on {n_train}, early-stopped on {n_val}, held out {n_test}"
         for name, n_train, n_val, n_test in result.fold_sizes
     )
+    n_cal = sum(result.calibration.values())
+    calibration = ""
+    if n_cal:
+        per_class = ", ".join(f"{n} {label}" for label, n in result.calibration.items())
+        calibration = (
+            f"{n_cal} pseudo-slides (whole patients: {per_class}) held out of every fold as "
+            f"calibration slides; the other {n_total} in "
+        )
     lines.append(
-        f"Validation: {len(result.fold_sizes)}-fold patient-grouped cross-validation ({folds}); "
-        f"the metrics pool the {n_total} held-out predictions"
+        f"Validation: {calibration}{len(result.fold_sizes)}-fold patient-grouped "
+        f"cross-validation ({folds}); the metrics pool the {n_total} held-out predictions"
     )
     lines.append(f"Held-out metrics ({ci_method(report)}):")
     lines.append(f"  all {n_total} pseudo-slides: {metric_line(report['overall'])}")
@@ -132,16 +147,99 @@ def summary_lines(result: DemoResult) -> list[str]:
             f"resample is perfect too; with {n_total} held-out slides and no error, an error "
             f"rate up to 3/{n_total} = {3 / n_total:.0%} is still plausible (rule of three)."
         )
+    lines += trust_lines(report.get("trust"), n_cal)
+    lines += prediction_lines(result)
+    lines.append(_audit_line(result))
+    return lines
+
+
+def _interval(entry: Mapping[str, Any]) -> str:
+    """``0.123 [0.045, 0.201]`` from a ``value``/``lower``/``upper`` entry of a trust report."""
+    if entry.get("value") is None:
+        return "undefined"
+    low, high = entry.get("lower"), entry.get("upper")
+    interval = "undefined" if low is None or high is None else f"{low:.3f}, {high:.3f}"
+    return f"{entry['value']:.3f} [{interval}]"
+
+
+def trust_lines(trust: Mapping[str, Any] | None, n_calibration: int) -> list[str]:
+    """The train report's trust section in brief: calibration error before and after scaling,
+    coverage of the prediction sets per class, the gate's false alarms (all with 95% CIs)."""
+    if trust is None:
+        return ["Trust: none fitted (no calibration slides): predictions are unchecked"]
+    before = trust["calibration"]["before"]["ece_width"]
+    after = trust["calibration"]["after"]["ece_width"]
+    coverage = trust["coverage"]
+    classes = "; ".join(
+        f"{row['name']} {row['covered']}/{row['n']} = "
+        f"{_interval({'value': row['coverage'], 'lower': row['lower'], 'upper': row['upper']})}"
+        f" ({row['verdict']})"
+        for row in coverage["per_class"]
+    )
+    review = trust["selective"]["review_rate"]
+    gate = trust["gate"]
+    alarms = gate["false_alarms"]
+    smallest = ""
+    if n_calibration:
+        smallest = (
+            f"; with {n_calibration} calibration slides the smallest p-value is "
+            f"1/{n_calibration + 1} = {1 / (n_calibration + 1):.3f}"
+        )
+    return [
+        f"Trust, fitted on the {n_calibration} calibration slides, read on the {trust['n']} "
+        "cross-validation test slides (each by its fold's model; 95% intervals: bootstrap for "
+        "ECE, Clopper-Pearson for rates):",
+        f"  calibration error (ECE, 15 equal-width bins): {_interval(before)} before "
+        f"temperature scaling, {_interval(after)} after",
+        f"  prediction sets, target coverage {1 - trust['alpha']:.2f} per class: {classes}; "
+        f"sent to review {review['k']}/{review['n']}",
+        f"  out-of-distribution gate at p <= {gate['ood_alpha']:g}: {alarms['k']}/{alarms['n']} "
+        f"in-distribution test slides flagged, false-alarm rate {_interval(alarms)} "
+        f"({gate['reading']}{smallest})",
+    ]
+
+
+def prediction_lines(result: DemoResult) -> list[str]:
+    """One line per predicted slide: its decision (:meth:`SlidePrediction.summary`) and what
+    it means. A held-out pseudo-slide is in distribution with a known label, so the line says
+    whether it was decided and rightly; the real CMU-1 sample is skin under a lung model, so
+    the line says whether the model refused it, and says plainly when it did not."""
     trained_on = (
         "real LC25000 lung tiles" if result.training_source == "real" else "generated tiles"
     )
+    lines = []
     for prediction in result.predictions:
-        probabilities = " ".join(f"{k}={v:.3f}" for k, v in prediction.probabilities.items())
+        said = prediction.summary()
+        label = result.held_out.get(prediction.slide)
+        if label is not None:
+            if prediction.decision == "review":
+                verdict = "not decided: sent to review"
+            else:
+                right = prediction.decision == label
+                verdict = f"decided {'rightly' if right else 'WRONGLY'} (truly {label})"
+            lines.append(
+                f"Prediction for {prediction.slide}: in distribution, held out: {said}; {verdict}"
+            )
+            continue
+        refused = prediction.decision == "review" and prediction.reason == "out-of-distribution"
+        if result.source == "real":
+            if refused:
+                meaning = (
+                    "refused: skin tissue under a model trained on lung tiles, and the gate "
+                    "found it unlike the training slides"
+                )
+            else:
+                meaning = (
+                    "NOT refused as out of distribution: the gate did not find this skin "
+                    "slide unlike the lung training slides, so the model's answer stands "
+                    "though it knows nothing of skin"
+                )
+            lines.append(f"Prediction for {prediction.slide}: {meaning}: {said}; not a diagnosis")
+            continue
         lines.append(
-            f"Prediction for {prediction.slide}: {prediction.predicted} ({probabilities}); "
-            f"a model trained on {trained_on} shows the mechanics here, not a diagnosis"
+            f"Prediction for {prediction.slide}: {'refused: ' * refused}{said}; a model "
+            f"trained on {trained_on} shows the mechanics here, not a diagnosis"
         )
-    lines.append(_audit_line(result))
     return lines
 
 
