@@ -170,11 +170,11 @@ def test_summary_gives_the_trust_readings_with_their_intervals() -> None:
 def test_summary_says_what_each_prediction_means() -> None:
     lines = summary_lines(_result("real", value=0.9, data=Path("/data")))
     (normal,) = [line for line in lines if line.startswith("Prediction for held-out-normal")]
-    assert "in distribution, held out: normal (p=0.900; set {normal}; gate p=0.400)" in normal
+    assert "in distribution, held out: normal (p = 0.90; set {normal}; gate p = 0.4)" in normal
     assert normal.endswith("decided rightly (truly normal)")
     (cmu,) = [line for line in lines if line.startswith("Prediction for CMU-1")]
     assert "refused: skin tissue under a model trained on lung tiles" in cmu
-    assert "review: out of distribution (gate p=0.020" in cmu
+    assert "review: out of distribution (gate p = 0.02" in cmu
 
 
 def test_summary_never_fakes_a_refusal_or_a_right_answer() -> None:
@@ -191,7 +191,7 @@ def test_summary_never_fakes_a_refusal_or_a_right_answer() -> None:
     (cmu,) = [line for line in lines if line.startswith("Prediction for CMU-1")]
     assert "NOT refused as out of distribution" in cmu
     assert "refused: skin" not in cmu
-    assert "tumour (p=0.990; set {tumour}; gate p=0.400)" in cmu
+    assert "tumour (p = 0.99; set {tumour}; gate p = 0.4)" in cmu
 
 
 # --- where the real data comes from ---------------------------------------------------------------

@@ -218,8 +218,9 @@ def test_predict_averages_the_folds(pseudo_cohort: PseudoCohort, tmp_path: Path)
     per_fold = [predict(fold, files, tmp_path / fold.name) for fold in result.fold_dirs]
     assert len(per_fold) == 3
     for i, prediction in enumerate(ensemble):
-        for label, p in prediction.probabilities.items():
-            folds = [fold[i].probabilities[label] for fold in per_fold]
+        # Before calibration: each fold's folder has its own temperature, the ensemble its own.
+        for label, p in prediction.raw_probabilities.items():
+            folds = [fold[i].raw_probabilities[label] for fold in per_fold]
             assert p == pytest.approx(float(np.mean(folds)), abs=1e-6), (prediction.slide, label)
             assert len({round(f, 6) for f in folds}) > 1  # the folds differ: a real average
         assert prediction.attention is not None

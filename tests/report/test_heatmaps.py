@@ -341,7 +341,8 @@ def test_histoguard_file_on_its_slide_gets_overlay_gallery_and_map(
     drawn = write_prediction_heatmaps([prediction], tmp_path / "maps", top_k=5)
     assert drawn.warnings == ()
     paths = drawn.paths["known"]
-    assert set(paths) == {"attention", "geojson", "top_tiles"}
+    # predict gives every tile its uncertainty, drawn beside the attention.
+    assert set(paths) == {"attention", "geojson", "top_tiles", "uncertainty"}
     with Image.open(paths["top_tiles"]) as image:
         assert image.size == (4 + 5 * (128 + 4), 4 + 128 + 4)
     with Image.open(paths["attention"]) as image:
