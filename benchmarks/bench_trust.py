@@ -18,12 +18,13 @@ alpha = 0.1, k = 10 neighbours (the gate's default).
 Cases, each timed per call with one slide (what ``predict`` does slide by slide) and, where it
 applies, with ``--batch`` slides per call (divided by the batch, per slide):
 
-- ``slide embedding``: :func:`slide_embedding` (mean of the tiles, float64) against
-  ``features.mean(axis=0, dtype=np.float64)``;
-- ``gate knn`` / ``gate mahalanobis``: :meth:`OODGate.p_values` against the same standardise +
-  distance + conformal p-value done with scikit-learn: ``NearestNeighbors(metric="cosine")``
-  fitted once on the gate's standardised reference, or a ``LedoitWolf`` covariance fitted once
-  (histoguard's gate refits its Ledoit-Wolf covariance on every call);
+- ``slide embedding``: :func:`slide_embedding` (mean and standard deviation of the tiles,
+  float64) against the same two numpy reductions, concatenated;
+- ``gate knn-euclidean`` (the default) / ``gate knn`` / ``gate mahalanobis``:
+  :meth:`OODGate.p_values` against the same standardise + distance + conformal p-value done
+  with scikit-learn: ``NearestNeighbors`` (Euclidean, or ``metric="cosine"``) fitted once on the
+  gate's standardised reference, or a ``LedoitWolf`` covariance fitted once (as the gate does);
+  the gate embeddings are 2 x ``--dim`` wide, as ``slide_embedding`` makes them;
 - ``calibrate``: :meth:`Calibrator.transform` (temperature) against a numpy softmax(z / T);
 - ``sets lac`` / ``sets aps``: :meth:`ConformalClassifier.predict_sets` against MAPIE's
   ``SplitConformalClassifier(prefit=True).predict_set`` on the same probabilities (an identity
@@ -143,11 +144,14 @@ def sklearn_gate(
     gate: OODGate, score: str, calibration: np.ndarray
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The gate's p-values with scikit-learn doing the distances, fitted once."""
-    if score == "knn":
-        index = NearestNeighbors(n_neighbors=gate.k, metric="cosine").fit(gate.reference)
+    if score in ("knn", "knn-euclidean"):
+        metric = "cosine" if score == "knn" else "euclidean"
+        index = NearestNeighbors(n_neighbors=gate.k, metric=metric).fit(gate.reference)
+        # histoguard's Euclidean kNN distance is divided by sqrt(D)
+        unit = 1.0 if score == "knn" else np.sqrt(gate.reference.shape[1])
 
         def distance(x: np.ndarray) -> np.ndarray:
-            return np.asarray(index.kneighbors(x)[0].mean(axis=1))
+            return np.asarray(index.kneighbors(x)[0].mean(axis=1)) / unit
 
     else:
         covariance = LedoitWolf().fit(gate.reference)
@@ -170,7 +174,12 @@ def gate_cases(
 ) -> list[Case]:
     """The OOD gate's p-values (kNN and Mahalanobis) against the scikit-learn peers."""
     cases = []
-    for score, peer_name in (("knn", "sklearn NearestNeighbors"), ("mahalanobis", "sklearn LW")):
+    scores = (
+        ("knn-euclidean", "sklearn NearestNeighbors"),
+        ("knn", "sklearn NearestNeighbors"),
+        ("mahalanobis", "sklearn LW"),
+    )
+    for score, peer_name in scores:
         gate = OODGate.fit(reference, calibration, score=score, k=K)
         peer = sklearn_gate(gate, score, calibration)
         for x in slides:
@@ -186,9 +195,11 @@ def gate_cases(
         batch = slides[-1]
         same = np.mean(gate.p_values(batch) == peer(batch))
         line = f"gate {score} vs {peer_name}: p-values equal for {same:.0%} of {len(batch)} slides"
-        if score == "knn":
-            index = NearestNeighbors(n_neighbors=K, metric="cosine").fit(gate.reference)
-            ref_d = index.kneighbors((batch - gate.mean) / gate.scale)[0].mean(axis=1)
+        if score != "mahalanobis":
+            metric = "cosine" if score == "knn" else "euclidean"
+            unit = 1.0 if score == "knn" else np.sqrt(gate.reference.shape[1])
+            index = NearestNeighbors(n_neighbors=K, metric=metric).fit(gate.reference)
+            ref_d = index.kneighbors((batch - gate.mean) / gate.scale)[0].mean(axis=1) / unit
             line += f", max |distance diff| {np.max(np.abs(gate.scores(batch) - ref_d)):.1e}"
         parity.append(line)
     return cases
@@ -293,11 +304,11 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(10)
     d = args.dim
-    basis = rng.normal(size=(32, d)) / np.sqrt(32)
+    basis = rng.normal(size=(32, 2 * d)) / np.sqrt(32)  # gate embeddings: mean and spread
     reference = embeddings(rng, args.reference, basis)
     calibration = embeddings(rng, args.calibration, basis)
     batch = embeddings(rng, args.batch, basis)
-    tiles = (rng.normal(size=(args.tiles, d)) + batch[:1]).astype(np.float32)
+    tiles = (rng.normal(size=(args.tiles, d)) + batch[:1, :d]).astype(np.float32)
     print(
         f"{args.tiles} tiles x {d} float32 per slide, reference {args.reference}, calibration "
         f"{args.calibration}, batch {args.batch}; {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -307,9 +318,14 @@ def main() -> None:
         f"k {K}, median of {args.repeats} rounds"
     )
 
+    def numpy_embedding() -> np.ndarray:
+        return np.concatenate(
+            [tiles.mean(axis=0, dtype=np.float64), tiles.std(axis=0, dtype=np.float64)]
+        )
+
     parity = [
-        "slide embedding vs numpy mean: max |diff| "
-        f"{np.max(np.abs(slide_embedding(tiles) - tiles.mean(axis=0, dtype=np.float64))):.1e}"
+        "slide embedding vs numpy mean and std: max |diff| "
+        f"{np.max(np.abs(slide_embedding(tiles) - numpy_embedding())):.1e}"
     ]
     mmd_x = batch[: args.mmd_batch]
     model = build_model("abmil", in_dim=d, n_classes=2)
@@ -322,8 +338,8 @@ def main() -> None:
             "slide embedding",
             1,
             lambda: slide_embedding(tiles),
-            "numpy mean",
-            lambda: tiles.mean(axis=0, dtype=np.float64),
+            "numpy mean + std",
+            numpy_embedding,
         ),
         *gate_cases(reference, calibration, [batch[:1], batch], parity),
         *calibration_cases(rng, args.calibration, args.batch),
@@ -359,7 +375,7 @@ def main() -> None:
         f"\ntrust step per slide, one slide per call, against one ABMIL forward "
         f"({forward:.1f} ms) and a {args.folds}-fold ensemble ({ensemble:.1f} ms):"
     )
-    for gate_score in ("knn", "mahalanobis"):
+    for gate_score in ("knn-euclidean", "knn", "mahalanobis"):
         trust = sum(
             ms[(name, 1)]
             for name in (
