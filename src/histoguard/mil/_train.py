@@ -103,14 +103,15 @@ class TrainConfig:
     n_boot: int = 1000
     seeds: int = 1
     calibration_fraction: float = 0.2
-    alpha: float = 0.1
-    conformal_score: str = "lac"
-    mondrian: str = "class"
-    calibrator: str = "temperature"
-    ood_score: str = "knn-euclidean"
-    ood_k: int = 10
-    ood_alpha: float = 0.05
-    drift_alpha: float = 0.01
+    # The trust settings, flat for YAML and the command line; defaults from TrustSettings.
+    alpha: float = TrustSettings.alpha
+    conformal_score: str = TrustSettings.score
+    mondrian: str = TrustSettings.mondrian
+    calibrator: str = TrustSettings.calibrator
+    ood_score: str = TrustSettings.ood_score
+    ood_k: int = TrustSettings.ood_k
+    ood_alpha: float = TrustSettings.ood_alpha
+    drift_alpha: float = TrustSettings.drift_alpha
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
