@@ -204,13 +204,13 @@ def predict(
             centers=[(centers or {}).get(part.path.stem, "") for part in parts],
             test_batch=batch_test,
         )
-    untrusted = (
-        f"{model}: no {TRUST_NAME}, so no calibration, prediction set or out-of-distribution "
-        "gate: the decision is the most probable class, unchecked; retrain with "
-        "calibration_fraction > 0"
-    )
     if trust is None:
-        logger.warning("%s", untrusted)
+        logger.warning(
+            "%s: no %s, so no calibration, prediction set or out-of-distribution gate: the "
+            "decision is the most probable class, unchecked; retrain with "
+            "calibration_fraction > 0",
+            model, TRUST_NAME,
+        )  # fmt: skip
     results = []
     for i, part in enumerate(parts):
         path, data, probs, warnings = part.path, part.data, part.probs, part.warnings
