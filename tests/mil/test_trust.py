@@ -12,16 +12,19 @@ import pytest
 
 from histoguard.features import read_feature_file, write_feature_file
 from histoguard.mil import (
+    Bag,
     Cohort,
     CohortRow,
     TrainConfig,
     TrustSettings,
     apply_trust,
     batch_drift,
+    build_model,
     evaluate,
     fit_trust,
     hold_out_calibration,
     kfold_splits,
+    list_models,
     load_splits,
     load_trust,
     predict,
@@ -249,3 +252,24 @@ def test_seed_ensembles_and_mc_dropout_add_members(
     assert plain.ood_p_value is None and plain.prediction_set == ()
     assert "unchecked" in plain.summary()
     assert "trust" not in result.report
+
+
+@pytest.mark.parametrize("name", [info.name for info in list_models()])
+def test_every_model_gives_tile_and_member_probabilities(name: str) -> None:
+    import torch
+
+    from histoguard.mil._bags import member_probabilities, tile_probabilities
+
+    torch.manual_seed(0)
+    model = build_model(name, in_dim=16, n_classes=3).eval()
+    bag = Bag("s", torch.randn(37, 16), None)
+    tiles = tile_probabilities(model, bag, chunk=10)  # chunks of one-tile bags
+    assert tiles.shape == (1, 37, 3)
+    np.testing.assert_allclose(tiles.sum(axis=-1), 1.0, rtol=1e-5)
+    mask = torch.ones(1, 37, dtype=torch.bool)
+    members = member_probabilities(model, bag.features[None], mask, mc_dropout=2)
+    has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    assert members.shape == ((3 if has_dropout else 1), 1, 3)
+    assert not model.training  # MC dropout leaves the model in eval mode
+    again = member_probabilities(model, bag.features[None], mask, mc_dropout=2)
+    torch.testing.assert_close(members, again)  # seeded
