@@ -11,6 +11,7 @@ import histoguard
 import histoguard.encoders
 import histoguard.errors
 import histoguard.features
+import histoguard.harmonize
 import histoguard.mil
 import histoguard.report
 import histoguard.robustness
@@ -28,6 +29,7 @@ import histoguard.uncertainty
         histoguard.slide,
         histoguard.encoders,
         histoguard.features,
+        histoguard.harmonize,
         histoguard.mil,
         histoguard.stain,
         histoguard.robustness,

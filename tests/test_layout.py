@@ -26,7 +26,7 @@ ROOM_ORDER: tuple[frozenset[str], ...] = (
     frozenset({"slide", "stain"}),
     frozenset({"encoders"}),
     frozenset({"features"}),
-    frozenset({"uncertainty"}),
+    frozenset({"harmonize", "uncertainty"}),
     frozenset({"mil"}),
     frozenset({"robustness"}),
     frozenset({"report"}),

@@ -21,6 +21,8 @@
     ├── CohortError                 a cohort table, or a split drawn from it, is unusable
     ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
     ├── ConfigError (ValueError)    a configuration value or file is invalid
+    │   ├── UnknownCenterError      features of a center the harmoniser was not fitted on
+    │   └── TooFewSlidesError       too few slides to estimate a new center's batch effect
     ├── ConformanceError (AssertionError)  an encoder or MIL model breaks its contract
     └── UnknownNameError (KeyError) no registry entry under that name; lists the known ones
         └── UnknownEncoderError     ... in the encoder registry (also an EncoderError)
@@ -193,6 +195,51 @@ class ConfigError(HistoguardError, ValueError):
     """
 
 
+class UnknownCenterError(ConfigError):
+    """Features come from a center the harmoniser was not fitted on.
+
+    Args:
+        center: the center asked for.
+        known: the centers the harmoniser knows.
+    """
+
+    def __init__(self, center: str, known: Iterable[str]) -> None:
+        self.center = center
+        self.known = tuple(known)
+        listed = ", ".join(self.known) if self.known else "(none)"
+        super().__init__(
+            f"center {center!r} was not seen when the harmoniser was fitted (known: {listed}). "
+            f"Fit it label-free from its own unlabelled slides first: "
+            f"harmonizer.fit_new_center(features, {center!r})"
+        )
+
+    def __reduce__(self) -> tuple[type[UnknownCenterError], tuple[str, tuple[str, ...]]]:
+        return (type(self), (self.center, self.known))
+
+
+class TooFewSlidesError(ConfigError):
+    """Too few slides of a new center to estimate its batch effect label-free.
+
+    Args:
+        center: the new center.
+        n_slides: how many slides were given.
+        minimum: how many are needed.
+    """
+
+    def __init__(self, center: str, n_slides: int, minimum: int) -> None:
+        self.center = center
+        self.n_slides = n_slides
+        self.minimum = minimum
+        super().__init__(
+            f"center {center!r}: {n_slides} slides given, at least {minimum} are needed to "
+            f"estimate its location and scale label-free. Collect more slides of this center, "
+            f"or lower min_slides knowingly (fewer slides give noisier estimates)"
+        )
+
+    def __reduce__(self) -> tuple[type[TooFewSlidesError], tuple[str, int, int]]:
+        return (type(self), (self.center, self.n_slides, self.minimum))
+
+
 def closest_name(name: str, known: Iterable[str]) -> str | None:
     """The one of ``known`` closest to ``name`` (a likely typo), or None when none is close."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
@@ -263,6 +310,8 @@ __all__ = [
     "SlideNotFoundError",
     "SlideTooLargeError",
     "TilingError",
+    "TooFewSlidesError",
+    "UnknownCenterError",
     "UnknownEncoderError",
     "UnknownNameError",
     "UnsafeWeightsError",
