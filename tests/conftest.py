@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from histoguard.slide import Rectangle, write_synthetic_slide
@@ -41,3 +42,16 @@ def known_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4096 x 3072 px at 0.25 µm/px, 3 levels (x1, x2, x4), JPEG tiles, one rectangle of tissue."""
     path = tmp_path_factory.mktemp("slides") / "known.tiff"
     return write_synthetic_slide(path, width=4096, height=3072, mpp=0.25, shapes=[KNOWN_TISSUE])
+
+
+def grid_crops(image: np.ndarray, size: int) -> list[np.ndarray]:
+    """Non-overlapping ``size`` x ``size`` crops of an ``(H, W, 3)`` image on a grid centred in
+    it (a 775 x 522 GlaS image at 224 px: 3 x 2), row by row."""
+    h, w = image.shape[:2]
+    rows, cols = h // size, w // size
+    top, left = (h - rows * size) // 2, (w - cols * size) // 2
+    return [
+        image[top + r * size : top + (r + 1) * size, left + c * size : left + (c + 1) * size]
+        for r in range(rows)
+        for c in range(cols)
+    ]

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pytest
 
 from histoguard.harmonize import harmonize_folds
+from tests.conftest import grid_crops
 
 TILE = 224
 EBHI_CLASS = {"Normal": 0, "Polyp": 0, "Adenocarcinoma": 1}
@@ -40,17 +41,6 @@ class Colon:
     centers: npt.NDArray[np.str_]
 
 
-def _grid_crops(image: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.uint8]]:
-    h, w = image.shape[:2]
-    rows, cols = h // TILE, w // TILE
-    top, left = (h - rows * TILE) // 2, (w - cols * TILE) // 2
-    return [
-        image[top + r * TILE : top + (r + 1) * TILE, left + c * TILE : left + (c + 1) * TILE]
-        for r in range(rows)
-        for c in range(cols)
-    ]
-
-
 @pytest.fixture(scope="module")
 def colon(shared_data: Path) -> Colon:
     """Every GlaS image as 224-px grid crops, and every other EBHI tile of the shared label
@@ -62,7 +52,7 @@ def colon(shared_data: Path) -> Colon:
     glas = shared_data / "tiles" / "glas"
     with (glas / "labels.csv").open(newline="") as handle:
         for r in csv.DictReader(handle):
-            for crop in _grid_crops(decode_image(glas / r["path"])):
+            for crop in grid_crops(decode_image(glas / r["path"]), TILE):
                 tiles.append(crop)
                 labels.append(COLON_CLASSES.index(r["label"]))
                 units.append(f"GlaS:{r['patient']}")

@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.conftest import grid_crops
+
 from .pseudo_slides import Slides
 
 CLASSES = ("lung_n", "lung_aca", "lung_scc")
@@ -137,18 +139,6 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _grid_crops(image: npt.NDArray[np.uint8]) -> list[npt.NDArray[np.uint8]]:
-    """Non-overlapping TILE x TILE crops on a grid centred in the image (GlaS: 3 x 2)."""
-    h, w = image.shape[:2]
-    rows, cols = h // TILE, w // TILE
-    top, left = (h - rows * TILE) // 2, (w - cols * TILE) // 2
-    return [
-        image[top + r * TILE : top + (r + 1) * TILE, left + c * TILE : left + (c + 1) * TILE]
-        for r in range(rows)
-        for c in range(cols)
-    ]
-
-
 @pytest.fixture(scope="session")
 def trust_tiles(shared_data: Path) -> TrustTiles:
     """hg-cnn embeddings of all LC25000 lung tiles, of the same tiles under ``LUNG_SHIFTS``, and
@@ -224,7 +214,7 @@ def _trust_tiles(shared_data: Path) -> TrustTiles:
     glas = shared_data / "tiles" / "glas"
     with (glas / "labels.csv").open(newline="") as handle:
         for r in csv.DictReader(handle):
-            for crop in _grid_crops(decode_image(glas / r["path"])):
+            for crop in grid_crops(decode_image(glas / r["path"]), TILE):
                 add(
                     crop, COLON_CLASSES.index(r["label"]), f"GlaS:{r['patient']}", "GlaS", r["path"]
                 )
