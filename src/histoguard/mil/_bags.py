@@ -131,13 +131,18 @@ def tile_probabilities(model: MILModel, bag: Bag, *, chunk: int = 4096) -> np.nd
     return torch.cat(parts, dim=1).numpy()
 
 
-def bag_logits(model: MILModel, bags: Sequence[Bag]) -> np.ndarray:
-    """``(S, C)`` float64 logits of each bag (a fold ensemble's are the log of its members'
-    mean probability), in eval mode without gradients."""
+def bag_output(model: MILModel, bag: Bag) -> tuple[np.ndarray, np.ndarray | None]:
+    """One bag through the model, in eval mode without gradients: ``(C,)`` float64 logits (a
+    fold ensemble's are the log of its members' mean probability) and ``(N,)`` attention, or
+    None for models without attention."""
     model.eval()
-    rows = []
+    features, mask = bag_batch(bag, None, None)
     with torch.no_grad():
-        for bag in bags:
-            features, mask = bag_batch(bag, None, None)
-            rows.append(model(features, mask).logits[0].double().numpy())
-    return np.stack(rows)
+        output = model(features, mask)
+    attention = None if output.attention is None else output.attention[0].numpy()
+    return output.logits[0].double().numpy(), attention
+
+
+def bag_logits(model: MILModel, bags: Sequence[Bag]) -> np.ndarray:
+    """``(S, C)`` float64 logits of each bag (see :func:`bag_output`)."""
+    return np.stack([bag_output(model, bag)[0] for bag in bags])

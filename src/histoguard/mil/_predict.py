@@ -20,9 +20,8 @@ from histoguard.features import FeatureFile, read_feature_file
 from histoguard.mil._bags import (
     Bag,
     bag_batch,
-    bag_logits,
+    bag_output,
     member_probabilities,
-    predict_bags,
     tile_probabilities,
 )
 from histoguard.mil._base import MILModel
@@ -98,6 +97,7 @@ class _Read:
     path: Path
     data: FeatureFile
     bag: Bag
+    logits: np.ndarray
     probs: np.ndarray
     attention: np.ndarray | None
     measures: dict[str, float]
@@ -192,14 +192,17 @@ def predict(
         data = read_feature_file(path)
         warnings = check_provenance(provenance, data.attrs, path, force=force)
         bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords, data.attrs)
-        (probs,), (attention,) = predict_bags(ensemble, [bag])
+        # One ensemble pass gives the logits (for the trust step), probabilities and attention.
+        logits, attention = bag_output(ensemble, bag)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
         measures, tiles = _slide_uncertainty(ensemble, bag, attention, mc_dropout, len(parts))
-        parts.append(_Read(path, data, bag, probs, attention, measures, tiles, warnings))
+        parts.append(_Read(path, data, bag, logits, probs, attention, measures, tiles, warnings))
     reading = None
     if trust is not None and parts:
         reading = apply_trust(
             trust,
-            bag_logits(ensemble, [part.bag for part in parts]),
+            np.stack([part.logits for part in parts]),
             np.stack([slide_embedding(part.bag.features.numpy()) for part in parts]),
             centers=[(centers or {}).get(part.path.stem, "") for part in parts],
             test_batch=batch_test,
