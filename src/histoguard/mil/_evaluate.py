@@ -350,17 +350,20 @@ def evaluate(
     report's ``gate`` also gives :func:`gate_performance` against the cohort's slides.
 
     Raises:
+        FileNotFoundError: ``model`` holds no model.
         CohortError: an invalid cohort table or missing feature files.
         ModelMismatchError: the cohort's labels are not the model's classes, or the model has
             no calibration (trained with ``calibration_fraction=0``).
     """
     from histoguard.mil._cohort import load_cohort
+    from histoguard.mil._ensemble import model_dirs
     from histoguard.mil._predict import predict
 
     table = load_cohort(Path(cohort), features_dir=Path(features))
     files = [Path(features) / f"{row.slide_id}.h5" for row in table.rows]
     centers = {row.slide_id: row.center or "" for row in table.rows}
     out = Path(out_dir)
+    model_dirs(Path(model))  # no model at all is said as such, not as "no calibration"
     trust = load_trust(Path(model))
     if trust is None:
         raise ModelMismatchError(
