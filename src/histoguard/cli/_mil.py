@@ -81,6 +81,14 @@ def train(
         float | None,
         typer.Option(help="Gate level: a slide with p-value <= this is out of distribution."),
     ] = None,
+    harmonize: Annotated[
+        str | None,
+        typer.Option(
+            help="Remove center effects from the features first: none (default), combat or "
+            "covbat; fitted per split on its training slides (needs a center column), saved "
+            "with the model, applied by predict."
+        ),
+    ] = None,
     model_kwargs: Annotated[
         str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
     ] = None,
@@ -101,7 +109,7 @@ def train(
         max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
         n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs), seeds=seeds,
         calibration_fraction=calibration_fraction, alpha=alpha, mondrian=mondrian,
-        ood_alpha=ood_alpha,
+        ood_alpha=ood_alpha, harmonize=harmonize,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
     typer.echo(result.table)

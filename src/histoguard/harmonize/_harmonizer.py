@@ -372,6 +372,31 @@ class Harmonizer:
             residual = _apply_covbat(state.covbat, residual, index)
         return np.asarray(residual + state.grand_mean + effect, dtype=np.float64)
 
+    def affine(self, center: str) -> tuple[FloatArray, FloatArray]:
+        """The transform of ``center``'s features without covariates, as ``x @ matrix + offset``.
+
+        Without covariates (predict time) both ComBat and CovBat are affine in the features,
+        so the map is read off the transform of the origin and of the unit vectors. A slide
+        model applies it in torch (with gradients) instead of calling :meth:`transform`.
+
+        Returns:
+            ``matrix (D, D)`` and ``offset (D,)`` float64; for ComBat the matrix is diagonal.
+
+        Raises:
+            UnknownCenterError: ``center`` was never fitted.
+        """
+        state = self._fitted()
+        if center not in state.centers:
+            raise UnknownCenterError(center, state.centers)
+        n = state.grand_mean.size
+        # Unit vectors scaled to the features' spread keep the difference well conditioned.
+        step = np.sqrt(state.var_pooled)
+        probe = np.vstack([state.grand_mean, state.grand_mean + np.diag(step)])
+        out = self.transform(probe, [center] * (n + 1))
+        offset_at_mean = out[0]
+        matrix = (out[1:] - offset_at_mean) / step[:, None]
+        return matrix, offset_at_mean - state.grand_mean @ matrix
+
     @property
     def centers(self) -> tuple[str, ...]:
         """The centers this harmoniser can transform (training, then label-free ones)."""

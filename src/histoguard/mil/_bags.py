@@ -14,17 +14,20 @@ import torch
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort
+from histoguard.mil._harmonized import use_center
 
 
 @dataclass(frozen=True)
 class Bag:
     """One slide's features: ``features (N, D)`` float32, ``coords (N, 2)`` level-0 px or None,
-    and the feature file's attributes (provenance)."""
+    the feature file's attributes (provenance), and the slide's center when known (a
+    harmonising model needs it; see :func:`~histoguard.mil._harmonized.use_center`)."""
 
     slide_id: str
     features: torch.Tensor
     coords: np.ndarray | None
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    center: str | None = None
 
 
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
@@ -33,7 +36,11 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
         bags[row.slide_id] = Bag(
-            row.slide_id, torch.from_numpy(data.features.copy()), data.coords, data.attrs
+            row.slide_id,
+            torch.from_numpy(data.features.copy()),
+            data.coords,
+            data.attrs,
+            center=row.center,
         )
     return bags
 
@@ -56,7 +63,8 @@ def predict_bags(
     probabilities, attentions = [], []
     for bag in bags:
         features, mask = bag_batch(bag, None, None)
-        probs, attention = model.predict(features, mask)
+        with use_center(model, bag.center):
+            probs, attention = model.predict(features, mask)
         probabilities.append(probs[0].numpy())
         attentions.append(None if attention is None else attention[0].numpy())
     return np.stack(probabilities), attentions
@@ -127,7 +135,8 @@ def tile_probabilities(model: MILModel, bag: Bag, *, chunk: int = 4096) -> np.nd
     for start in range(0, len(features), chunk):
         block = features[start : start + chunk].unsqueeze(1)  # (n, 1, D): n one-tile bags
         mask = torch.ones(block.shape[0], 1, dtype=torch.bool)
-        parts.append(member_probabilities(model, block, mask))
+        with use_center(model, bag.center):
+            parts.append(member_probabilities(model, block, mask))
     return torch.cat(parts, dim=1).numpy()
 
 
@@ -137,7 +146,7 @@ def bag_output(model: MILModel, bag: Bag) -> tuple[np.ndarray, np.ndarray | None
     None for models without attention."""
     model.eval()
     features, mask = bag_batch(bag, None, None)
-    with torch.no_grad():
+    with torch.no_grad(), use_center(model, bag.center):
         output = model(features, mask)
     attention = None if output.attention is None else output.attention[0].numpy()
     return output.logits[0].double().numpy(), attention

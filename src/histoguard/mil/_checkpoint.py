@@ -13,6 +13,7 @@ import torch
 from histoguard._version import __version__
 from histoguard.core._atomic import atomic_output, write_bytes_atomic
 from histoguard.mil._base import MILModel
+from histoguard.mil._harmonized import HarmonizedModel, save_harmonized, with_saved_harmonizer
 from histoguard.mil._registry import build_model
 
 
@@ -25,10 +26,17 @@ def save_model(
 ) -> None:
     """Write ``model.safetensors`` and ``model.json`` (constructor config, class names and the
     training features' provenance: ``encoder``, ``weights_sha256``, ``mpp``, ``tile_size``, as
-    far as known; see :func:`~histoguard.mil._provenance.training_provenance`)."""
+    far as known; see :func:`~histoguard.mil._provenance.training_provenance`). A
+    :class:`~histoguard.mil._harmonized.HarmonizedModel` saves its member so, and its
+    harmoniser in ``harmonizer/``."""
     from safetensors.torch import save_file
 
     from histoguard.core._weights import load_state_dict
+
+    if isinstance(model, HarmonizedModel):
+        directory.mkdir(parents=True, exist_ok=True)
+        save_harmonized(model, directory)
+        model = model.member
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
@@ -56,7 +64,8 @@ def save_model(
 def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     """Rebuild a saved model from ``model.json`` and ``model.safetensors`` (no pickles).
 
-    Checkpoints saved before provenance was recorded load the same way.
+    Checkpoints saved before provenance was recorded load the same way. A folder with a
+    ``harmonizer/`` gives a :class:`~histoguard.mil._harmonized.HarmonizedModel`.
 
     Returns:
         ``(model in eval mode, class names)``.
@@ -67,4 +76,4 @@ def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     description = json.loads((directory / "model.json").read_text())
     model = build_model(**description["model"])
     model.load_state_dict(load_state_dict(directory / "model.safetensors"), strict=True)
-    return model.eval(), list(description["labels"])
+    return with_saved_harmonizer(model, directory).eval(), list(description["labels"])

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoguard.errors import ModelMismatchError, SlideError
+from histoguard.errors import ConfigError, ModelMismatchError, SlideError
 from histoguard.features import FeatureFile, read_feature_file
+from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import (
     Bag,
     bag_batch,
@@ -26,6 +27,7 @@ from histoguard.mil._bags import (
 )
 from histoguard.mil._base import MILModel
 from histoguard.mil._ensemble import load_models
+from histoguard.mil._harmonized import harmonized_members, use_center
 from histoguard.mil._prediction import SlidePrediction, write_predictions
 from histoguard.mil._provenance import check_provenance, read_provenance
 from histoguard.mil._trust import TRUST_NAME, apply_trust, load_trust
@@ -105,13 +107,48 @@ class _Read:
     warnings: list[str]
 
 
+def _harmonize_new_centers(model: MILModel, bags: Mapping[str, Bag]) -> dict[str, str]:
+    """Make a harmonising model ready for these slides' centers: label-free estimates of the
+    centers it never saw, from these slides; returns, per center so added, a warning.
+
+    Raises:
+        ConfigError: a slide without a center.
+        TooFewSlidesError: an unseen center with fewer than the minimum of slides.
+    """
+    members = harmonized_members(model)
+    if not members:
+        return {}
+    missing = sorted(s for s, bag in bags.items() if bag.center is None)
+    if missing:
+        raise ConfigError(
+            f"the model harmonises features by center, and slides {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} have none: pass --centers TABLE "
+            "(slide_id, center) naming every slide's center"
+        )
+    added: set[str] = set()
+    for member in members:
+        added.update(member.add_unseen_centers(bags, list(bags), min_slides=MIN_NEW_CENTER_SLIDES))
+    notes = {}
+    for center in sorted(added):
+        n = sum(bag.center == center for bag in bags.values())
+        note = (
+            f"center {center!r} was not among the model's training centers: its features were "
+            f"harmonised label-free from this batch's {n} slides of it; if its class mix "
+            "differs from training, part of the biology was removed too"
+        )
+        logger.warning("%s", note)
+        notes[center] = note
+    return notes
+
+
 def _slide_uncertainty(
     model: MILModel, bag: Bag, attention: np.ndarray | None, mc_dropout: int, seed: int
 ) -> tuple[dict[str, float], np.ndarray]:
     """Slide-level measures over the ensemble members (and MC-dropout passes), and ``(N,)``
     per-tile predictive entropy of one-tile bags."""
     features, mask = bag_batch(bag, None, None)
-    members = member_probabilities(model, features, mask, mc_dropout=mc_dropout, seed=seed)
+    with use_center(model, bag.center):
+        members = member_probabilities(model, features, mask, mc_dropout=mc_dropout, seed=seed)
     measures = uncertainty_measures(members.double().numpy())
     tiles = predictive_entropy(tile_probabilities(model, bag).astype(np.float64))
     values = {
@@ -187,11 +224,19 @@ def predict(
         )
     provenance = read_provenance(directories[0])
     slide_of = {Path(s).stem: Path(s) for s in slides}
-    parts: list[_Read] = []
+    center_of = dict(centers or {})
+    read = []
     for path in map(Path, feature_files):
         data = read_feature_file(path)
         warnings = check_provenance(provenance, data.attrs, path, force=force)
-        bag = Bag(path.stem, torch.from_numpy(data.features.copy()), data.coords, data.attrs)
+        features = torch.from_numpy(data.features.copy())
+        center = center_of.get(path.stem) or None
+        bag = Bag(path.stem, features, data.coords, data.attrs, center)
+        read.append((path, data, bag, warnings))
+    harmonized = _harmonize_new_centers(ensemble, {bag.slide_id: bag for _, _, bag, _ in read})
+    parts: list[_Read] = []
+    for path, data, bag, warnings in read:
+        warnings = warnings + ([harmonized[bag.center]] if bag.center in harmonized else [])
         # One ensemble pass gives the logits (for the trust step), probabilities and attention.
         logits, attention = bag_output(ensemble, bag)
         probs = np.exp(logits - logits.max())
@@ -204,7 +249,7 @@ def predict(
             trust,
             np.stack([part.logits for part in parts]),
             np.stack([slide_embedding(part.bag.features.numpy()) for part in parts]),
-            centers=[(centers or {}).get(part.path.stem, "") for part in parts],
+            centers=[center_of.get(part.path.stem, "") for part in parts],
             test_batch=batch_test,
         )
     if trust is None:

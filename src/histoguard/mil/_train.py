@@ -24,12 +24,20 @@ import torch
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ConfigError
+from histoguard.harmonize import MIN_NEW_CENTER_SLIDES, Harmonizer
 from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
 from histoguard.mil._base import MILModel
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
 from histoguard.mil._ensemble import FoldEnsemble
+from histoguard.mil._harmonized import (
+    HARMONIZE_TILES_PER_SLIDE,
+    HarmonizedModel,
+    add_unseen_centers,
+    fit_split_harmonizer,
+    harmonize_bags,
+)
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
@@ -46,6 +54,8 @@ from histoguard.mil._trust import TrustSettings
 logger = logging.getLogger(__name__)
 
 SplitDesign = Literal["kfold", "leave-one-center-out", "given"]
+#: ``TrainConfig.harmonize`` values: no harmonisation, or a :class:`Harmonizer` method.
+HARMONIZE_METHODS = ("none", "combat", "covbat")
 
 _SPLIT_MAKERS: dict[str, Callable[[Cohort, int, int], list[Split]]] = {
     "kfold": lambda cohort, k, seed: kfold_splits(cohort, k=k, seed=seed),
@@ -83,6 +93,15 @@ class TrainConfig:
             ``given`` split uses its ``calibration`` rows instead).
         alpha, conformal_score, mondrian, calibrator, ood_score, ood_k, ood_alpha,
             drift_alpha: see :class:`~histoguard.mil.TrustSettings`.
+        harmonize: ``"none"``, ``"combat"`` or ``"covbat"``: each split fits a harmoniser on
+            its training slides' tiles (the slide label as the covariate to keep; needs a
+            ``center`` for every slide), trains on harmonised features, and saves it with
+            the model (``fold_i/harmonizer/``), which applies it at predict time. Centers a
+            split never trained on (its held-out center) are harmonised label-free from
+            their own slides, without labels.
+        harmonize_parametric: parametric (True) or non-parametric empirical Bayes.
+        harmonize_tiles: tiles per slide (seeded sample) the harmoniser is estimated from.
+        harmonize_min_slides: fewest slides of an unseen center for its label-free estimate.
     """
 
     cohort: Path
@@ -112,11 +131,22 @@ class TrainConfig:
     ood_k: int = TrustSettings.ood_k
     ood_alpha: float = TrustSettings.ood_alpha
     drift_alpha: float = TrustSettings.drift_alpha
+    harmonize: str = "none"
+    harmonize_parametric: bool = True
+    harmonize_tiles: int = HARMONIZE_TILES_PER_SLIDE
+    harmonize_min_slides: int = MIN_NEW_CENTER_SLIDES
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
             raise ConfigError(f"split must be one of {sorted(_SPLIT_MAKERS)}, got {self.split!r}")
-        for name, lowest in (("epochs", 1), ("patience", 1), ("k", 2), ("n_boot", 1), ("seeds", 1)):
+        if self.harmonize not in HARMONIZE_METHODS:
+            raise ConfigError(
+                f"harmonize must be one of {list(HARMONIZE_METHODS)}, got {self.harmonize!r}"
+            )
+        for name, lowest in (
+            ("epochs", 1), ("patience", 1), ("k", 2), ("n_boot", 1), ("seeds", 1),
+            ("harmonize_tiles", 2), ("harmonize_min_slides", 2),
+        ):  # fmt: skip
             if getattr(self, name) < lowest:
                 raise ConfigError(f"{name} must be >= {lowest}, got {getattr(self, name)}")
         if self.max_instances is not None and self.max_instances < 1:
@@ -299,6 +329,44 @@ def train_split(
     return model.eval()
 
 
+def _split_harmonizer(
+    split: Split,
+    cohort: Cohort,
+    bags: dict[str, Bag],
+    config: TrainConfig,
+    say: Callable[[str], None],
+) -> tuple[Harmonizer | None, dict[str, Bag]]:
+    """The split's harmoniser (None without ``config.harmonize``) and the bags its models train
+    on: the split's training and validation slides harmonised, fitted on the training slides
+    only; centers of its other slides it never saw are added label-free (said once)."""
+    if config.harmonize == "none":
+        return None, bags
+    center_of = {row.slide_id: row.center or "" for row in cohort.rows}
+    label_of = {row.slide_id: cohort.label_index(row) for row in cohort.rows}
+    harmonizer, warnings = fit_split_harmonizer(
+        bags, split.train, center_of=center_of, label_of=label_of,
+        method=config.harmonize,  # type: ignore[arg-type]
+        parametric=config.harmonize_parametric, tiles_per_slide=config.harmonize_tiles,
+        seed=config.seed,
+    )  # fmt: skip
+    others = [s for s in (*split.test, *split.calibration)]
+    added = add_unseen_centers(
+        harmonizer, bags, others, center_of=center_of, min_slides=config.harmonize_min_slides,
+        tiles_per_slide=config.harmonize_tiles, seed=config.seed,
+    )  # fmt: skip
+    for center in added:
+        n = sum(center_of[s] == center for s in others)
+        warnings.append(
+            f"{split.name}: center {center!r} is not among the training centers; harmonised "
+            f"label-free from its {n} held-out slides (no labels read)"
+        )
+    for warning in warnings:
+        logger.warning("%s", warning)
+        say(f"warning: {warning}")
+    trained = {**bags, **harmonize_bags(harmonizer, bags, [*split.train, *split.val])}
+    return harmonizer, trained
+
+
 def _draw_splits(cohort: Cohort, config: TrainConfig) -> list[Split]:
     """The design's splits, with calibration patients held out first (not for ``given``, whose
     table says which slides calibrate)."""
@@ -356,6 +424,18 @@ def train(
         out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode()
     )
     cohort = load_cohort(config.cohort, features_dir=config.features)
+    if config.harmonize != "none" and len(cohort.centers()) < 2:
+        raise ConfigError(
+            f"harmonize={config.harmonize!r} removes differences between centers, and "
+            f"{config.cohort} names {len(cohort.centers())}: give a center column with at "
+            "least two centers, or harmonize=none"
+        )
+    no_center = [row.slide_id for row in cohort.rows if row.center is None]
+    if config.harmonize != "none" and no_center:
+        raise ConfigError(
+            f"{config.cohort}: slides {no_center[:5]} have no center; harmonize needs the "
+            "center of every slide (fill the center column, or harmonize=none)"
+        )
     bags = load_bags(cohort, config.features)
     splits = get_or_create_splits(out / "splits.json", cohort, lambda: _draw_splits(cohort, config))
     provenance = training_provenance((slide_id, bag.attrs) for slide_id, bag in bags.items())
@@ -379,12 +459,15 @@ def train(
                 epoch_task, total=config.epochs * config.seeds, description=f"{split.name} epochs"
             )
             started = time.perf_counter()
+            harmonizer, split_bags = _split_harmonizer(split, cohort, bags, config, say)
             members = []
             for j in range(config.seeds):
                 model = train_split(
-                    split, cohort, bags, dataclasses.replace(config, seed=config.seed + j),
+                    split, cohort, split_bags, dataclasses.replace(config, seed=config.seed + j),
                     on_epoch=lambda *_: bars.advance(epoch_task),
                 )  # fmt: skip
+                if harmonizer is not None:
+                    model = HarmonizedModel(model, harmonizer).eval()
                 fold_dir = out / (f"fold_{i}" if j == 0 else f"fold_{i}-seed{j}")
                 save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
                 fitter.fit_and_save(model, fold_dir, split=split)
