@@ -51,7 +51,7 @@ def audit(
     ] = None,
     parts: Annotated[
         str, typer.Option(help="Comma-separated subset of the measurements to run.")
-    ] = "robustness_index,apd,clustering_score,stress,adversarial",
+    ] = "robustness_index,apd,clustering_score,site_probe,stress,adversarial",
     k: Annotated[
         int | None,
         typer.Option(
@@ -84,8 +84,10 @@ def audit(
     """Audit an encoder or its embeddings: does it see biology or the hospital?
 
     Writes OUT/audit.json (schema_version, metadata, robustness_index, apd, clustering_score,
-    stress, adversarial) and OUT/audit.html (plots, each with a one-line reading that says
-    "inconclusive" when a confidence interval spans its threshold). From feature files only
+    site_probe, stress, adversarial) and OUT/audit.html (plots, each with a one-line reading
+    that says "inconclusive" when a confidence interval spans its threshold). The site probe is
+    the out-of-fold AUROC (0.5 = chance, 1 = the center is always recognised) of a linear probe
+    predicting the center, cross-validated with folds grouped by slide. From feature files only
     the representation metrics run; stress tests and attacks need --tiles and --encoder.
     A k-fold --model is used as the average of its folds, as `histoguard predict` does.
     Attack budgets are reported in the 0-1 pixel scale.

@@ -39,6 +39,15 @@ CLUSTERING_VERDICTS = (
     "unsupervised clusters follow neither biology nor center strongly",
     "unsupervised clusters follow the biology more than the center",
 )
+#: Site-probe AUROC thresholds: 0.65 (the most a harmonised embedding may leave; 0.5 is
+#: chance) and 0.9 (centers told apart almost perfectly), and their verdicts.
+SITE_PROBE_THRESHOLDS = (0.65, 0.9)
+SITE_PROBE_VERDICTS = (
+    "the center is hard to predict from the embeddings: a weak site signal",
+    "a linear probe predicts the center better than chance: the hospital is visible in the "
+    "embeddings",
+    "a linear probe tells the centers apart almost perfectly: the embeddings encode the hospital",
+)
 #: The true range of the clustering score: an ARI lies in [-0.5, 1], so a difference of two
 #: lies in [-1.5, 1.5].
 CLUSTERING_BOUNDS = (-1.5, 1.5)
@@ -159,4 +168,27 @@ def clustering_reading(value: float, ci: Sequence[float] | None = None) -> str:
         f"(+1 = clusters are the classes, -1 = clusters are the centers; an ARI can fall below "
         f"0 by chance, so the score lies in [{low:+.1f}, {high:+.1f}] and a value just beyond "
         "±1 reads as ±1)"
+    )
+
+
+def site_probe_reading(
+    auroc: float,
+    ci: Sequence[float] | None,
+    balanced_accuracy: float,
+    ci_balanced_accuracy: Sequence[float] | None,
+    n_centers: int,
+    *,
+    confidence: float = 0.95,
+) -> str:
+    """What a site-probe AUROC means; the verdict needs the whole interval on one side of
+    each of :data:`SITE_PROBE_THRESHOLDS`."""
+    text = verdict(auroc, ci, SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS, confidence=confidence)
+    fmt = "{:.2f}".format
+    kind = "" if n_centers == 2 else f", one-vs-rest macro over {n_centers} centers"
+    return (
+        f"Site-probe AUROC = {auroc:.2f}{_interval(ci, fmt, confidence)}{kind}: {text}. "
+        f"Balanced accuracy of the predicted center {balanced_accuracy:.2f}"
+        f"{_interval(ci_balanced_accuracy, fmt, confidence)} (chance {1 / n_centers:.2f}). "
+        f"(0.5 = the center cannot be predicted, 1 = always; thresholds "
+        f"{', '.join(fmt(t) for t in SITE_PROBE_THRESHOLDS)})"
     )

@@ -1,10 +1,11 @@
 """Robustness audit: does an encoder or a model see biology or the hospital?
 
 Representation metrics on labelled embeddings (PathoROB: robustness index, average performance
-drop, clustering score), stress tests under stain/scanner/geometry shifts, adversarial attacks
-on tiles and slides, loaders for the multi-center layouts users bring, a simulated multi-center
-cohort builder, and the audit that runs them all and returns a typed :class:`AuditResult`
-(written as ``audit.json``; ``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
+drop, clustering score; and a site probe: can a linear probe predict the hospital?), stress
+tests under stain/scanner/geometry shifts, adversarial attacks on tiles and slides, loaders for
+the multi-center layouts users bring, a simulated multi-center cohort builder, and the audit
+that runs them all and returns a typed :class:`AuditResult` (written as ``audit.json``;
+``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
 """
 
 from histoguard.mil._ensemble import FoldEnsemble
@@ -27,6 +28,7 @@ from histoguard.robustness._result import (
     AuditResult,
     ClusteringSection,
     RobustnessIndexSection,
+    SiteProbeSection,
     Skipped,
     StressSection,
 )
@@ -74,6 +76,12 @@ from histoguard.robustness.metrics._robustness_index import (
     RobustnessIndexResult,
     robustness_index,
 )
+from histoguard.robustness.metrics._site_probe import (
+    ProbeCVResult,
+    SiteProbeConfig,
+    biology_probe,
+    site_probe,
+)
 from histoguard.robustness.metrics._stats import center_class_association
 from histoguard.robustness.shifts._perturbations import (
     PerturbationInfo,
@@ -112,9 +120,12 @@ __all__ = [
     "PGDConfig",
     "PGDResult",
     "PerturbationInfo",
+    "ProbeCVResult",
     "RobustnessIndexConfig",
     "RobustnessIndexResult",
     "RobustnessIndexSection",
+    "SiteProbeConfig",
+    "SiteProbeSection",
     "Skipped",
     "SlideAttackConfig",
     "SlideAttackResult",
@@ -131,6 +142,7 @@ __all__ = [
     "audit_encoder",
     "audit_metadata",
     "average_performance_drop",
+    "biology_probe",
     "center_class_association",
     "clustering_score",
     "default_profiles",
@@ -154,6 +166,7 @@ __all__ = [
     "robustness_index",
     "run_audit",
     "simulate_centers",
+    "site_probe",
     "slide_attack",
     "stain_profile_from_image",
     "stain_transfer_perturbation",
