@@ -21,6 +21,14 @@ from histoguard.robustness._audit import (
     run_audit,
     write_audit,
 )
+from histoguard.robustness._compare import (
+    COMPARISON_JSON,
+    COMPARISON_METRICS,
+    ComparisonResult,
+    ComparisonRow,
+    compare_embeddings,
+    run_comparison,
+)
 from histoguard.robustness._result import (
     SCHEMA_VERSION,
     AdversarialSection,
@@ -102,6 +110,8 @@ from histoguard.robustness.shifts._stress import StressConfig, StressResult, str
 __all__ = [
     "AUDIT_JSON",
     "AUDIT_PARTS",
+    "COMPARISON_JSON",
+    "COMPARISON_METRICS",
     "SCHEMA_VERSION",
     "APDConfig",
     "APDResult",
@@ -114,6 +124,8 @@ __all__ = [
     "ClusteringConfig",
     "ClusteringScoreResult",
     "ClusteringSection",
+    "ComparisonResult",
+    "ComparisonRow",
     "FoldEnsemble",
     "LabelledEmbeddings",
     "LinearProbe",
@@ -145,6 +157,7 @@ __all__ = [
     "biology_probe",
     "center_class_association",
     "clustering_score",
+    "compare_embeddings",
     "default_profiles",
     "embed_tiles",
     "evaluate_perturbation",
@@ -165,6 +178,7 @@ __all__ = [
     "register_perturbation",
     "robustness_index",
     "run_audit",
+    "run_comparison",
     "simulate_centers",
     "site_probe",
     "slide_attack",

@@ -173,7 +173,7 @@ def site_probe(data: LabelledEmbeddings, config: SiteProbeConfig | None = None) 
             f"not applicable: one center ({', '.join(data.centers)}); the site probe tells "
             "centers apart and needs at least 2"
         )
-    return _result("center", data, data.center, config or SiteProbeConfig())
+    return evaluate_probe(data, "center", config)[0]
 
 
 def biology_probe(data: LabelledEmbeddings, config: SiteProbeConfig | None = None) -> ProbeCVResult:
@@ -186,12 +186,20 @@ def biology_probe(data: LabelledEmbeddings, config: SiteProbeConfig | None = Non
     """
     if len(data.classes) < 2:
         raise AuditDataError(f"not applicable: one class ({', '.join(data.classes)})")
-    return _result("class", data, data.label, config or SiteProbeConfig())
+    return evaluate_probe(data, "class", config)[0]
 
 
-def _result(
-    target: Target, data: LabelledEmbeddings, values: np.ndarray, config: SiteProbeConfig
-) -> ProbeCVResult:
+def evaluate_probe(
+    data: LabelledEmbeddings, target: Target, config: SiteProbeConfig | None = None
+) -> tuple[ProbeCVResult, CrossValidatedProbe]:
+    """The cross-validated probe of ``target`` (``"center"`` or ``"class"``): its summary and
+    its out-of-fold scores (for :func:`paired_difference`).
+
+    Raises:
+        AuditDataError: fewer than 2 target values, or one with fewer than 3 slides.
+    """
+    config = config or SiteProbeConfig()
+    values = data.center if target == "center" else data.label
     probe = cross_validated_probe(
         data.embeddings, values, data.slide_id, n_folds=config.n_folds, c_grid=config.c_grid,
         seed=config.seed,
@@ -211,7 +219,7 @@ def _result(
     slides_per = [
         int(np.unique(probe.slide[probe.target == k]).size) for k in range(len(probe.classes))
     ]
-    return ProbeCVResult(
+    summary = ProbeCVResult(
         target=target,
         auroc=float(probe.auroc()[0]),
         ci=(float(lo_a), float(hi_a)),
@@ -234,6 +242,7 @@ def _result(
             },
         },
     )
+    return summary, probe
 
 
 def cross_validated_probe(
