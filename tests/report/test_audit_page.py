@@ -25,12 +25,14 @@ from histoguard.report._readings import (
     verdict,
 )
 from histoguard.robustness import (
+    AUDIT_PARTS,
     AdversarialSection,
     APDSection,
     AuditConfig,
     AuditResult,
     ClusteringSection,
     RobustnessIndexSection,
+    SiteProbeSection,
     Skipped,
     StressSection,
     audit_embeddings,
@@ -98,12 +100,22 @@ def _adversarial() -> AdversarialSection:
     )
 
 
+def _site(auroc: float, ci: tuple[float, float]) -> SiteProbeSection:
+    return SiteProbeSection(
+        auroc=auroc, ci=ci, balanced_accuracy=0.9, ci_balanced_accuracy=(0.85, 0.95),
+        centers=("A", "B"),
+        details={"per_fold_auroc": [0.98, 1.0], "per_fold_c": [0.1, 1.0],
+                 "slides_per_class": {"A": 6, "B": 7}},
+    )  # fmt: skip
+
+
 def _result(**parts: Any) -> AuditResult:
     base: dict[str, Any] = {
         "metadata": {"subject": "encoder test"},
         "robustness_index": _ri(0.8, (0.75, 0.85)),
         "apd": _apd(-0.01, (-0.015, -0.005)),
         "clustering_score": ClusteringSection(value=0.6, ci=(0.5, 0.7)),
+        "site_probe": _site(0.99, (0.97, 1.0)),
         "stress": _stress(),
         "adversarial": _adversarial(),
     }
@@ -234,7 +246,7 @@ def test_skipped_parts_say_why_and_text_is_escaped() -> None:
         {"metadata": {"subject": "encoder <x>"}, "robustness_index": {"skipped": "only one center"}}
     )
     assert "encoder &lt;x&gt;" in page
-    assert page.count("Skipped:") == 5
+    assert page.count("Skipped:") == len(AUDIT_PARTS)
     assert "only one center" in page
     typed = render_audit_html(_result(stress=Skipped(reason="needs tile images")))
     assert "Skipped: needs tile images" in typed
@@ -265,3 +277,30 @@ def test_the_page_warns_when_the_index_rests_on_few_neighbours() -> None:
     assert "Caution: only" in render_audit_html(crowded)
     mixed = audit_embeddings(planted_embeddings(n_centers=3, center_strength=0.0), config=config)
     assert "Caution: only" not in render_audit_html(mixed)
+
+
+@pytest.mark.parametrize(
+    ("auroc", "ci", "expected"),
+    [
+        (0.99, (0.97, 1.0), "tells the centers apart almost perfectly"),
+        (0.55, (0.45, 0.62), "weak site signal"),
+        (0.66, (0.55, 0.78), "inconclusive: the 95 % CI [0.55, 0.78] spans the threshold 0.65"),
+        (0.8, (0.7, 0.95), "spans the threshold 0.90"),
+    ],
+)
+def test_site_probe_reading_gives_a_verdict_only_off_the_thresholds(
+    auroc: float, ci: tuple[float, float], expected: str
+) -> None:
+    page = render_audit_html(_result(site_probe=_site(auroc, ci)))
+    assert "Site probe: can the hospital be predicted?" in page
+    assert expected in page
+    assert "chance 0.50" in page
+    round_trip = AuditResult.from_json(_result(site_probe=_site(auroc, ci)).to_json())
+    assert round_trip.site_probe == _site(auroc, ci)
+
+
+def test_an_audit_json_without_site_probe_reads_as_not_run() -> None:
+    content = _result().to_dict()
+    del content["site_probe"]
+    result = AuditResult.from_json(content)
+    assert result.site_probe == Skipped(reason="not run")

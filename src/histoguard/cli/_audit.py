@@ -13,6 +13,7 @@ from histoguard.cli._app import (
     RegistryHelpCommand,
     app,
 )
+from histoguard.errors import ConfigError
 
 
 @app.command(cls=RegistryHelpCommand)
@@ -24,6 +25,15 @@ def audit(
     cohort: Annotated[
         Path | None,
         typer.Option(help="Cohort table: slide_id, label, center (applied to all its tiles)."),
+    ] = None,
+    compare: Annotated[
+        tuple[Path, Path] | None,
+        typer.Option(
+            help="Two folders of feature files of the same slides (e.g. before and after "
+            "`histoguard harmonize`), with --cohort: writes OUT/comparison.json and "
+            "OUT/comparison.html instead of an audit.",
+            metavar="BEFORE AFTER",
+        ),
     ] = None,
     tiles: Annotated[
         Path | None,
@@ -51,7 +61,7 @@ def audit(
     ] = None,
     parts: Annotated[
         str, typer.Option(help="Comma-separated subset of the measurements to run.")
-    ] = "robustness_index,apd,clustering_score,stress,adversarial",
+    ] = "robustness_index,apd,clustering_score,site_probe,stress,adversarial",
     k: Annotated[
         int | None,
         typer.Option(
@@ -84,9 +94,14 @@ def audit(
     """Audit an encoder or its embeddings: does it see biology or the hospital?
 
     Writes OUT/audit.json (schema_version, metadata, robustness_index, apd, clustering_score,
-    stress, adversarial) and OUT/audit.html (plots, each with a one-line reading that says
-    "inconclusive" when a confidence interval spans its threshold). From feature files only
+    site_probe, stress, adversarial) and OUT/audit.html (plots, each with a one-line reading
+    that says "inconclusive" when a confidence interval spans its threshold). The site probe is
+    the out-of-fold AUROC (0.5 = chance, 1 = the center is always recognised) of a linear probe
+    predicting the center, cross-validated with folds grouped by slide. From feature files only
     the representation metrics run; stress tests and attacks need --tiles and --encoder.
+    --compare BEFORE AFTER puts RI, site-probe AUROC, APD, clustering score and the biological
+    task's balanced accuracy (slide-grouped linear probe) before and after side by side, each
+    with its 95 % interval and the change (paired slide bootstrap for the two probes).
     A k-fold --model is used as the average of its folds, as `histoguard predict` does.
     Attack budgets are reported in the 0-1 pixel scale.
     """
@@ -118,6 +133,16 @@ def audit(
         max_tiles_per_slide=max_tiles_per_slide,
         seed=seed,
     )
+    if compare is not None:
+        from histoguard.report import write_comparison_page
+        from histoguard.robustness import COMPARISON_JSON, run_comparison
+
+        if cohort is None or features is not None or tiles is not None:
+            raise ConfigError("--compare BEFORE AFTER takes --cohort, and no --features / --tiles")
+        comparison = run_comparison(compare[0], compare[1], cohort, out, config=config)
+        page = write_comparison_page(comparison, out / "comparison.html")
+        typer.echo(f"comparison: {out / COMPARISON_JSON}\nreport: {page}")
+        return
     result = run_audit(
         out, features=features, cohort=cohort, tiles=tiles, encoder=encoder, weights=weights,
         image_root=image_root, model=model, ood_centers=tuple(ood_center or ()),

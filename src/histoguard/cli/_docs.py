@@ -14,6 +14,7 @@ from histoguard.cli import app
 COMMANDS = (
     "tile",
     "extract",
+    "harmonize",
     "train",
     "predict",
     "evaluate",
@@ -32,6 +33,7 @@ _HEADER = """# CLI reference
 Generated from the commands' own `--help` by `python -m histoguard.cli._docs > docs/cli.md`
 (`make docs`); a test keeps it in sync. Every command is one call into the Python library:
 `tile` is `histoguard.tile_slides`, `extract` is `histoguard.features.extract_features`,
+`harmonize` is `histoguard.harmonize.harmonize_feature_files`,
 `train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,

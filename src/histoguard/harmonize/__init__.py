@@ -1,5 +1,6 @@
 """Remove the hospital from embeddings: ComBat and CovBat harmonisation fitted on training
-centers, a label-free mode for new centers, and leak-free use inside cross-validation."""
+centers, a label-free mode for new centers, leak-free use inside cross-validation, and a
+folder of feature files harmonised slide by slide (``histoguard harmonize``)."""
 
 from histoguard.harmonize._folds import FoldHarmonization, NewCenters, harmonize_folds
 from histoguard.harmonize._harmonizer import (
@@ -18,6 +19,12 @@ from histoguard.harmonize._io import (
     load_harmonizer,
     save_harmonizer,
 )
+from histoguard.harmonize._run import (
+    HarmonizeConfig,
+    HarmonizeReport,
+    harmonize_feature_files,
+    harmonizer_sha256,
+)
 
 __all__ = [
     "COVBAT_PERCENT_VAR",
@@ -27,12 +34,16 @@ __all__ = [
     "MIN_NEW_CENTER_SLIDES",
     "CovBatPart",
     "FoldHarmonization",
+    "HarmonizeConfig",
+    "HarmonizeReport",
     "Harmonizer",
     "HarmonizerState",
     "Method",
     "NewCenters",
     "design_from_labels",
+    "harmonize_feature_files",
     "harmonize_folds",
+    "harmonizer_sha256",
     "load_harmonizer",
     "save_harmonizer",
 ]

@@ -1,5 +1,5 @@
 """Everything people look at: attention and tile-uncertainty heatmaps, reliability diagrams,
-the tiling overview, the audit page.
+the tiling overview, the audit page and the before / after comparison page.
 
 This is the only room that draws. It reads results (or their JSON) and never runs a model.
 """
@@ -18,6 +18,7 @@ from histoguard.report._heatmaps import (
 
 if TYPE_CHECKING:
     from histoguard.report._audit_page import render_audit_html, write_audit_page
+    from histoguard.report._comparison_page import render_comparison_html, write_comparison_page
     from histoguard.report._reliability import write_reliability_diagram
 
 #: Names imported on first use: the audit page and the reliability diagram need matplotlib
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 _LAZY = {
     "render_audit_html": "histoguard.report._audit_page",
     "write_audit_page": "histoguard.report._audit_page",
+    "render_comparison_html": "histoguard.report._comparison_page",
+    "write_comparison_page": "histoguard.report._comparison_page",
     "write_reliability_diagram": "histoguard.report._reliability",
 }
 
@@ -42,9 +45,11 @@ __all__ = [
     "attention_geojson",
     "attention_overlay",
     "render_audit_html",
+    "render_comparison_html",
     "top_tiles_gallery",
     "uncertainty_overlay",
     "write_audit_page",
+    "write_comparison_page",
     "write_heatmaps",
     "write_prediction_heatmaps",
     "write_reliability_diagram",

@@ -26,6 +26,7 @@ from histoguard.report._readings import (
     apd_reading,
     clustering_reading,
     ri_reading,
+    site_probe_reading,
     verdict,
 )
 from histoguard.robustness._result import (
@@ -34,6 +35,7 @@ from histoguard.robustness._result import (
     AuditResult,
     ClusteringSection,
     RobustnessIndexSection,
+    SiteProbeSection,
     Skipped,
     StressSection,
 )
@@ -75,6 +77,7 @@ def render_audit_html(audit: AuditResult | Mapping[str, Any]) -> str:
         ("Robustness index (PathoROB)", result.robustness_index, _ri_section),
         ("Average performance drop under center-class confounding", result.apd, _apd_section),
         ("Clustering score", result.clustering_score, _clustering_section),
+        ("Site probe: can the hospital be predicted?", result.site_probe, _site_probe_section),
         ("Stain, scanner and geometry stress tests", result.stress, _stress_section),
         ("Adversarial attacks", result.adversarial, _adversarial_section),
     )
@@ -267,6 +270,35 @@ def _clustering_section(section: ClusteringSection) -> str:
                    ylim=(-0.55, 1.05))  # fmt: skip
 
         parts.append(_figure(draw, "Each 2×2 subset: agreement of clusters with class vs center"))
+    return "\n".join(parts)
+
+
+def _site_probe_section(section: SiteProbeSection) -> str:
+    details = section.details
+    parts = [
+        _reading(
+            site_probe_reading(
+                section.auroc, section.ci, section.balanced_accuracy,
+                section.ci_balanced_accuracy, max(2, len(section.centers)),
+                confidence=section.confidence,
+            )
+        )
+    ]  # fmt: skip
+    folds = details.get("per_fold_auroc") or []
+    cs = details.get("per_fold_c") or []
+    if folds:
+        parts.append(
+            _table(
+                ["fold (held-out slides)", "AUROC", "C chosen"],
+                [
+                    [i, "–" if a is None else f"{a:.3f}", c]
+                    for i, (a, c) in enumerate(zip(folds, cs, strict=False))
+                ],
+            )
+        )
+    slides = details.get("slides_per_class") or {}
+    if slides:
+        parts.append(_table(["center", "slides"], [[c, n] for c, n in slides.items()]))
     return "\n".join(parts)
 
 

@@ -39,6 +39,15 @@ CLUSTERING_VERDICTS = (
     "unsupervised clusters follow neither biology nor center strongly",
     "unsupervised clusters follow the biology more than the center",
 )
+#: Site-probe AUROC thresholds: 0.65 (the most a harmonised embedding may leave; 0.5 is
+#: chance) and 0.9 (centers told apart almost perfectly), and their verdicts.
+SITE_PROBE_THRESHOLDS = (0.65, 0.9)
+SITE_PROBE_VERDICTS = (
+    "the center is hard to predict from the embeddings: a weak site signal",
+    "a linear probe predicts the center better than chance: the hospital is visible in the "
+    "embeddings",
+    "a linear probe tells the centers apart almost perfectly: the embeddings encode the hospital",
+)
 #: The true range of the clustering score: an ARI lies in [-0.5, 1], so a difference of two
 #: lies in [-1.5, 1.5].
 CLUSTERING_BOUNDS = (-1.5, 1.5)
@@ -160,3 +169,89 @@ def clustering_reading(value: float, ci: Sequence[float] | None = None) -> str:
         f"0 by chance, so the score lies in [{low:+.1f}, {high:+.1f}] and a value just beyond "
         "±1 reads as ±1)"
     )
+
+
+def site_probe_reading(
+    auroc: float,
+    ci: Sequence[float] | None,
+    balanced_accuracy: float,
+    ci_balanced_accuracy: Sequence[float] | None,
+    n_centers: int,
+    *,
+    confidence: float = 0.95,
+) -> str:
+    """What a site-probe AUROC means; the verdict needs the whole interval on one side of
+    each of :data:`SITE_PROBE_THRESHOLDS`."""
+    text = verdict(auroc, ci, SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS, confidence=confidence)
+    fmt = "{:.2f}".format
+    kind = "" if n_centers == 2 else f", one-vs-rest macro over {n_centers} centers"
+    return (
+        f"Site-probe AUROC = {auroc:.2f}{_interval(ci, fmt, confidence)}{kind}: {text}. "
+        f"Balanced accuracy of the predicted center {balanced_accuracy:.2f}"
+        f"{_interval(ci_balanced_accuracy, fmt, confidence)} (chance {1 / n_centers:.2f}). "
+        f"(0.5 = the center cannot be predicted, 1 = always; thresholds "
+        f"{', '.join(fmt(t) for t in SITE_PROBE_THRESHOLDS)})"
+    )
+
+
+#: The biological task may lose at most this much balanced accuracy (1 point) to a cure.
+TASK_DROP_THRESHOLD = -0.01
+_CHANGE_VERDICTS: dict[str, tuple[tuple[float, ...], tuple[str, ...]]] = {
+    "site_probe_auroc": (
+        (0.0,),
+        ("the center became harder to predict", "the center became easier to predict"),
+    ),
+    "task_balanced_accuracy": (
+        (TASK_DROP_THRESHOLD,),
+        (
+            "the biology was lost: balanced accuracy fell by more than 1 point",
+            "the biology was kept: balanced accuracy fell by at most 1 point, or rose",
+        ),
+    ),
+}
+_AFTER_VERDICTS: dict[str, tuple[tuple[float, ...], tuple[str, ...]]] = {
+    "robustness_index": (RI_THRESHOLDS, RI_VERDICTS),
+    "site_probe_auroc": (SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS),
+    "apd_in_distribution": (APD_THRESHOLDS, APD_VERDICTS),
+    "clustering_score": (CLUSTERING_THRESHOLDS, CLUSTERING_VERDICTS),
+}
+
+
+def comparison_reading(
+    metric: str,
+    before: float | None,
+    after: float | None,
+    ci_before: Sequence[float] | None = None,
+    ci_after: Sequence[float] | None = None,
+    difference: float | None = None,
+    ci_difference: Sequence[float] | None = None,
+    reason: str | None = None,
+) -> str:
+    """What a before / after row means: the verdict on the value after (where the metric has
+    thresholds) and on the change: from its paired interval when there is one (inconclusive
+    when it spans the threshold), else whether the two intervals overlap."""
+    if before is None or after is None:
+        return f"not measured: {reason or 'no value'}"
+    parts = []
+    if metric in _AFTER_VERDICTS:
+        thresholds, verdicts = _AFTER_VERDICTS[metric]
+        parts.append(f"after: {verdict(after, ci_after, thresholds, verdicts)}")
+    change = after - before if difference is None else difference
+    if ci_difference is not None and metric in _CHANGE_VERDICTS:
+        thresholds, verdicts = _CHANGE_VERDICTS[metric]
+        fmt = "{:+.3f}".format
+        text = verdict(change, ci_difference, thresholds, verdicts, fmt=fmt)
+        parts.append(f"change {change:+.3f}{_interval(ci_difference, fmt)}: {text}")
+    elif ci_before is not None and ci_after is not None and None not in (*ci_before, *ci_after):
+        overlap = min(ci_before[1], ci_after[1]) >= max(ci_before[0], ci_after[0])
+        parts.append(
+            f"change {change:+.3f}: "
+            + (
+                "the intervals before and after overlap, so the change is within the uncertainty"
+                if overlap
+                else "the intervals before and after do not overlap"
+            )
+        )
+    else:
+        parts.append(f"change {change:+.3f} (no interval)")
+    return "; ".join(parts) + "."

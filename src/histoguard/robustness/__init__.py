@@ -1,10 +1,11 @@
 """Robustness audit: does an encoder or a model see biology or the hospital?
 
 Representation metrics on labelled embeddings (PathoROB: robustness index, average performance
-drop, clustering score), stress tests under stain/scanner/geometry shifts, adversarial attacks
-on tiles and slides, loaders for the multi-center layouts users bring, a simulated multi-center
-cohort builder, and the audit that runs them all and returns a typed :class:`AuditResult`
-(written as ``audit.json``; ``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
+drop, clustering score; and a site probe: can a linear probe predict the hospital?), stress
+tests under stain/scanner/geometry shifts, adversarial attacks on tiles and slides, loaders for
+the multi-center layouts users bring, a simulated multi-center cohort builder, and the audit
+that runs them all and returns a typed :class:`AuditResult` (written as ``audit.json``;
+``histoguard.report.write_audit_page`` draws ``audit.html`` from it).
 """
 
 from histoguard.mil._ensemble import FoldEnsemble
@@ -20,6 +21,14 @@ from histoguard.robustness._audit import (
     run_audit,
     write_audit,
 )
+from histoguard.robustness._compare import (
+    COMPARISON_JSON,
+    COMPARISON_METRICS,
+    ComparisonResult,
+    ComparisonRow,
+    compare_embeddings,
+    run_comparison,
+)
 from histoguard.robustness._result import (
     SCHEMA_VERSION,
     AdversarialSection,
@@ -27,6 +36,7 @@ from histoguard.robustness._result import (
     AuditResult,
     ClusteringSection,
     RobustnessIndexSection,
+    SiteProbeSection,
     Skipped,
     StressSection,
 )
@@ -74,6 +84,12 @@ from histoguard.robustness.metrics._robustness_index import (
     RobustnessIndexResult,
     robustness_index,
 )
+from histoguard.robustness.metrics._site_probe import (
+    ProbeCVResult,
+    SiteProbeConfig,
+    biology_probe,
+    site_probe,
+)
 from histoguard.robustness.metrics._stats import center_class_association
 from histoguard.robustness.shifts._perturbations import (
     PerturbationInfo,
@@ -94,6 +110,8 @@ from histoguard.robustness.shifts._stress import StressConfig, StressResult, str
 __all__ = [
     "AUDIT_JSON",
     "AUDIT_PARTS",
+    "COMPARISON_JSON",
+    "COMPARISON_METRICS",
     "SCHEMA_VERSION",
     "APDConfig",
     "APDResult",
@@ -106,15 +124,20 @@ __all__ = [
     "ClusteringConfig",
     "ClusteringScoreResult",
     "ClusteringSection",
+    "ComparisonResult",
+    "ComparisonRow",
     "FoldEnsemble",
     "LabelledEmbeddings",
     "LinearProbe",
     "PGDConfig",
     "PGDResult",
     "PerturbationInfo",
+    "ProbeCVResult",
     "RobustnessIndexConfig",
     "RobustnessIndexResult",
     "RobustnessIndexSection",
+    "SiteProbeConfig",
+    "SiteProbeSection",
     "Skipped",
     "SlideAttackConfig",
     "SlideAttackResult",
@@ -131,8 +154,10 @@ __all__ = [
     "audit_encoder",
     "audit_metadata",
     "average_performance_drop",
+    "biology_probe",
     "center_class_association",
     "clustering_score",
+    "compare_embeddings",
     "default_profiles",
     "embed_tiles",
     "evaluate_perturbation",
@@ -153,7 +178,9 @@ __all__ = [
     "register_perturbation",
     "robustness_index",
     "run_audit",
+    "run_comparison",
     "simulate_centers",
+    "site_probe",
     "slide_attack",
     "stain_profile_from_image",
     "stain_transfer_perturbation",

@@ -6,8 +6,8 @@ from that result or file).
 Two entry points, one per kind of input:
 
 - embeddings with labels (feature files + a cohort table): representation metrics only
-  (robustness index, APD, clustering score); stress tests and attacks need pixels and are
-  recorded as skipped, with the reason;
+  (robustness index, APD, clustering score, site probe); stress tests and attacks need pixels
+  and are recorded as skipped, with the reason;
 - tile images with labels + an encoder: the tiles are embedded, the representation metrics run
   on those embeddings, then a linear probe is trained on a slide-disjoint part of the tiles and
   stress-tested and attacked on the other part; given a slide model (one fold, or every fold of
@@ -48,6 +48,7 @@ from histoguard.robustness.metrics._apd import APDConfig, average_performance_dr
 from histoguard.robustness.metrics._clustering import ClusteringConfig, clustering_score
 from histoguard.robustness.metrics._linear_probe import fit_linear_probe
 from histoguard.robustness.metrics._robustness_index import RobustnessIndexConfig, robustness_index
+from histoguard.robustness.metrics._site_probe import SiteProbeConfig, site_probe
 from histoguard.robustness.shifts._stress import StressConfig
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ logger = logging.getLogger(__name__)
 AUDIT_JSON = "audit.json"
 
 #: The measurements an audit can run, in report order (the top-level keys of ``audit.json``).
-AUDIT_PARTS = ("robustness_index", "apd", "clustering_score", "stress", "adversarial")
+AUDIT_PARTS = (
+    "robustness_index", "apd", "clustering_score", "site_probe", "stress", "adversarial"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +114,7 @@ class AuditConfig:
 
     Attributes:
         parts: which measurements to run (subset of :data:`AUDIT_PARTS`).
-        robustness_index, apd, clustering, stress: per-metric settings.
+        robustness_index, apd, clustering, site_probe, stress: per-metric settings.
         attacks: attack settings.
         probe_train_fraction: share of the (in-distribution) slides whose tiles train the linear
             probe used by the stress tests and attacks; the rest are attacked.
@@ -127,6 +130,7 @@ class AuditConfig:
     robustness_index: RobustnessIndexConfig = field(default_factory=RobustnessIndexConfig)
     apd: APDConfig = field(default_factory=APDConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    site_probe: SiteProbeConfig = field(default_factory=SiteProbeConfig)
     stress: StressConfig = field(default_factory=StressConfig)
     attacks: AttackSettings = field(default_factory=AttackSettings)
     probe_train_fraction: float = 0.5
@@ -146,6 +150,7 @@ class AuditConfig:
         object.__setattr__(self, "robustness_index", replace(self.robustness_index, seed=self.seed))
         object.__setattr__(self, "apd", replace(self.apd, seed=self.seed))
         object.__setattr__(self, "clustering", replace(self.clustering, seed=self.seed))
+        object.__setattr__(self, "site_probe", replace(self.site_probe, seed=self.seed))
         object.__setattr__(self, "stress", replace(self.stress, seed=self.seed))
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,8 +191,9 @@ def audit_embeddings(
             ``config.apd.ood_centers`` when not empty.
 
     Returns:
-        An :class:`AuditResult` without metadata whose ``robustness_index``, ``apd`` and
-        ``clustering_score`` hold the metrics (or :class:`Skipped` with the reason);
+        An :class:`AuditResult` without metadata whose ``robustness_index``, ``apd``,
+        ``clustering_score`` and ``site_probe`` hold the metrics (or :class:`Skipped` with the
+        reason);
         ``stress`` and ``adversarial`` are ``Skipped("not requested")``.
     """
     config = config or AuditConfig()
@@ -196,6 +202,7 @@ def audit_embeddings(
         "robustness_index": lambda: robustness_index(data, config.robustness_index),
         "apd": lambda: average_performance_drop(data, apd_config),
         "clustering_score": lambda: clustering_score(data, config.clustering),
+        "site_probe": lambda: site_probe(data, config.site_probe),
     }
     entries: dict[str, Mapping[str, Any]] = {}
     for name, compute in metrics.items():

@@ -2,7 +2,8 @@
 
 ``AuditResult.to_dict()`` is the content of ``audit.json``: the keys every earlier version wrote
 (``metadata``, ``robustness_index``, ``apd``, ``clustering_score``, ``stress``, ``adversarial``,
-each part's own keys unchanged) plus ``schema_version``. :meth:`AuditResult.from_json` reads it
+each part's own keys unchanged) plus ``schema_version`` and ``site_probe`` (absent from files
+written before it existed, and then read as not run). :meth:`AuditResult.from_json` reads it
 back, so the audit page (``histoguard.report``) can be rebuilt from a saved file without running
 any model. A part that could not run is a :class:`Skipped` with its reason, written as
 ``{"skipped": reason}`` (with whatever the part measured before it stopped).
@@ -175,6 +176,59 @@ class ClusteringSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SiteProbeSection:
+    """The site probe (see :func:`histoguard.robustness.site_probe`): how well the center is
+    predicted from the embeddings by a slide-grouped cross-validated linear probe.
+
+    Attributes:
+        auroc: out-of-fold AUROC (one-vs-rest macro for more than 2 centers); 0.5 = chance.
+        ci: its percentile slide-bootstrap interval at ``confidence``.
+        balanced_accuracy: out-of-fold balanced accuracy of the predicted center.
+        ci_balanced_accuracy: its interval.
+        confidence: coverage of the intervals.
+        centers: the centers told apart.
+        details: every other key (chance levels, folds, counts, per-fold AUROC, parameters).
+    """
+
+    auroc: float
+    ci: tuple[float, float] | None
+    balanced_accuracy: float
+    ci_balanced_accuracy: tuple[float, float] | None
+    confidence: float = 0.95
+    centers: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> SiteProbeSection:
+        """The section of an ``audit.json`` entry."""
+        return cls(
+            auroc=float(entry["auroc"]),
+            ci=_interval(entry.get("ci")),
+            balanced_accuracy=float(entry["balanced_accuracy"]),
+            ci_balanced_accuracy=_interval(entry.get("ci_balanced_accuracy")),
+            confidence=float(entry.get("confidence", 0.95)),
+            centers=tuple(str(c) for c in entry.get("classes", ())),
+            details=_rest(entry, _SITE_PROBE_KEYS),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``audit.json`` entry."""
+        return {
+            "auroc": self.auroc,
+            "ci": _list(self.ci),
+            "balanced_accuracy": self.balanced_accuracy,
+            "ci_balanced_accuracy": _list(self.ci_balanced_accuracy),
+            "confidence": self.confidence,
+            "classes": list(self.centers),
+            **self.details,
+        }
+
+
+_SITE_PROBE_KEYS = ("auroc", "ci", "balanced_accuracy", "ci_balanced_accuracy", "confidence",
+                    "classes")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class StressSection:
     """The stress tests (see :func:`histoguard.robustness.stress_test`).
 
@@ -258,8 +312,8 @@ class AdversarialSection:
         return out
 
 
-_S = TypeVar("_S", RobustnessIndexSection, APDSection, ClusteringSection, StressSection,
-             AdversarialSection)  # fmt: skip
+_S = TypeVar("_S", RobustnessIndexSection, APDSection, ClusteringSection, SiteProbeSection,
+             StressSection, AdversarialSection)  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,8 +323,8 @@ class AuditResult:
     Attributes:
         metadata: subject, software version, date, machine, inputs, the slide model used (if
             any) and the resolved ``config``.
-        robustness_index, apd, clustering_score, stress, adversarial: one section per part of
-            :data:`~histoguard.robustness.AUDIT_PARTS`, or :class:`Skipped`.
+        robustness_index, apd, clustering_score, site_probe, stress, adversarial: one section
+            per part of :data:`~histoguard.robustness.AUDIT_PARTS`, or :class:`Skipped`.
         schema_version: layout version of the JSON form (:data:`SCHEMA_VERSION`).
     """
 
@@ -278,6 +332,7 @@ class AuditResult:
     robustness_index: RobustnessIndexSection | Skipped = Skipped(reason="not run")
     apd: APDSection | Skipped = Skipped(reason="not run")
     clustering_score: ClusteringSection | Skipped = Skipped(reason="not run")
+    site_probe: SiteProbeSection | Skipped = Skipped(reason="not run")
     stress: StressSection | Skipped = Skipped(reason="not run")
     adversarial: AdversarialSection | Skipped = Skipped(reason="not run")
     schema_version: str = SCHEMA_VERSION
@@ -295,6 +350,7 @@ class AuditResult:
                 "robustness_index": self.robustness_index.to_dict(),
                 "apd": self.apd.to_dict(),
                 "clustering_score": self.clustering_score.to_dict(),
+                "site_probe": self.site_probe.to_dict(),
                 "stress": self.stress.to_dict(),
                 "adversarial": self.adversarial.to_dict(),
             }
@@ -326,6 +382,7 @@ class AuditResult:
                 robustness_index=_part(RobustnessIndexSection, content.get("robustness_index")),
                 apd=_part(APDSection, content.get("apd")),
                 clustering_score=_part(ClusteringSection, content.get("clustering_score")),
+                site_probe=_part(SiteProbeSection, content.get("site_probe")),
                 stress=_part(StressSection, content.get("stress")),
                 adversarial=_part(AdversarialSection, content.get("adversarial")),
                 schema_version=SCHEMA_VERSION,
