@@ -91,6 +91,7 @@ _FIELD_KINDS: dict[str, type] = {
     "max_instances": int, "class_balanced": bool, "seed": int, "threshold": float, "n_boot": int,
     "seeds": int, "calibration_fraction": float, "alpha": float, "conformal_score": str,
     "mondrian": str, "calibrator": str, "ood_score": str, "ood_k": int, "ood_alpha": float,
-    "drift_alpha": float,
+    "drift_alpha": float, "adversarial_weight": float, "contrastive_weight": float,
+    "contrastive_temperature": float, "bags_per_step": int,
 }  # fmt: skip
 _OPTIONAL = frozenset({"max_instances"})
