@@ -227,3 +227,34 @@ def test_models_learn_synthetic_bags(name: str, synthetic: tuple) -> None:
             for b in positive_bags
         ]
         assert np.mean(aucs) > 0.8
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bag_embedding_has_its_shape_ignores_padding_and_feeds_the_head(name: str) -> None:
+    model = _build(name, n_classes=3).eval()
+    features, mask = _bags()
+    longer, longer_mask = _bags(extra=6, seed=1)
+    longer[:, : features.shape[1]][mask] = features[mask]
+    longer[0, SIZES[0] + 1] = float("nan")
+    longer_mask[:, : mask.shape[1]] = mask
+    with torch.no_grad():
+        short_out, long_out = model(features, mask), model(longer, longer_mask)
+    assert short_out.embedding is not None and long_out.embedding is not None
+    assert model.embedding_dim > 0
+    assert short_out.embedding.shape == (3, model.embedding_dim)
+    assert torch.isfinite(short_out.embedding).all()
+    torch.testing.assert_close(long_out.embedding, short_out.embedding, atol=1e-5, rtol=0)
+    # The embedding carries what the logits depend on: other bags, other embeddings.
+    assert not torch.allclose(short_out.embedding[0], short_out.embedding[1])
+
+
+def test_topk_embedding_reproduces_the_bag_logits() -> None:
+    model = _build("topk", n_classes=3).eval()
+    features, mask = _bags()
+    with torch.no_grad():
+        output = model(features, mask)
+    assert output.embedding is not None
+    last = model.instance_classifier[1]
+    per_class = output.embedding.view(3, 3, -1)  # (B, C, H)
+    logits = torch.einsum("bch,ch->bc", per_class, last.weight) + last.bias
+    torch.testing.assert_close(logits, output.logits, atol=1e-5, rtol=0)

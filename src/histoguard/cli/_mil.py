@@ -66,7 +66,7 @@ def train(
         float | None,
         typer.Option(
             help="Share of slides (whole patients) held out from every split for calibration, "
-            "conformal sets and the out-of-distribution gate [default 0.2; 0: none]."
+            "conformal sets and the out-of-distribution gate (default 0.2; 0 = none)."
         ),
     ] = None,
     alpha: Annotated[
@@ -89,6 +89,29 @@ def train(
             "with the model, applied by predict."
         ),
     ] = None,
+    adversarial_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Center-adversarial training: lambda_max of a gradient-reversed center head "
+            "on the bag embedding (DANN schedule; default 0 = off; needs >= 2 training centers)."
+        ),
+    ] = None,
+    contrastive_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of a supervised-contrastive loss pulling same-class bags of other "
+            "centers together (default 0 = off)."
+        ),
+    ] = None,
+    contrastive_temperature: Annotated[
+        float | None, typer.Option(help="Temperature of the contrastive loss (default 0.1).")
+    ] = None,
+    bags_per_step: Annotated[
+        int | None,
+        typer.Option(
+            help="Bags averaged into one optimiser step (default 1; 8 with a contrastive loss)."
+        ),
+    ] = None,
     model_kwargs: Annotated[
         str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
     ] = None,
@@ -98,7 +121,8 @@ def train(
     (safetensors + JSON), predictions, and per-fold and per-center metrics with bootstrap CIs.
     Calibration slides held out from every split fit temperature scaling, conformal prediction
     sets and the out-of-distribution gate (trust.json); metrics then report calibration,
-    coverage per class and center, and selective accuracy on the test slides.
+    coverage per class and center, and selective accuracy on the test slides. Optional
+    training-time robustness: --adversarial-weight, --contrastive-weight (docs/robustify.md).
     """
     from histoguard.mil import load_train_config
     from histoguard.mil import train as run_training
@@ -109,7 +133,9 @@ def train(
         max_instances=max_instances, class_balanced=class_balanced, threshold=threshold,
         n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs), seeds=seeds,
         calibration_fraction=calibration_fraction, alpha=alpha, mondrian=mondrian,
-        ood_alpha=ood_alpha, harmonize=harmonize,
+        ood_alpha=ood_alpha, harmonize=harmonize, adversarial_weight=adversarial_weight,
+        contrastive_weight=contrastive_weight, contrastive_temperature=contrastive_temperature,
+        bags_per_step=bags_per_step,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
     typer.echo(result.table)

@@ -18,6 +18,8 @@ from histoguard.mil._registry import register_model
 class ABMIL(MILModel):
     """Gated-attention MIL: the bag is the attention-weighted mean of instance embeddings.
 
+    ``embedding`` is that mean, ``(B, hidden_dim)``.
+
     Args:
         in_dim: length D of each instance feature.
         n_classes: number of bag classes C.
@@ -41,9 +43,10 @@ class ABMIL(MILModel):
         self.embed = embedding(in_dim, hidden_dim, dropout)
         self.attention = GatedAttention(hidden_dim, attention_dim, 1, dropout)
         self.head = nn.Linear(hidden_dim, n_classes)
+        self.embedding_dim = hidden_dim
 
     def _forward(self, features: Tensor, mask: Tensor) -> MILOutput:
         embeddings = self.embed(features)  # (B, N, H)
         weights = masked_softmax(self.attention(embeddings)[:, :, 0], mask)  # (B, N)
         pooled = torch.einsum("bn,bnh->bh", weights, embeddings)
-        return MILOutput(logits=self.head(pooled), attention=weights)
+        return MILOutput(logits=self.head(pooled), attention=weights, embedding=pooled)

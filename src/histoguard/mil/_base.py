@@ -26,11 +26,17 @@ class MILOutput:
             of each bag and exactly 0 on padding; None for models without instance scores.
         extra: model-specific tensors that :meth:`MILModel.compute_loss` needs (instance
             logits, per-class attention, instance embeddings).
+        embedding: ``(B, E)`` the bag representation the bag classifier reads, with
+            ``E = model.embedding_dim`` (for multi-branch models the per-class bag vectors,
+            concatenated class by class: ``E = C * H``); like the logits it does not depend on
+            padding. Training-time robustness losses act on it. None where a model has none
+            (a :class:`~histoguard.mil.FoldEnsemble`: its members' spaces differ).
     """
 
     logits: Tensor
     attention: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    embedding: Tensor | None = None
 
 
 def check_bags(features: Tensor, mask: Tensor, in_dim: int) -> None:
@@ -68,6 +74,8 @@ class MILModel(torch.nn.Module, ABC):
     registry_name: ClassVar[str] = ""
     #: Weight of :meth:`auxiliary_loss` in :meth:`compute_loss`; 0 for models without one.
     aux_weight: float = 0.0
+    #: Length E of :attr:`MILOutput.embedding`; set by each model's ``__init__``.
+    embedding_dim: int = 0
     feature_mean: Tensor
     feature_scale: Tensor
 

@@ -27,6 +27,8 @@ class _CLAM(MILModel):
     than ``2 * k_sample`` real instances use ``n_real // 2`` of each.
 
     ``extra``: ``instance_embeddings (B, N, H)``, ``branch_attention (B, K, N)`` and ``mask``.
+    ``embedding``: the attention-pooled bag vector of each branch, concatenated, ``(B, K * H)``
+    (K = 1 for CLAM-SB, C for CLAM-MB, whose class c head reads branch c's slice).
 
     Args:
         in_dim: length D of each instance feature.
@@ -69,6 +71,7 @@ class _CLAM(MILModel):
         self.subtyping = subtyping
         self.aux_weight = instance_loss_weight
         n_branches = n_classes if self._multi_branch else 1
+        self.embedding_dim = n_branches * hidden_dim
         self.embed = embedding(in_dim, hidden_dim, dropout)
         self.attention = GatedAttention(hidden_dim, attention_dim, n_branches, dropout)
         # CLAM-MB scores class c from the bag vector of branch c with its own linear layer.
@@ -94,6 +97,7 @@ class _CLAM(MILModel):
             logits=logits,
             attention=attention,
             extra={"instance_embeddings": embeddings, "branch_attention": weights, "mask": mask},
+            embedding=pooled.flatten(1),
         )
 
     def auxiliary_loss(

@@ -92,6 +92,7 @@ _FIELD_KINDS: dict[str, type] = {
     "seeds": int, "calibration_fraction": float, "alpha": float, "conformal_score": str,
     "mondrian": str, "calibrator": str, "ood_score": str, "ood_k": int, "ood_alpha": float,
     "drift_alpha": float, "harmonize": str, "harmonize_parametric": bool,
-    "harmonize_tiles": int, "harmonize_min_slides": int,
+    "harmonize_tiles": int, "harmonize_min_slides": int, "adversarial_weight": float,
+    "contrastive_weight": float, "contrastive_temperature": float, "bags_per_step": int,
 }  # fmt: skip
 _OPTIONAL = frozenset({"max_instances"})

@@ -31,7 +31,8 @@ class DSMIL(MILModel):
 
     ``attention`` is the predicted class's critical-instance attention; ``extra`` holds
     ``instance_logits (B, N, C)``, ``max_instance_logits (B, C)`` and
-    ``class_attention (B, C, N)``.
+    ``class_attention (B, C, N)``. ``embedding`` is what the convolution reads: the per-class
+    bag vectors concatenated, ``(B, C * hidden_dim)``.
 
     Args:
         in_dim: length D of each instance feature.
@@ -64,6 +65,7 @@ class DSMIL(MILModel):
             nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
         )
         self.bag_classifier = nn.Conv1d(n_classes, n_classes, kernel_size=hidden_dim)
+        self.embedding_dim = n_classes * hidden_dim
 
     def _forward(self, features: Tensor, mask: Tensor) -> MILOutput:
         embeddings = self.embed(features)  # (B, N, H)
@@ -85,6 +87,7 @@ class DSMIL(MILModel):
                 "max_instance_logits": masked_max(instance_logits, mask),
                 "class_attention": weights,
             },
+            embedding=bag_vectors.flatten(1),
         )
 
     def auxiliary_loss(

@@ -12,7 +12,8 @@ from histoguard.mil._registry import register_model
 
 
 class _PoolingMIL(MILModel):
-    """Embed each instance, pool over the real instances, classify the pooled vector.
+    """Embed each instance, pool over the real instances, classify the pooled vector
+    (``embedding``, ``(B, hidden_dim)``).
 
     Args:
         in_dim: length D of each instance feature.
@@ -29,10 +30,11 @@ class _PoolingMIL(MILModel):
         super().__init__(in_dim, n_classes, hidden_dim=hidden_dim, dropout=dropout)
         self.embed = embedding(in_dim, hidden_dim, dropout)
         self.head = nn.Linear(hidden_dim, n_classes)
+        self.embedding_dim = hidden_dim
 
     def _forward(self, features: Tensor, mask: Tensor) -> MILOutput:
         pooled = type(self)._pool(self.embed(features), mask)  # (B, H)
-        return MILOutput(logits=self.head(pooled))
+        return MILOutput(logits=self.head(pooled), embedding=pooled)
 
 
 @register_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from histoguard.mil._base import MILModel, MILOutput
@@ -23,6 +24,9 @@ class TopKMIL(MILModel):
     ``attention`` is the softmax over the real instances of the instance logits of the
     predicted class; ``extra["instance_logits"]`` is ``(B, N, C)`` and
     ``extra["class_attention"]`` ``(B, C, N)``, the same softmax for every class.
+    ``embedding`` ``(B, C * hidden_dim)``: for each class, the mean hidden vector of its top-k
+    instances, concatenated; the last linear layer commutes with that mean, so class c's bag
+    logit is exactly the instance classifier applied to class c's slice.
 
     Args:
         in_dim: length D of each instance feature.
@@ -48,13 +52,34 @@ class TopKMIL(MILModel):
         self.instance_classifier = nn.Sequential(
             embedding(in_dim, hidden_dim, dropout), nn.Linear(hidden_dim, n_classes)
         )
+        self.embedding_dim = n_classes * hidden_dim
 
     def _forward(self, features: Tensor, mask: Tensor) -> MILOutput:
-        instance_logits = self.instance_classifier(features)  # (B, N, C)
+        hidden = self.instance_classifier[0](features)  # (B, N, H)
+        instance_logits = self.instance_classifier[1](hidden)  # (B, N, C)
         logits = masked_topk_mean(instance_logits, mask, self.k)
         class_attention = masked_softmax(instance_logits, mask).transpose(1, 2)  # (B, C, N)
         return MILOutput(
             logits=logits,
             attention=select_class(class_attention, logits.argmax(dim=1)),
             extra={"instance_logits": instance_logits, "class_attention": class_attention},
+            embedding=_topk_hidden_mean(hidden, instance_logits, mask, self.k).flatten(1),
         )
+
+
+def _topk_hidden_mean(hidden: Tensor, scores: Tensor, mask: Tensor, k: int) -> Tensor:
+    """Per class, the mean of ``hidden (B, N, H)`` over the instances that
+    :func:`masked_topk_mean` averages in ``scores (B, N, C)``: ``(B, C, H)``."""
+    batch, n, width = hidden.shape
+    classes = scores.shape[2]
+    k_eff = min(k, n)
+    top = scores.masked_fill(~mask[:, :, None], float("-inf")).topk(k_eff, dim=1).indices
+    picked = torch.gather(
+        hidden[:, :, None, :].expand(batch, n, classes, width),
+        1,
+        top[:, :, :, None].expand(batch, k_eff, classes, width),
+    )  # (B, k, C, H)
+    n_used = mask.sum(dim=1).clamp(max=k_eff)  # (B,)
+    valid = torch.arange(k_eff, device=hidden.device)[None, :] < n_used[:, None]  # (B, k)
+    total = torch.where(valid[:, :, None, None], picked, torch.zeros_like(picked)).sum(dim=1)
+    return total / n_used[:, None, None].to(hidden.dtype)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ from histoguard.mil._harmonized import (
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
+from histoguard.mil._robust_training import RobustObjective, check_adversarial_centers
 from histoguard.mil._splits import (
     Split,
     get_or_create_splits,
@@ -56,6 +58,9 @@ logger = logging.getLogger(__name__)
 SplitDesign = Literal["kfold", "leave-one-center-out", "given"]
 #: ``TrainConfig.harmonize`` values: no harmonisation, or a :class:`Harmonizer` method.
 HARMONIZE_METHODS = ("none", "combat", "covbat")
+
+#: ``bags_per_step`` when a contrastive loss is asked for with the default of 1.
+CONTRASTIVE_BAGS_PER_STEP = 8
 
 _SPLIT_MAKERS: dict[str, Callable[[Cohort, int, int], list[Split]]] = {
     "kfold": lambda cohort, k, seed: kfold_splits(cohort, k=k, seed=seed),
@@ -102,6 +107,16 @@ class TrainConfig:
         harmonize_parametric: parametric (True) or non-parametric empirical Bayes.
         harmonize_tiles: tiles per slide (seeded sample) the harmoniser is estimated from.
         harmonize_min_slides: fewest slides of an unseen center for its label-free estimate.
+        adversarial_weight: λ_max of a center-adversarial head with gradient reversal on the
+            bag embedding (DANN schedule; 0: off). Splits training on fewer than 2 centers
+            skip it with a warning; a run where no split has 2 is refused.
+        contrastive_weight: weight of a supervised-contrastive loss on the bag embeddings of
+            each step, positives = same class from another center (0: off).
+        contrastive_temperature: its temperature τ.
+        bags_per_step: bags whose losses are averaged into one optimiser step. With
+            ``contrastive_weight > 0`` a value of 1 (which leaves the loss nothing to contrast)
+            is raised to :data:`CONTRASTIVE_BAGS_PER_STEP`. Memory grows with it: every bag's
+            graph is kept until the step's backward pass.
     """
 
     cohort: Path
@@ -135,6 +150,11 @@ class TrainConfig:
     harmonize_parametric: bool = True
     harmonize_tiles: int = HARMONIZE_TILES_PER_SLIDE
     harmonize_min_slides: int = MIN_NEW_CENTER_SLIDES
+    # Training-time robustness (mil/_robust_training.py); all off by default.
+    adversarial_weight: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
+    bags_per_step: int = 1
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
@@ -164,6 +184,19 @@ class TrainConfig:
                 f"calibration_fraction must be in [0, 1), got {self.calibration_fraction}"
             )
         self.trust_settings()  # checks the trust settings
+        if not self.adversarial_weight >= 0 or not self.contrastive_weight >= 0:
+            raise ConfigError(
+                f"need adversarial_weight >= 0 and contrastive_weight >= 0, got "
+                f"{self.adversarial_weight}, {self.contrastive_weight}"
+            )
+        if not self.contrastive_temperature > 0:
+            raise ConfigError(
+                f"contrastive_temperature must be > 0, got {self.contrastive_temperature}"
+            )
+        if self.bags_per_step < 1:
+            raise ConfigError(f"bags_per_step must be >= 1, got {self.bags_per_step}")
+        if self.contrastive_weight > 0 and self.bags_per_step == 1:
+            object.__setattr__(self, "bags_per_step", CONTRASTIVE_BAGS_PER_STEP)
 
     def trust_settings(self) -> TrustSettings:
         """The calibration, conformal and gate settings of this run."""
@@ -276,7 +309,10 @@ def train_split(
 ) -> MILModel:
     """Train one model on ``split.train``, early-stopped on ``split.val``; returns the best.
 
-    Each epoch's mean training loss and validation loss are logged at INFO.
+    Each epoch's mean training loss (the classification loss) and validation loss are logged
+    at INFO, and with ``adversarial_weight > 0`` the center adversary's accuracy. One step
+    averages the losses of ``bags_per_step`` bags and adds the robustness terms of
+    :class:`~histoguard.mil._robust_training.RobustObjective` (none by default).
 
     Args:
         on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)`` after every epoch.
@@ -292,31 +328,52 @@ def train_split(
         config.model, in_dim=in_dim, n_classes=len(cohort.labels), **config.model_kwargs
     )
     model.fit_feature_scaling(torch.cat([bags[s].features for s in train_ids]))
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    robust = RobustObjective(
+        model, split, cohort,
+        adversarial_weight=config.adversarial_weight,
+        contrastive_weight=config.contrastive_weight,
+        temperature=config.contrastive_temperature,
+    )  # fmt: skip
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    groups += robust.parameter_groups(config.lr)
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     weights = None
     if config.class_balanced:
         counts = torch.bincount(train_labels, minlength=len(cohort.labels)).float()
         weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+    step_size = config.bags_per_step
+    steps_per_epoch = math.ceil(len(train_ids) / step_size)
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(len(train_ids), generator=generator)
+        order = torch.randperm(len(train_ids), generator=generator).tolist()
         running = 0.0
-        for index in order.tolist():
-            features, mask = bag_batch(bags[train_ids[index]], generator, config.max_instances)
-            output = model(features, mask)
-            loss = model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
+        for step, start in enumerate(range(0, len(order), step_size)):
+            chunk = order[start : start + step_size]
+            outputs, losses = [], []
+            for index in chunk:
+                features, mask = bag_batch(bags[train_ids[index]], generator, config.max_instances)
+                output = model(features, mask)
+                losses.append(
+                    model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
+                )
+                outputs.append(output)
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+            if robust.active:
+                progress = (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+                extra = robust.loss([train_ids[i] for i in chunk], outputs, progress)
+                if extra is not None:
+                    loss = loss + extra
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            running += float(loss.detach())
+            running += sum(float(bag_loss.detach()) for bag_loss in losses)
         val_loss = _mean_loss(model, [bags[s] for s in val_ids], val_labels, weights)
         logger.info(
             "%s epoch %d/%d: train loss %.4f, validation loss %.4f",
             split.name, epoch + 1, config.epochs, running / len(train_ids), val_loss,
         )  # fmt: skip
+        robust.end_epoch(split.name, epoch, config.epochs)
         if on_epoch is not None:
             on_epoch(epoch, running / len(train_ids), val_loss)
         if val_loss < best_loss - 1e-6:
@@ -438,6 +495,7 @@ def train(
         )
     bags = load_bags(cohort, config.features)
     splits = get_or_create_splits(out / "splits.json", cohort, lambda: _draw_splits(cohort, config))
+    check_adversarial_centers(splits, cohort, config.adversarial_weight)
     provenance = training_provenance((slide_id, bag.attrs) for slide_id, bag in bags.items())
     center_of = {row.slide_id: row.center or "" for row in cohort.rows}
     label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}

@@ -71,6 +71,7 @@ class TransMIL(MILModel):
 
     ``attention`` is the class token's attention to the instances in the last layer, averaged
     over heads and renormalised over the real instances (its weight on itself removed).
+    ``embedding`` is the normalised class token the head reads, ``(B, hidden_dim)``.
 
     Args:
         in_dim: length D of each instance feature.
@@ -102,6 +103,7 @@ class TransMIL(MILModel):
         self.layer2 = _AttentionLayer(hidden_dim, n_heads, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.head = nn.Linear(hidden_dim, n_classes)
+        self.embedding_dim = hidden_dim
 
     def _forward(self, features: Tensor, mask: Tensor) -> MILOutput:
         batch = features.shape[0]
@@ -113,4 +115,5 @@ class TransMIL(MILModel):
         cls_to_instances = torch.where(mask, weights[:, 0, 1:], weights.new_zeros(()))
         # The clamp only matters in training, where attention dropout may zero a whole row.
         attention = cls_to_instances / cls_to_instances.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return MILOutput(logits=self.head(self.norm(tokens[:, 0])), attention=attention)
+        pooled = self.norm(tokens[:, 0])
+        return MILOutput(logits=self.head(pooled), attention=attention, embedding=pooled)
