@@ -1,6 +1,10 @@
 """Stain normalisation of H&E tiles (numpy, vectorised over batches), upstream of encoders."""
 
-from histoguard.stain._macenko import MacenkoNormalizer
+from histoguard.stain._macenko import (
+    MacenkoNormalizer,
+    estimate_stains,
+    fit_torchstain_macenko,
+)
 from histoguard.stain._registry import (
     STAIN_REGISTRY,
     StainMethodInfo,
@@ -17,6 +21,12 @@ register_stain_method(
     description="Macenko et al. 2009: per-tile H&E stain vectors mapped onto the reference's",
 )
 register_stain_method(
+    "macenko-torchstain",
+    fit_torchstain_macenko,
+    description="Macenko as torchstain 1.4.1 computes it: stain plane from the covariance, "
+    "99th-percentile concentrations over all pixels",
+)
+register_stain_method(
     "reinhard",
     ReinhardNormalizer.fit,
     description="Reinhard et al. 2001: CIELAB channel means and deviations matched",
@@ -31,6 +41,8 @@ __all__ = [
     "ReinhardNormalizer",
     "StainMethodInfo",
     "StainNormalizer",
+    "estimate_stains",
+    "fit_torchstain_macenko",
     "register_stain_method",
     "stain_normalizer",
 ]
