@@ -197,7 +197,16 @@ def test_backends_are_listed_in_the_order_they_are_tried() -> None:
 
 
 def test_stain_method_names_are_case_insensitive() -> None:
-    assert STAIN_METHODS == STAIN_REGISTRY.names() == ("macenko", "macenko-torchstain", "reinhard")
+    assert (
+        STAIN_METHODS
+        == STAIN_REGISTRY.names()
+        == (
+            "macenko",
+            "macenko-torchstain",
+            "reinhard",
+            "vahadane",
+        )
+    )
     assert STAIN_REGISTRY.get("MaCenko") is STAIN_REGISTRY.get("macenko")
 
 

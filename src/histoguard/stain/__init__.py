@@ -13,6 +13,7 @@ from histoguard.stain._registry import (
     stain_normalizer,
 )
 from histoguard.stain._reinhard import ReinhardNormalizer
+from histoguard.stain._vahadane import VahadaneNormalizer
 
 # The built-in methods; the registry itself imports none of them.
 register_stain_method(
@@ -31,6 +32,12 @@ register_stain_method(
     ReinhardNormalizer.fit,
     description="Reinhard et al. 2001: CIELAB channel means and deviations matched",
 )
+register_stain_method(
+    "vahadane",
+    VahadaneNormalizer.fit,
+    description="Vahadane et al. 2016: per-tile sparse non-negative H&E dictionary mapped onto "
+    "the reference's",
+)
 
 #: Names of the built-in methods accepted by :func:`stain_normalizer`, sorted.
 STAIN_METHODS: tuple[str, ...] = STAIN_REGISTRY.names()
@@ -41,6 +48,7 @@ __all__ = [
     "ReinhardNormalizer",
     "StainMethodInfo",
     "StainNormalizer",
+    "VahadaneNormalizer",
     "estimate_stains",
     "fit_torchstain_macenko",
     "register_stain_method",
