@@ -79,7 +79,7 @@ CASES = {
     "perturbation": Case(
         PERTURBATIONS, "histoguard.augment._registry", get_perturbation,
         UnknownNameError, lambda info: info.function, ("unit", "levels", "description"),
-        None, None,
+        "extract", "perturbations",
     ),
     "stain normalisation": Case(
         STAIN_REGISTRY, "histoguard.stain._registry", _lookup_stain, UnknownNameError,

@@ -91,7 +91,7 @@ def augment_view(
     *,
     seed: int,
     view: int,
-    first_index: int = 0,
+    indices: Sequence[int] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Augmented view ``view`` of ``(B, H, W, 3)`` uint8 tiles.
 
@@ -100,8 +100,9 @@ def augment_view(
         augmentations: the chain, applied in order.
         seed: the run's seed (non-negative).
         view: which view (0, 1, …); each view draws other randomness.
-        first_index: position of ``tiles[0]`` among all of a slide's tiles, so a tile's view
-            does not depend on how the tiles were batched.
+        indices: ``(B,)`` each tile's position among all of a slide's tiles (default
+            ``0..B-1``), so a tile's view does not depend on how, or with which failed reads,
+            the tiles were batched.
 
     Returns:
         ``(B, H, W, 3)`` uint8, a new array (a copy when the chain is empty).
@@ -109,12 +110,30 @@ def augment_view(
     Raises:
         AuditDataError: bad tile array (see :meth:`PerturbationInfo.apply`).
     """
+    positions = np.arange(len(tiles)) if indices is None else np.asarray(indices, np.int64)
+    if positions.shape != (len(tiles),):
+        raise ConfigError(f"{len(positions)} tile indices for {len(tiles)} tiles")
+    # Runs of consecutive indices: apply() numbers tiles from first_index on.
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
     out = tiles.copy()
     for step, augmentation in enumerate(augmentations):
-        out = PERTURBATIONS.get(augmentation.name).apply(
-            out,
-            augmentation.severity,
-            seed=view_seed(seed, view, step),
-            first_index=first_index,
+        info = PERTURBATIONS.get(augmentation.name)
+        step_seed = view_seed(seed, view, step)
+        out = (
+            np.concatenate(
+                [
+                    info.apply(out[run], augmentation.severity, seed=step_seed, first_index=first)
+                    for run, first in _runs(positions, breaks)
+                ]
+            )
+            if len(out)
+            else out
         )
     return out
+
+
+def _runs(positions: np.ndarray, breaks: np.ndarray) -> list[tuple[slice, int]]:
+    """Slices of consecutive positions, each with its first position."""
+    starts = [0, *breaks.tolist()]
+    ends = [*breaks.tolist(), len(positions)]
+    return [(slice(a, b), int(positions[a])) for a, b in zip(starts, ends, strict=True)]
