@@ -116,19 +116,16 @@ def augment_view(
     # Runs of consecutive indices: apply() numbers tiles from first_index on.
     breaks = np.flatnonzero(np.diff(positions) != 1) + 1
     out = tiles.copy()
+    if not len(out):
+        return out
     for step, augmentation in enumerate(augmentations):
         info = PERTURBATIONS.get(augmentation.name)
         step_seed = view_seed(seed, view, step)
-        out = (
-            np.concatenate(
-                [
-                    info.apply(out[run], augmentation.severity, seed=step_seed, first_index=first)
-                    for run, first in _runs(positions, breaks)
-                ]
-            )
-            if len(out)
-            else out
-        )
+        runs = [
+            info.apply(out[run], augmentation.severity, seed=step_seed, first_index=first)
+            for run, first in _runs(positions, breaks)
+        ]
+        out = np.concatenate(runs)
     return out
 
 
