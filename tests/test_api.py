@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import histoguard
+import histoguard.augment
 import histoguard.encoders
 import histoguard.errors
 import histoguard.features
@@ -27,6 +28,7 @@ import histoguard.uncertainty
         histoguard,
         histoguard.errors,
         histoguard.slide,
+        histoguard.augment,
         histoguard.encoders,
         histoguard.features,
         histoguard.harmonize,

@@ -24,6 +24,7 @@ ROOM_ORDER: tuple[frozenset[str], ...] = (
     frozenset({"_version", "errors"}),
     frozenset({"core"}),
     frozenset({"slide", "stain"}),
+    frozenset({"augment"}),
     frozenset({"encoders"}),
     frozenset({"features"}),
     frozenset({"harmonize", "uncertainty"}),

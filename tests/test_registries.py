@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from histoguard.augment._registry import PERTURBATIONS
 from histoguard.cli import app
 from histoguard.cli._app import REGISTRY_PLACEHOLDERS
 from histoguard.cli._docs import COMMANDS
@@ -28,7 +29,6 @@ from histoguard.errors import UnknownEncoderError, UnknownNameError
 from histoguard.mil import get_model_info
 from histoguard.mil._registry import MODELS
 from histoguard.robustness import get_perturbation
-from histoguard.robustness.shifts._registry import PERTURBATIONS
 from histoguard.slide import SlideReader, get_backend, list_backends
 from histoguard.slide._registry import BACKENDS
 from histoguard.stain import STAIN_METHODS, stain_normalizer
@@ -77,9 +77,9 @@ CASES = {
         lambda info: info.cls, ("description", "citation"), "train", "mil_models",
     ),
     "perturbation": Case(
-        PERTURBATIONS, "histoguard.robustness.shifts._registry", get_perturbation,
+        PERTURBATIONS, "histoguard.augment._registry", get_perturbation,
         UnknownNameError, lambda info: info.function, ("unit", "levels", "description"),
-        None, None,
+        "extract", "perturbations",
     ),
     "stain normalisation": Case(
         STAIN_REGISTRY, "histoguard.stain._registry", _lookup_stain, UnknownNameError,
@@ -197,7 +197,16 @@ def test_backends_are_listed_in_the_order_they_are_tried() -> None:
 
 
 def test_stain_method_names_are_case_insensitive() -> None:
-    assert STAIN_METHODS == STAIN_REGISTRY.names() == ("macenko", "reinhard")
+    assert (
+        STAIN_METHODS
+        == STAIN_REGISTRY.names()
+        == (
+            "macenko",
+            "macenko-torchstain",
+            "reinhard",
+            "vahadane",
+        )
+    )
     assert STAIN_REGISTRY.get("MaCenko") is STAIN_REGISTRY.get("macenko")
 
 

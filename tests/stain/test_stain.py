@@ -165,12 +165,14 @@ def test_normalizers_survive_pickling(method: str, source: np.ndarray, target: n
 
 
 def test_registry(target: np.ndarray) -> None:
-    assert STAIN_METHODS == ("macenko", "reinhard")
+    assert STAIN_METHODS == ("macenko", "macenko-torchstain", "reinhard", "vahadane")
     assert isinstance(stain_normalizer("macenko", target), MacenkoNormalizer)
     normalizer: StainNormalizer = stain_normalizer("Reinhard", target)
     assert isinstance(normalizer, ReinhardNormalizer)
-    with pytest.raises(UnknownNameError, match="Known: macenko, reinhard"):
-        stain_normalizer("vahadane", target)
+    with pytest.raises(
+        UnknownNameError, match="Known: macenko, macenko-torchstain, reinhard, vahadane"
+    ):
+        stain_normalizer("ruifrok", target)
     with pytest.raises(UnknownNameError, match="Did you mean 'macenko'"):
         stain_normalizer("Makenko", target)
 

@@ -184,7 +184,7 @@ def _stain_method_names() -> tuple[str, ...]:
 
 
 def _perturbation_names() -> tuple[str, ...]:
-    from histoguard.robustness.shifts._registry import PERTURBATIONS
+    from histoguard.augment._registry import PERTURBATIONS
 
     return PERTURBATIONS.names()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -63,6 +63,31 @@ def extract(
     stain_reference: Annotated[
         Path | None, typer.Option(help="Reference H&E image for --stain-normalize.")
     ] = None,
+    augment: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME[:SEV]",
+            help="A perturbation of each augmented view, after stain normalisation; repeat "
+            "to chain them in order: {perturbations}. SEV is the severity, 1-5 (D4 transforms: "
+            "1); default 2. Needs --views.",
+        ),
+    ] = None,
+    views: Annotated[
+        int,
+        typer.Option(
+            help="K augmented views embedded per tile (0: none). View k of tile i is seeded by "
+            "(--seed, k) and i: reruns are identical.",
+            min=0,
+        ),
+    ] = 0,
+    views_mode: Annotated[
+        Literal["store", "mean"],
+        typer.Option(
+            help="store: write the views' embeddings as /views (K, N, D) beside the features; "
+            "mean: features become the mean of the plain and the K augmented embeddings."
+        ),
+    ] = "store",
+    seed: Annotated[int, typer.Option(help="Seed of the augmented views.", min=0)] = 0,
     batch_size: Annotated[int, typer.Option(help="Tiles per encoder call.", min=1)] = 64,
     readers: Annotated[
         int, typer.Option(help="Reader processes per slide (0: read in the main process).", min=0)
@@ -84,6 +109,8 @@ def extract(
 ) -> None:
     """Extract tile features into OUT/<slide>.h5 (features N×D float32, coords, provenance).
 
+    With --views K and --augment, each tile is also embedded K times augmented (stain,
+    scanner or D4 perturbations): stored as views K×N×D or averaged into the features.
     Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
     any slide failed or the inputs hold no slide. A folder whose sub-folders hold tile images
@@ -110,6 +137,10 @@ def extract(
         batch_size=batch_size,
         readers=readers,
         device=device,
+        augment=tuple(augment or ()),
+        views=views,
+        views_mode=views_mode,
+        seed=seed,
     )
     report = extract_features(
         inputs, out, config, scheduler=scheduler, dask_workers=workers, progress=not quiet

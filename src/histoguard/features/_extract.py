@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from histoguard._version import __version__
+from histoguard.augment import Augmentation, augment_view, parse_augmentations
 from histoguard.core._atomic import remove_stale_temporaries
 from histoguard.core._batch import ProgressCallback, SlideResult
 from histoguard.core._device import check_device
@@ -34,6 +35,9 @@ from histoguard.slide._tile_folder import TileFolder
 from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
 
 _FIRST_BATCH = 8
+
+#: What happens to the embeddings of augmented views: kept beside the features, or averaged in.
+ViewsMode = Literal["store", "mean"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +56,15 @@ class ExtractionConfig:
         batch_size: tiles per encoder call.
         readers: reader processes per slide (0 reads in the main process).
         device: torch device for the encoder (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        augment: perturbations that make an augmented view, applied in order after stain
+            normalisation, each ``NAME`` or ``NAME:SEVERITY`` (``histoguard.augment``; without a
+            severity, 2 - or 1 for the D4 transforms); stored as ``NAME:SEVERITY``.
+        views: K augmented views embedded per tile (0: none; needs ``augment``).
+        views_mode: ``"store"`` writes the views' embeddings as ``/views (K, N, D)`` beside
+            the un-augmented ``features``; ``"mean"`` replaces ``features`` by the mean of the
+            un-augmented embedding and the K views' (no ``/views``).
+        seed: seeds the augmentation: view ``k`` of tile ``i`` draws from ``(seed, k)`` and
+            ``i``, so reruns are identical and a tile's view does not depend on batching.
     """
 
     encoder: str
@@ -64,6 +77,10 @@ class ExtractionConfig:
     batch_size: int = 64
     readers: int = 2
     device: str = "cpu"
+    augment: tuple[str, ...] = ()
+    views: int = 0
+    views_mode: ViewsMode = "store"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.readers < 0:
@@ -77,12 +94,38 @@ class ExtractionConfig:
 
             STAIN_REGISTRY.check(self.stain_normalize, field="stain_normalize")
         check_device(self.device)
+        self._check_views()
+
+    def _check_views(self) -> None:
+        if self.views < 0 or self.seed < 0:
+            raise ConfigError(f"need views >= 0 and seed >= 0, got {self.views}, {self.seed}")
+        if self.views_mode not in ("store", "mean"):
+            raise ConfigError(f"views_mode must be 'store' or 'mean', got {self.views_mode!r}")
+        if isinstance(self.augment, str):  # type: ignore[unreachable]  # callers without mypy
+            raise ConfigError(f"augment must be a tuple of names, got the string {self.augment!r}")
+        canonical = tuple(str(a) for a in parse_augmentations(self.augment))
+        object.__setattr__(self, "augment", canonical)  # one spelling per augmentation
+        if self.views and not canonical:
+            raise ConfigError(
+                f"views={self.views} needs augment: name the perturbations of a view "
+                "(e.g. --augment hed_jitter:2 --augment rot90)"
+            )
+        if canonical and not self.views:
+            raise ConfigError("augment is given but views is 0: set views to K >= 1")
+
+    @property
+    def augmentations(self) -> tuple[Augmentation, ...]:
+        """The parsed :attr:`augment` chain."""
+        return parse_augmentations(self.augment)
 
     def result_key(self, weights_sha256: str) -> str:
         """JSON of what changes the features (not batch size, readers or device)."""
         values = asdict(self)
         for volatile in ("batch_size", "readers", "device", "tiles_dir", "allow_pickle"):
             values.pop(volatile)
+        if not self.views:  # keys of extractions without views are as before views existed
+            for unused in ("augment", "views", "views_mode", "seed"):
+                values.pop(unused)
         values["weights"] = weights_sha256
         return json.dumps(values, sort_keys=True, default=str)
 
@@ -156,8 +199,9 @@ class _Batches:
         source: _TileSource,
         batch_size: int,
         transform: Callable[[np.ndarray], np.ndarray] | None,
+        views: _Views | None = None,
     ) -> None:
-        self.source, self.transform = source, transform
+        self.source, self.transform, self.views = source, transform, views
         n = len(source.coords)
         # A short first batch gets the encoder going while the readers fill the queue.
         first = min(batch_size, _FIRST_BATCH)
@@ -168,11 +212,31 @@ class _Batches:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]:
         ok, tiles, errors = self.source.read(self.batches[i])
         if self.transform is not None and len(tiles):
             tiles = self.transform(tiles)
-        return ok, tiles, errors
+        # Augmented in the readers too, after stain normalisation (which would undo stain
+        # augmentation): (K, B, S, S, 3).
+        views = None if self.views is None else self.views(tiles, ok)
+        return ok, tiles, errors, views
+
+
+@dataclass(frozen=True)
+class _Views:
+    """K augmented views of a batch of tiles, each tile seeded by its index in the slide."""
+
+    augmentations: tuple[Augmentation, ...]
+    count: int
+    seed: int
+
+    def __call__(self, tiles: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        return np.stack(
+            [
+                augment_view(tiles, self.augmentations, seed=self.seed, view=k, indices=indices)
+                for k in range(self.count)
+            ]
+        )
 
 
 def _identity(item: Any) -> Any:
@@ -217,6 +281,18 @@ def _weights_digest(weights: Path | None) -> str:
     for path in sorted(p for p in weights.rglob("*") if p.is_file()):
         digest.update(f"{path.relative_to(weights)}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
+
+
+def _view_attrs(config: ExtractionConfig) -> dict[str, Any]:
+    """Provenance of the augmented views (none without views)."""
+    if not config.views:
+        return {}
+    return {
+        "augment": ",".join(config.augment),
+        "augment_views": config.views,
+        "views_mode": config.views_mode,
+        "augment_seed": config.seed,
+    }
 
 
 def feature_path(out_dir: Path, slide: Path) -> Path:
@@ -287,16 +363,20 @@ def extract_slide(
         device=config.device,
     )
     source, tile_attrs = _plan(slide, out_dir, config, encoder.info)
-    dataset = _Batches(source, config.batch_size, _stain_transform(config))
+    views = _Views(config.augmentations, config.views, config.seed) if config.views else None
+    dataset = _Batches(source, config.batch_size, _stain_transform(config), views)
     n_tiles = len(source.coords)
     features = np.zeros((n_tiles, encoder.embed_dim), dtype=np.float32)
+    view_features = np.zeros((config.views, n_tiles, encoder.embed_dim), dtype=np.float32)
     read_ok = np.zeros(n_tiles, dtype=bool)
     errors: list[str] = []
     done = 0
-    for indices, tiles, batch_errors in _iterate(dataset, config.readers):
+    for indices, tiles, batch_errors, batch_views in _iterate(dataset, config.readers):
         if len(tiles):
             features[indices] = encoder.encode(tiles)
             read_ok[indices] = True
+            for k, view in enumerate(batch_views if batch_views is not None else ()):
+                view_features[k, indices] = encoder.encode(view)
         errors += batch_errors
         done += len(indices) + len(batch_errors)
         if on_progress is not None:
@@ -313,9 +393,17 @@ def extract_slide(
         "first_read_error": errors[0] if errors else "",
         "histoguard_version": __version__,
         "config_json": key,
+        **_view_attrs(config),
     }
     names = [tile_names[i] for i in np.flatnonzero(read_ok)] if tile_names else None
-    write_feature_file(out_path, features[read_ok], source.coords[read_ok], attrs, tile_names=names)
+    kept, stored_views = features[read_ok], None
+    if config.views and config.views_mode == "mean":
+        kept = (kept + view_features[:, read_ok].sum(axis=0)) / np.float32(config.views + 1)
+    elif config.views:
+        stored_views = view_features[:, read_ok]
+    write_feature_file(
+        out_path, kept, source.coords[read_ok], attrs, tile_names=names, views=stored_views
+    )
     return SlideResult(
         slide=slide,
         status="done",

@@ -6,7 +6,14 @@ histoguard's layout (CLAM/TRIDENT readers recognise it)::
     /coords      (N, 2) int64     level-0 x, y of each tile's top-left corner; for a tile
                                   folder ``(index, 0)``
     /tile_names  (N,) UTF-8       optional: the tile image of each row (tile folders)
+    /views       (K, N, D) float32  optional: embeddings of K augmented views of every tile
+                                  (``ExtractionConfig(views=K, views_mode="store")``)
     attrs: the caller's provenance, plus n_tiles, embed_dim, content_sha256, histoguard_version
+           (and n_views, views_sha256 when there are views)
+
+``content_sha256`` covers features, coords, tile names and, when there are views,
+``views_sha256`` (the views' own checksum): a plain read verifies everything but the view data
+without reading it, and ``read_feature_file(path, views=True)`` also verifies that.
 
 The attributes are also set on ``coords`` (with CLAM's ``patch_level``/``patch_size`` when the
 caller gives ``level``/``read_size``), because CLAM-style readers look there. When the tile
@@ -35,7 +42,14 @@ from histoguard.core._hdf5 import plain, sha256_of, write_attributes
 from histoguard.errors import OutputError
 
 #: Attributes the writer sets itself; the caller's values for these names are replaced.
-WRITER_ATTRS = ("n_tiles", "embed_dim", "content_sha256", "histoguard_version")
+WRITER_ATTRS = (
+    "n_tiles",
+    "embed_dim",
+    "content_sha256",
+    "histoguard_version",
+    "n_views",
+    "views_sha256",
+)
 
 # CLAM's ``pt_files``: torch-saved tensors of the same features, without coordinates.
 _TORCH_SUFFIXES = frozenset({".pt", ".pth"})
@@ -58,6 +72,9 @@ class FeatureFile:
         source_format: ``"histoguard"`` (checksum verified), ``"trident"``, ``"clam"``,
             ``"feats"`` (``feats`` + ``coords``), ``"metadata"`` (``features`` + ``metadata``),
             ``"features"`` (a bare ``features`` dataset) or ``"clam-pt"`` (CLAM's ``.pt``).
+        views: ``(K, N, D)`` float32 embeddings of K augmented views of every tile, when the
+            file has them and they were asked for (``read_feature_file(path, views=True)``);
+            else None.
     """
 
     features: np.ndarray
@@ -65,10 +82,18 @@ class FeatureFile:
     attrs: dict[str, Any]
     tile_names: tuple[str, ...] | None = None
     source_format: str = "histoguard"
+    views: np.ndarray | None = None
+
+
+def _views_sha256(views: np.ndarray) -> str:
+    return sha256_of(np.asarray(views.shape, dtype="<i8"), np.asarray(views, dtype="<f4"))
 
 
 def _content_sha256(
-    features: np.ndarray, coords: np.ndarray, tile_names: Sequence[str] | None
+    features: np.ndarray,
+    coords: np.ndarray,
+    tile_names: Sequence[str] | None,
+    views_sha256: str | None = None,
 ) -> str:
     parts: list[np.ndarray | bytes] = [
         np.asarray(features, dtype="<f4"),
@@ -78,6 +103,8 @@ def _content_sha256(
         # The names identify the rows of a tile folder (its coords are only indices), so a
         # damaged name must fail the checksum too. NUL cannot occur in a file name.
         parts.append("\0".join(tile_names).encode())
+    if views_sha256 is not None:
+        parts.append(b"\0views:" + views_sha256.encode())
     return sha256_of(*parts)
 
 
@@ -88,6 +115,7 @@ def write_feature_file(
     attrs: Mapping[str, Any],
     *,
     tile_names: Sequence[str] | None = None,
+    views: np.ndarray | None = None,
 ) -> FeatureFile:
     """Write a feature file atomically; it appears under ``path`` only once verified.
 
@@ -99,9 +127,11 @@ def write_feature_file(
             left out because HDF5 has no null. :data:`WRITER_ATTRS` are set by the writer, and
             ``patch_size_level0`` is derived from ``level0_tile_size`` when that is given.
         tile_names: optional ``N`` tile image names, stored as UTF-8 strings.
+        views: optional ``(K, N, D)`` embeddings of K augmented views of every tile, stored as
+            float32 under ``/views`` and covered by the checksum.
 
     Returns:
-        What was verified on disk.
+        What was verified on disk (views included when written).
 
     Raises:
         ValueError: the arrays do not have the shapes above or disagree on ``N``.
@@ -122,6 +152,15 @@ def write_feature_file(
     names = None if tile_names is None else tuple(str(name) for name in tile_names)
     if names is not None and len(names) != len(features):
         raise ValueError(f"{path}: {len(names)} tile names for {len(features)} feature rows")
+    view_attrs: dict[str, Any] = {}
+    if views is not None:
+        views = np.ascontiguousarray(views, dtype=np.float32)
+        if views.ndim != 3 or views.shape[1:] != features.shape or len(views) < 1:
+            raise ValueError(
+                f"{path}: views must be (K, {len(features)}, {features.shape[1]}) to match "
+                f"features, got shape {views.shape}"
+            )
+        view_attrs = {"n_views": len(views), "views_sha256": _views_sha256(views)}
 
     level0_size = attrs.get("patch_size_level0", attrs.get("level0_tile_size"))
     trident = {} if level0_size is None else {"patch_size_level0": int(level0_size)}
@@ -130,17 +169,22 @@ def write_feature_file(
         **trident,
         "n_tiles": len(features),
         "embed_dim": features.shape[1],
-        "content_sha256": _content_sha256(features, coords, names),
+        "content_sha256": _content_sha256(features, coords, names, view_attrs.get("views_sha256")),
         "histoguard_version": __version__,
+        **view_attrs,
     }
 
     def verify(tmp: Path) -> None:
-        written = read_feature_file(tmp)
+        written = read_feature_file(tmp, views=views is not None)
         same = (
             np.array_equal(written.features, features, equal_nan=True)
             and written.coords is not None
             and np.array_equal(written.coords, coords)
             and written.tile_names == names
+            and (
+                views is None
+                or (written.views is not None and np.array_equal(written.views, views, True))
+            )
         )
         if not same:
             raise OutputError(f"{path}: feature file read back differs from what was written")
@@ -150,17 +194,21 @@ def write_feature_file(
         coords_dataset = h5.create_dataset("coords", data=coords)
         if names is not None:
             h5.create_dataset("tile_names", data=names, dtype=h5py.string_dtype("utf-8"))
+        if views is not None:
+            h5.create_dataset("views", data=views)
         write_attributes(h5, coords_dataset, all_attrs)
-    return read_feature_file(path)
+    return read_feature_file(path, views=views is not None)
 
 
-def read_feature_file(path: Path) -> FeatureFile:
+def read_feature_file(path: Path, *, views: bool = False) -> FeatureFile:
     """Read a feature file: histoguard's (verified) or another tool's (see the module docs).
 
     Args:
         path: an ``.h5`` feature file, or a CLAM ``pt_files/<slide>.pt``: a torch-saved
             ``(N, D)`` tensor, read with ``torch.load(weights_only=True)`` (no code runs); it
             has no coords, so no heatmaps (CLAM's ``h5_files/<slide>.h5`` has both).
+        views: also read (and verify) the ``(K, N, D)`` augmented views, when the file has them;
+            without it they are not read and :attr:`FeatureFile.views` is None.
 
     Returns:
         The features (float32), coords (int64, or None), attributes and format name.
@@ -169,7 +217,7 @@ def read_feature_file(path: Path) -> FeatureFile:
         OutputError: the file is unreadable, has no ``features``/``feats`` dataset (a ``.pt``
             file: holds no ``(N, D)`` tensor), its arrays
             have the wrong shapes or disagree on the number of tiles, or (histoguard files) a
-            writer attribute or the checksum does not match.
+            writer attribute or the checksum (of the views too, when read) does not match.
     """
     import h5py
 
@@ -191,6 +239,7 @@ def read_feature_file(path: Path) -> FeatureFile:
             coords = np.asarray(h5["coords"][:]) if "coords" in found else None
             names = _strings(h5["tile_names"]) if "tile_names" in found else None
             metadata = _strings(h5["metadata"]) if "metadata" in found else None
+            view_data = np.asarray(h5["views"][:]) if views and "views" in found else None
             root_attrs = {key: plain(value) for key, value in h5.attrs.items()}
             foreign_attrs = {
                 key: plain(value)
@@ -217,8 +266,10 @@ def read_feature_file(path: Path) -> FeatureFile:
     if names is not None and len(names) != n_tiles:
         raise OutputError(f"{path}: {len(names)} tile_names for {n_tiles} feature rows")
 
+    if views and "views_sha256" in root_attrs and view_data is None:
+        raise OutputError(f"{path}: views_sha256 is set but the views dataset is missing")
     if "content_sha256" in root_attrs or "histoguard_version" in root_attrs:
-        return _verified(path, features, coords, names, root_attrs)
+        return _verified(path, features, coords, names, root_attrs, view_data)
 
     if coords is not None:
         coords = _integer_coords(path, coords)
@@ -272,6 +323,7 @@ def _verified(
     coords: np.ndarray | None,
     names: tuple[str, ...] | None,
     attrs: dict[str, Any],
+    views: np.ndarray | None = None,
 ) -> FeatureFile:
     """Check a file that claims histoguard's layout against its writer attributes."""
     if features.dtype != np.float32:
@@ -282,9 +334,18 @@ def _verified(
     for key, expected in (("n_tiles", len(features)), ("embed_dim", features.shape[1])):
         if attrs.get(key) != expected:
             raise OutputError(f"{path}: attribute {key} is {attrs.get(key)}, data has {expected}")
-    if attrs.get("content_sha256") != _content_sha256(features, coords, names):
+    views_sha = attrs.get("views_sha256")
+    if attrs.get("content_sha256") != _content_sha256(features, coords, names, views_sha):
         raise OutputError(f"{path}: content checksum does not match; the file is damaged")
-    return FeatureFile(features=features, coords=coords, attrs=attrs, tile_names=names)
+    if views is not None:
+        if views_sha is None or views_sha != _views_sha256(views):
+            raise OutputError(f"{path}: views checksum does not match; the file is damaged")
+        if views.ndim != 3 or views.shape[1:] != features.shape or views.dtype != np.float32:
+            raise OutputError(
+                f"{path}: views have shape {views.shape} {views.dtype}, expected "
+                f"(K, {len(features)}, {features.shape[1]}) float32"
+            )
+    return FeatureFile(features=features, coords=coords, attrs=attrs, tile_names=names, views=views)
 
 
 def _read_torch_features(path: Path) -> FeatureFile:

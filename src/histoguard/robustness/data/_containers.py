@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+# check_tiles lives with the perturbations (augment/) that need it upstream; re-exported here.
+from histoguard.augment._registry import check_tiles as check_tiles
 from histoguard.core._image import ResizePolicy, decode_image, resize_tile_images
 from histoguard.errors import AuditDataError, ImageError
 
@@ -212,22 +214,6 @@ class TileDataset(_ClassesAndCenters):
             return resize_tile_images(tiles, size, resize, what=what)
         except ImageError as error:
             raise AuditDataError(str(error)) from error
-
-
-def check_tiles(tiles: np.ndarray, what: str = "tiles", *, allow_empty: bool = False) -> None:
-    """Check a ``(B, H, W, 3)`` uint8 RGB tile batch (non-empty unless ``allow_empty``).
-
-    Raises:
-        AuditDataError: another shape or dtype, or an empty batch; ``what`` names the input.
-    """
-    if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[3] != 3:
-        shape = getattr(tiles, "shape", None)
-        raise AuditDataError(f"{what} must be a (B, H, W, 3) RGB array, got shape {shape}")
-    if tiles.dtype != np.uint8 or (len(tiles) == 0 and not allow_empty):
-        raise AuditDataError(
-            f"{what} must be a non-empty uint8 array (0–255 RGB), got {len(tiles)} tiles of "
-            f"{tiles.dtype}; convert with (x * 255).round().astype(np.uint8)"
-        )
 
 
 def read_tile(path: Path) -> np.ndarray:

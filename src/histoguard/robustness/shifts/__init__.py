@@ -1,6 +1,2 @@
-"""Distribution shifts: stain, scanner and geometric perturbations with severities, stress tests
-of an encoder or a slide model under them, and simulated multi-center cohorts."""
-
-# Imported for its registration side effect: the built-in perturbations fill the registry (the
-# registry itself imports none of them).
-from histoguard.robustness.shifts import _perturbations  # noqa: F401
+"""Distribution shifts: stress tests of an encoder or a slide model under the stain, scanner and
+geometric perturbations of :mod:`histoguard.augment`, and simulated multi-center cohorts."""

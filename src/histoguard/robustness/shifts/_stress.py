@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
+from histoguard.augment._registry import PERTURBATIONS
 from histoguard.encoders import Encoder
 from histoguard.errors import AuditDataError, ConfigError
 from histoguard.mil import MILModel
@@ -30,7 +31,6 @@ from histoguard.robustness.shifts._perturbations import (
     list_perturbations,
     stain_transfer_perturbation,
 )
-from histoguard.robustness.shifts._registry import PERTURBATIONS
 
 #: ``(N, D)`` tile embeddings -> predicted class names: ``(N,)`` for a probe's ``predict``, one
 #: per slide for a slide model.
