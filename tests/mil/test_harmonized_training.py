@@ -146,3 +146,35 @@ def test_a_harmonised_model_without_a_center_refuses(tmp_path: Path) -> None:
     with use_center(model, "A"), warnings.catch_warnings():
         warnings.simplefilter("error")
         assert model(x, mask).logits.shape == (1, 2)
+
+
+def test_test_time_augmentation_averages_the_stored_views(tmp_path: Path) -> None:
+    """--tta: the slide's probability is the mean over the plain bag and each stored view."""
+    from histoguard.features import read_feature_file
+    from histoguard.mil._bags import Bag, bag_output
+
+    table, features = _write_cohort(tmp_path, {"A": 16, "B": 16})
+    result = train(_config(table, features, tmp_path / "run", calibration_fraction=0.0))
+    fold = result.out / "fold_0"
+    with pytest.raises(ConfigError, match="--views"):
+        predict(fold, [features / "A00.h5"], tmp_path / "p0", centers={"A00": "A"}, tta=True)
+    source = read_feature_file(features / "A00.h5")
+    views = np.random.default_rng(3).normal(size=(3, *source.features.shape)).astype(np.float32)
+    _write_with_views(tmp_path / "views" / "A00.h5", source.features, views)
+    got = predict(fold, [tmp_path / "views" / "A00.h5"], tmp_path / "p1", centers={"A00": "A"},
+                  tta=True)[0]  # fmt: skip
+    model, labels = load_model(fold)
+    probabilities = []
+    for x in (source.features, *views):
+        logits, _ = bag_output(model, Bag("A00", torch.from_numpy(x.copy()), None, center="A"))
+        probabilities.append(np.exp(logits) / np.exp(logits).sum())
+    expected = np.mean(probabilities, axis=0)[labels.index("tumour")]
+    assert got.raw_probabilities["tumour"] == pytest.approx(expected, abs=1e-6)
+
+
+def _write_with_views(path: Path, features: np.ndarray, views: np.ndarray) -> None:
+    from histoguard.features import write_feature_file as write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    coords = np.stack([np.arange(len(features)), np.zeros(len(features), dtype=int)], axis=1)
+    write(path, features, coords, {"encoder": "planted"}, views=views)

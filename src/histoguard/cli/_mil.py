@@ -195,7 +195,7 @@ def predict(
         Path | None,
         typer.Option(
             help="CSV with slide_id and center columns (a cohort table will do), for a model "
-            "calibrated per center."
+            "calibrated per center; required by a model trained with --harmonize."
         ),
     ] = None,
     mc_dropout: Annotated[
@@ -208,6 +208,14 @@ def predict(
             help="Test the whole batch for drift from the training slides (>= 5 slides).",
         ),
     ] = True,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Test-time augmentation: average the probabilities over the augmented views "
+            "stored in the feature files (extract --views K --views-mode store).",
+        ),
+    ] = False,
 ) -> None:
     """Predict slides and say which predictions to trust: OUT/predictions.csv and .json (the
     decision, class or review with its reason, prediction set, calibrated probabilities,
@@ -220,7 +228,7 @@ def predict(
     results = run_prediction(
         model, feature_files, out, force=force, slides=slide or (),
         centers=read_slide_centers(centers) if centers else None, mc_dropout=mc_dropout,
-        batch_test=batch_test,
+        batch_test=batch_test, tta=tta,
     )  # fmt: skip
     for r in results:
         typer.echo(f"{r.slide}: {r.summary()}")

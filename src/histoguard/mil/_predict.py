@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,18 @@ class _Read:
     warnings: list[str]
 
 
+def _view_mean_logits(
+    model: MILModel, bag: Bag, logits: np.ndarray, views: np.ndarray
+) -> np.ndarray:
+    """``(C,)`` log of the mean class probability over the plain bag (its ``logits``) and each
+    of the ``(K, N, D)`` augmented views scored as a bag."""
+    log_probs = [logits - np.logaddexp.reduce(logits)]
+    for view in views:
+        view_logits, _ = bag_output(model, replace(bag, features=torch.from_numpy(view.copy())))
+        log_probs.append(view_logits - np.logaddexp.reduce(view_logits))
+    return np.asarray(np.logaddexp.reduce(np.stack(log_probs), axis=0) - np.log(len(log_probs)))
+
+
 def _harmonize_new_centers(model: MILModel, bags: Mapping[str, Bag]) -> dict[str, str]:
     """Make a harmonising model ready for these slides' centers: label-free estimates of the
     centers it never saw, from these slides; returns, per center so added, a warning.
@@ -174,6 +186,7 @@ def predict(
     centers: Mapping[str, str] | None = None,
     mc_dropout: int = 0,
     batch_test: bool = True,
+    tta: bool = False,
 ) -> list[SlidePrediction]:
     """Predict slides from their feature files with a trained model (or the ensemble of folds),
     saying for each whether its prediction can be trusted.
@@ -202,6 +215,10 @@ def predict(
         mc_dropout: extra stochastic forward passes per model with dropout on (0: none), added
             to the ensemble members for the uncertainty measures.
         batch_test: test the batch for drift against the training slides (5 slides or more).
+        tta: test-time augmentation: the slide's probabilities are the mean over its plain
+            features and the K augmented views stored in its feature file (``extract --views K
+            --views-mode store``; D4, stain jitter ...), each view scored as a bag; attention
+            and the uncertainty measures stay those of the plain features.
 
     Returns:
         One :class:`SlidePrediction` per feature file, in order.
@@ -211,7 +228,7 @@ def predict(
         ModelMismatchError: a file's features come from another encoder, weights, mpp or tile
             size than the model's (unless ``force``), or the calibration's classes differ.
         OutputError: a feature file cannot be read.
-        ConfigError: an unreadable ``trust.json``.
+        ConfigError: an unreadable ``trust.json``; ``tta`` for a file without stored views.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +244,12 @@ def predict(
     center_of = dict(centers or {})
     read = []
     for path in map(Path, feature_files):
-        data = read_feature_file(path)
+        data = read_feature_file(path, views=tta)
+        if tta and data.views is None:
+            raise ConfigError(
+                f"{path}: --tta needs augmented views in the feature file, and it has none; "
+                "extract with --views K --views-mode store (and --augment ...), or drop --tta"
+            )
         warnings = check_provenance(provenance, data.attrs, path, force=force)
         features = torch.from_numpy(data.features.copy())
         center = center_of.get(path.stem) or None
@@ -239,6 +261,8 @@ def predict(
         warnings = warnings + ([harmonized[bag.center]] if bag.center in harmonized else [])
         # One ensemble pass gives the logits (for the trust step), probabilities and attention.
         logits, attention = bag_output(ensemble, bag)
+        if tta and data.views is not None:
+            logits = _view_mean_logits(ensemble, bag, logits, data.views)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         measures, tiles = _slide_uncertainty(ensemble, bag, attention, mc_dropout, len(parts))
