@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,32 @@ def test_label_free_minimum_and_slide_counting(centers: Centers) -> None:
     with pytest.warns(UserWarning):
         h.fit_new_center(new[:10], "small", min_slides=10)
     assert "small" in h.centers
+
+
+@pytest.mark.parametrize("method", ["combat", "covbat"])
+def test_a_feature_constant_within_a_center_is_neutralised(tmp_path: Path, method: str) -> None:
+    """A unit that is always 0 at one center stays a perfect center marker under any
+    per-center location / scale map; it is set to the training mean for every row instead."""
+    from histoguard.harmonize import load_harmonizer, save_harmonizer
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(120, 6)) + np.repeat([[0.0], [1.5]], 60, axis=0)
+    x[:60, 2] = 0.0  # dead at center A, varying at B
+    centers = np.repeat(["A", "B"], 60)
+    h = Harmonizer(method=method)
+    with pytest.warns(UserWarning, match="1 of 6 features are constant within"):
+        fitted = h.fit_transform(x, centers)
+    assert h.state is not None and h.state.neutral is not None
+    assert h.state.neutral.tolist() == [False, False, True, False, False, False]
+    out = h.transform(x, centers)
+    np.testing.assert_allclose(out[:, 2], x[:, 2].mean())
+    np.testing.assert_allclose(fitted[:, 2], x[:, 2].mean())
+    # The other features are harmonised as if the neutral one were absent.
+    alone = Harmonizer(method=method).fit(np.delete(x, 2, axis=1), centers)
+    rest = alone.transform(np.delete(x, 2, axis=1), centers)
+    np.testing.assert_allclose(np.delete(out, 2, axis=1), rest, atol=1e-10)
+    save_harmonizer(h, tmp_path)
+    again = load_harmonizer(tmp_path)
+    np.testing.assert_array_equal(again.transform(x, centers), out)
+    matrix, offset = h.affine("B")
+    np.testing.assert_allclose(x[60:] @ matrix + offset, out[60:], atol=1e-9)

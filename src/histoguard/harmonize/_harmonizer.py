@@ -19,6 +19,11 @@ Method = Literal["combat", "covbat"]
 #: the per-feature means and variances of a center, and their empirical-Bayes priors, are too
 #: noisy to remove a batch effect rather than add one.
 MIN_NEW_CENTER_SLIDES = 20
+#: A feature whose variance within a training center is at most this share of its overall
+#: variance (e.g. a ReLU unit that is always 0 at one hospital) is constant there: any
+#: per-center location / scale map keeps it constant, so it would stay a perfect marker of
+#: that center. Such features are neutralised (set to the training mean for every row).
+CONSTANT_VARIANCE = 1e-10
 #: CovBat keeps the principal components of the ComBat residuals that explain this share of
 #: their variance (Chen et al. 2022's default).
 COVBAT_PERCENT_VAR = 0.95
@@ -62,6 +67,9 @@ class HarmonizerState:
         gamma: (B, D) per-center location (standardised units).
         delta: (B, D) per-center scale (standardised variance units).
         covbat: the CovBat stage, or None for plain ComBat.
+        neutral: (D,) True for features constant within some training center, which no
+            per-center location / scale can align: they are set to their training mean for
+            every row (see :data:`CONSTANT_VARIANCE`); None when there were none.
     """
 
     centers: tuple[str, ...]
@@ -74,6 +82,7 @@ class HarmonizerState:
     gamma: FloatArray
     delta: FloatArray
     covbat: CovBatPart | None = None
+    neutral: npt.NDArray[np.bool_] | None = None
 
 
 @dataclass
@@ -176,12 +185,32 @@ class Harmonizer:
     ) -> tuple[HarmonizerState, FloatArray]:
         x = _features(features)
         names = _batch(batch, x.shape[0])
+        cov = _covariates(covariates, x.shape[0])
+        neutral = _constant_within_a_center(x, names)
+        if not neutral.any():
+            return self._fit_features(x, names, cov)
+        warnings.warn(
+            f"{int(neutral.sum())} of {x.shape[1]} features are constant within a training "
+            "center (e.g. always 0 at one hospital): no per-center location / scale can align "
+            "them, so they are set to their training mean for every row",
+            UserWarning,
+            stacklevel=3,
+        )
+        state, harmonised = self._fit_features(x[:, ~neutral], names, cov)
+        column_mean = x.mean(axis=0)
+        full = np.empty_like(x)
+        full[:, ~neutral] = harmonised
+        full[:, neutral] = column_mean[neutral]
+        return _expanded(state, neutral, column_mean), full
+
+    def _fit_features(
+        self, x: FloatArray, names: npt.NDArray[np.str_], cov: FloatArray
+    ) -> tuple[HarmonizerState, FloatArray]:
         centers, index = np.unique(names, return_inverse=True)
         counts = np.bincount(index, minlength=centers.size)
         if np.any(counts < 2):
             few = [str(c) for c, n in zip(centers, counts, strict=True) if n < 2]
             raise ConfigError(f"centers {few} have fewer than 2 rows; ComBat needs a variance")
-        cov = _covariates(covariates, x.shape[0])
         design = np.hstack([np.eye(centers.size)[index], cov])
         if np.linalg.matrix_rank(design) < design.shape[1]:
             raise ConfigError(
@@ -300,6 +329,8 @@ class Harmonizer:
         gamma, delta = batch_effects(
             s, eb=self.eb, parametric=self.parametric, mean_only=self.mean_only
         )
+        if state.neutral is not None:
+            gamma[state.neutral], delta[state.neutral] = 0.0, 1.0
         covbat = state.covbat
         if covbat is not None:
             residual = (s - gamma) / np.sqrt(delta) * np.sqrt(state.var_pooled)
@@ -370,7 +401,10 @@ class Harmonizer:
         residual = (s - state.gamma[index]) / np.sqrt(state.delta[index]) * sd
         if state.covbat is not None:
             residual = _apply_covbat(state.covbat, residual, index)
-        return np.asarray(residual + state.grand_mean + effect, dtype=np.float64)
+        out = np.asarray(residual + state.grand_mean + effect, dtype=np.float64)
+        if state.neutral is not None:
+            out[:, state.neutral] = state.grand_mean[state.neutral]
+        return out
 
     def affine(self, center: str) -> tuple[FloatArray, FloatArray]:
         """The transform of ``center``'s features without covariates, as ``x @ matrix + offset``.
@@ -406,6 +440,53 @@ class Harmonizer:
         if self.state is None:
             raise ConfigError("the harmoniser is not fitted; call fit(features, batch) first")
         return self.state
+
+
+def _constant_within_a_center(x: FloatArray, names: npt.NDArray[np.str_]) -> npt.NDArray[np.bool_]:
+    """(D,) True for features whose variance in some center is at most
+    :data:`CONSTANT_VARIANCE` of their overall variance (or that are constant overall)."""
+    overall = x.var(axis=0)
+    constant = overall <= 0
+    for center in np.unique(names):
+        constant |= x[names == center].var(axis=0) <= CONSTANT_VARIANCE * overall
+    return np.asarray(constant)
+
+
+def _expanded(
+    state: HarmonizerState, neutral: npt.NDArray[np.bool_], column_mean: FloatArray
+) -> HarmonizerState:
+    """A state fitted on the features ``~neutral``, widened to all D: neutral features get no
+    center effect, no covariate effect and no CovBat loading, and the training mean."""
+    keep = ~neutral
+
+    def widen(values: FloatArray, fill: float) -> FloatArray:
+        out = np.full((*values.shape[:-1], neutral.size), fill)
+        out[..., keep] = values
+        return out
+
+    grand_mean = widen(state.grand_mean, 0.0)
+    grand_mean[neutral] = column_mean[neutral]
+    covbat = state.covbat
+    if covbat is not None:
+        components = np.zeros((neutral.size, covbat.components.shape[1]))
+        components[keep] = covbat.components
+        covbat = replace(
+            covbat,
+            center=widen(covbat.center, 0.0),
+            scale=widen(covbat.scale, 1.0),
+            components=components,
+        )
+    return replace(
+        state,
+        grand_mean=grand_mean,
+        var_pooled=widen(state.var_pooled, 1.0),
+        beta=widen(state.beta, 0.0),
+        mean_covariate_effect=widen(state.mean_covariate_effect, 0.0),
+        gamma=widen(state.gamma, 0.0),
+        delta=widen(state.delta, 1.0),
+        covbat=covbat,
+        neutral=neutral.copy(),
+    )
 
 
 def _apply_covbat(

@@ -43,6 +43,8 @@ def save_harmonizer(harmonizer: Harmonizer, directory: str | Path) -> None:
     arrays = {name: getattr(state, name) for name in _STATE_ARRAYS}
     if state.covbat is not None:
         arrays |= {f"covbat.{name}": getattr(state.covbat, name) for name in _COVBAT_ARRAYS}
+    if state.neutral is not None:
+        arrays["neutral"] = state.neutral.astype(np.uint8)
     arrays = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()}
 
     def verify(tmp: Path) -> None:
@@ -96,6 +98,7 @@ def load_harmonizer(directory: str | Path) -> Harmonizer:
             label_free=tuple(str(c["name"]) for c in centers if c["label_free"]),
             n_rows=tuple(int(c["n_rows"]) for c in centers),
             covbat=covbat,
+            neutral=arrays["neutral"].astype(bool) if "neutral" in arrays else None,
             **{name: arrays[name] for name in _STATE_ARRAYS},
         )
         if state.gamma.shape != (len(state.centers), int(document["n_features"])):
