@@ -8,10 +8,10 @@ fold), with the harmoniser fitted on each fold's training tiles only (the class 
 * the biology: balanced accuracy of a logistic regression for benign vs malignant.
 
 The bars were set before measuring: the site-probe AUROC falls by at least 0.1, and the balanced
-accuracy falls by at most 0.05. They were set for ComBat; measured, ComBat left the site-probe
-AUROC at 1.000 (a few features keep a center gap of up to 2 SD after it, see docs/robustify.md),
-so the bars are checked on CovBat, which met them, and ComBat's numbers are printed only.
-Run with ``-s`` to see the numbers (docs/robustify.md lists them).
+accuracy falls by at most 0.05. ComBat first left the site-probe AUROC at 1.000: a feature of
+hg-cnn that is constant (0) within one center stays a perfect marker under any per-center
+location / scale map; since such features are neutralised (docs/robustify.md) both ComBat and
+CovBat meet the bars, and both are checked. Run with ``-s`` to see the numbers.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _cross_validated(colon: Colon, method: str | None) -> tuple[float, float]:
     return auroc, balanced
 
 
-def test_covbat_removes_the_hospital_and_keeps_the_biology(colon: Colon) -> None:
+def test_harmonisation_removes_the_hospital_and_keeps_the_biology(colon: Colon) -> None:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
@@ -134,6 +134,7 @@ def test_covbat_removes_the_hospital_and_keeps_the_biology(colon: Colon) -> None
             f"  {name or 'none':8s} site-probe AUROC {auroc:.3f}  balanced accuracy {balanced:.3f}"
         )
     before_auroc, before_bacc = results[None]
-    after_auroc, after_bacc = results["covbat"]
-    assert after_auroc <= before_auroc - 0.1
-    assert after_bacc >= before_bacc - 0.05
+    for method in ("combat", "covbat"):
+        after_auroc, after_bacc = results[method]
+        assert after_auroc <= before_auroc - 0.1, method
+        assert after_bacc >= before_bacc - 0.05, method
