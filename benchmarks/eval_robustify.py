@@ -11,8 +11,8 @@ Part 1, embeddings (each built-in encoder, ``--seeds`` seeds): per seed, 5 folds
 (patient / specimen); each fold's harmoniser (the class as covariate) and its linear probes
 (center; benign / malignant) are fitted on its training units only and scored on its held-out
 units: the site-probe AUROC, the task's balanced accuracy and the PathoROB robustness index of
-the held-out embeddings, pooled over folds. Reported: mean over seeds with a 95 % t-interval, and the paired
-change against no harmonisation.
+the held-out embeddings, pooled over folds. Reported: mean over seeds with a 95 % t-interval,
+and the paired change against no harmonisation.
 
 Part 2, slide models under leave-one-center-out: pseudo-slides of 4-12 tiles of one unit and one
 class (tile-disjoint, unit-disjoint across centers by construction), ``histoguard train
@@ -34,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,11 +49,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from _shared_data import SHARED_DATA
 from histoguard.harmonize import Harmonizer, design_from_labels
 from histoguard.robustness import LabelledEmbeddings
+from histoguard.robustness.metrics._linear_probe import fit_linear_probe
 from histoguard.robustness.metrics._robustness_index import (
     RobustnessIndexConfig,
     robustness_index,
 )
-from histoguard.robustness.metrics._linear_probe import fit_linear_probe
 
 TILE = 224
 CLASSES = ("benign", "malignant")
@@ -136,13 +137,15 @@ def embed(tiles: Tiles, encoder_name: str, cache: Path | None) -> npt.NDArray[np
 
 
 def nested_readings(
-    features: np.ndarray, tiles: Tiles, method: str, seed: int
+    features: np.ndarray, tiles: Tiles, method: str, seed: int, k: int | None = None
 ) -> dict[str, float]:
     """Site-probe AUROC, task balanced accuracy and robustness index of ``method``, nested in
     5 unit-grouped folds: each fold's harmoniser *and* probes are fitted on its training units
     only (the harmoniser with the class as covariate; probes with ``C`` chosen on held-out
     training slides) and scored on its held-out units, pooled over the folds. The robustness
-    index is computed on the pooled held-out embeddings (no fitting involved).
+    index is computed on the pooled held-out embeddings (no fitting involved), at ``k``
+    neighbours (None: the k of best kNN balanced accuracy; a before / after comparison passes
+    the k chosen before, since RI grows with k).
 
     Scoring a harmonised set with a probe cross-validated on folds other than the
     harmoniser's reads chance level wrongly: each held-out unit's residual center effect is
@@ -181,8 +184,9 @@ def nested_readings(
         center=tiles.centers,
         slide_id=tiles.units,
     )
-    ri = robustness_index(data, RobustnessIndexConfig(n_bootstrap=20, paired=False, seed=seed))
+    ri = robustness_index(data, RobustnessIndexConfig(k=k, n_bootstrap=20, paired=False, seed=seed))
     return {
+        "k": float(ri.k),
         "site_auroc": float(site_auroc),
         "task_balanced_accuracy": float(
             balanced_accuracy_score(tiles.labels, task_predictions.astype(str))
@@ -211,18 +215,23 @@ def part_embeddings(tiles: Tiles, encoders: Sequence[str], seeds: int, cache: Pa
         features = embed(tiles, name, cache)
         readings: dict[str, list[dict[str, float]]] = defaultdict(list)
         for seed in range(seeds):
-            for method in METHODS:
-                readings[method].append(nested_readings(features, tiles, method, seed))
+            k = None
+            for method in METHODS:  # "none" first: its k is used for the others
+                readings[method].append(nested_readings(features, tiles, method, seed, k))
+                k = int(readings[method][-1]["k"])
         for method in METHODS:
             rows = readings[method]
 
             def column(key: str, rows: list[dict[str, float]] = rows) -> list[float]:
                 return [r[key] for r in rows]
 
-            change_ri = np.subtract(column("robustness_index"),
-                                    [r["robustness_index"] for r in readings["none"]])  # fmt: skip
-            change_ba = np.subtract(column("task_balanced_accuracy"),
-                                    [r["task_balanced_accuracy"] for r in readings["none"]])  # fmt: skip
+            before = readings["none"]
+            change_ri = np.subtract(
+                column("robustness_index"), [r["robustness_index"] for r in before]
+            )
+            change_ba = np.subtract(
+                column("task_balanced_accuracy"), [r["task_balanced_accuracy"] for r in before]
+            )
             print(
                 f"| {name} | {method} | {t_interval(column('site_auroc'))} | "
                 f"{t_interval(column('robustness_index'))} | "
@@ -230,7 +239,9 @@ def part_embeddings(tiles: Tiles, encoders: Sequence[str], seeds: int, cache: Pa
                 f"{'—' if method == 'none' else t_interval(change_ri)} | "
                 f"{'—' if method == 'none' else t_interval(change_ba)} |"
             )
-        print(f"<!-- {name}: {features.shape}, {time.perf_counter() - started:.0f} s -->")
+        ks = sorted({int(r["k"]) for r in readings["none"]})
+        print(f"<!-- {name}: {features.shape}, RI at k = {ks}, "
+              f"{time.perf_counter() - started:.0f} s -->")  # fmt: skip
         sys.stdout.flush()
 
 
@@ -349,6 +360,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--skip", choices=("embeddings", "loco"), action="append", default=[])
     args = parser.parse_args()
+    # Harmonisers warn about neutralised features on every fold; the docs say what they do.
+    warnings.filterwarnings("ignore", message=".*constant within a training center")
+    warnings.filterwarnings("ignore", message=".*harmonised label-free")
     tiles = load_tiles(args.extra_table)
     counts = {c: int((tiles.centers == c).sum()) for c in np.unique(tiles.centers)}
     units = {c: len(set(tiles.units[tiles.centers == c])) for c in counts}

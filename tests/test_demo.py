@@ -329,6 +329,8 @@ def test_demo_without_data_runs_on_generated_data_and_says_so(
     assert (tmp_path / "demo" / "model" / "fold_0" / "model.safetensors").is_file()
     assert "simulated two-center cohort (generated tiles)" in result.output
     assert (tmp_path / "demo" / "audit" / "audit.html").is_file()
+    assert (tmp_path / "demo" / "audit" / "comparison.html").is_file()
+    assert "Harmonisation (CovBat fitted on half of the audit cohort" in result.output
 
 
 @pytest.mark.slow
@@ -362,6 +364,11 @@ def test_demo_with_data_uses_the_real_slide_and_lung_tiles(
     assert audit["metadata"]["tile_source"] == "real"
     for part in ("robustness_index", "apd", "clustering_score", "stress", "adversarial"):
         assert "skipped" not in audit[part], (part, audit[part])
+    # The cure beside the diagnosis: on held-out tiles the center is harder to read after CovBat.
+    assert result.harmonization is not None
+    site = result.harmonization.comparison.row("site_probe_auroc")
+    assert site.before is not None and site.after is not None
+    assert site.after < site.before, site
     text = "\n".join(result.summary())
     assert "real LC25000 lung tiles" in text
     assert f"Data: {shared_data}" in text

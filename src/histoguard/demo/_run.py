@@ -31,7 +31,7 @@ from typing import Any, Literal
 from histoguard._tile_slides import tile_slides
 from histoguard.core._atomic import atomic_output
 from histoguard.core._batch import BatchReport
-from histoguard.demo._audit import run_demo_audit
+from histoguard.demo._audit import ComparisonOutputs, run_demo_audit, run_demo_harmonization
 from histoguard.demo._pseudo_slides import (
     CALIBRATION_SLIDES,
     LABELS,
@@ -88,6 +88,7 @@ class DemoResult:
     fold_sizes: tuple[tuple[str, int, int, int], ...]
     predictions: tuple[SlidePrediction, ...]
     audit: AuditOutputs
+    harmonization: ComparisonOutputs | None = None
     heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
     calibration: dict[str, int] = field(default_factory=dict)
     held_out: dict[str, str] = field(default_factory=dict)
@@ -246,6 +247,7 @@ def run_demo(
     demo_predictions = predictions[len(held_out_files) :]
     heatmaps = write_prediction_heatmaps(demo_predictions, out / "predictions").paths
     audit = run_demo_audit(out / "audit", root, progress=progress)
+    harmonization = run_demo_harmonization(out / "audit", root)
     return DemoResult(
         source=source,
         data=root,
@@ -258,6 +260,7 @@ def run_demo(
         fold_sizes=fold_sizes,
         predictions=tuple(predictions),
         audit=audit,
+        harmonization=harmonization,
         heatmaps=heatmaps,
         calibration={label: calibration.get(label, 0) for label in LABELS},
         held_out={slide.name: label for slide, label in pseudo.held_out},

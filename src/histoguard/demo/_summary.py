@@ -22,6 +22,7 @@ from histoguard.demo._pseudo_slides import (
 )
 
 if TYPE_CHECKING:
+    from histoguard.demo._audit import ComparisonOutputs
     from histoguard.demo._run import DemoResult
 
 #: Said whenever the training tiles were generated: the point of the numbers is the plumbing.
@@ -150,6 +151,8 @@ def summary_lines(result: DemoResult) -> list[str]:
     lines += trust_lines(report.get("trust"), n_cal)
     lines += prediction_lines(result)
     lines.append(_audit_line(result))
+    if result.harmonization is not None:
+        lines.append(_harmonization_line(result.harmonization))
     return lines
 
 
@@ -241,6 +244,27 @@ def prediction_lines(result: DemoResult) -> list[str]:
             f"trained on {trained_on} shows the mechanics here, not a diagnosis"
         )
     return lines
+
+
+def _harmonization_line(outputs: ComparisonOutputs) -> str:
+    """The before / after reading of the site probe and the task, each with its interval."""
+
+    def reading(metric: str, name: str) -> str:
+        row = outputs.comparison.row(metric)
+        if row.before is None or row.after is None:
+            return f"{name} not measured ({row.reason})"
+
+        def value(v: float, ci: tuple[float, float] | None) -> str:
+            return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+        return f"{name} {value(row.before, row.ci_before)} -> {value(row.after, row.ci_after)}"
+
+    return (
+        "Harmonisation (CovBat fitted on half of the audit cohort, measured on the other "
+        f"half): {reading('site_probe_auroc', 'site-probe AUROC (0.5 = center unreadable)')}; "
+        f"{reading('task_balanced_accuracy', 'task balanced accuracy')} (95% slide-bootstrap "
+        f"CIs); report: {outputs.html_path}"
+    )
 
 
 def _audit_line(result: DemoResult) -> str:
