@@ -304,3 +304,16 @@ def test_an_audit_json_without_site_probe_reads_as_not_run() -> None:
     del content["site_probe"]
     result = AuditResult.from_json(content)
     assert result.site_probe == Skipped(reason="not run")
+
+
+def test_a_site_probe_below_chance_reads_the_center_inverted() -> None:
+    """AUROC 0.2 [0.1, 0.3] is a probe that reads the center as well as one at 0.8."""
+    from histoguard.report._readings import comparison_reading, folded_auroc, site_probe_reading
+
+    assert folded_auroc(0.2, (0.1, 0.3)) == (0.8, (0.7, 0.9))
+    assert folded_auroc(0.45, (0.4, 0.6)) == (0.55, (0.5, 0.6))
+    text = site_probe_reading(0.2, (0.1, 0.3), 0.2, (0.1, 0.3), 2)
+    assert "read inverted" in text and "hard to predict" not in text
+    assert "hard to predict" in site_probe_reading(0.52, (0.45, 0.6), 0.5, (0.45, 0.55), 2)
+    after = comparison_reading("site_probe_auroc", 1.0, 0.2, (1.0, 1.0), (0.1, 0.3))
+    assert "hard to predict" not in after

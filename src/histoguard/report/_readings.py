@@ -171,6 +171,36 @@ def clustering_reading(value: float, ci: Sequence[float] | None = None) -> str:
     )
 
 
+def folded_auroc(
+    auroc: float, ci: Sequence[float] | None
+) -> tuple[float, tuple[float, float] | None]:
+    """An AUROC as distance from chance, ``max(a, 1 - a)``, with its interval folded the same
+    way: a probe that is right inverted (AUROC 0.2) reads the center as well as one at 0.8.
+    Below chance is what a harmoniser fitted on the very slides a probe is cross-validated on
+    produces: their residual center effects are anti-correlated."""
+    folded = max(auroc, 1.0 - auroc)
+    if ci is None or None in ci:
+        return folded, None
+    low, high = float(ci[0]), float(ci[1])
+    if low >= 0.5:
+        return folded, (low, high)
+    if high <= 0.5:
+        return folded, (1.0 - high, 1.0 - low)
+    return folded, (0.5, max(1.0 - low, high))
+
+
+def _site_verdict(auroc: float, ci: Sequence[float] | None, confidence: float = 0.95) -> str:
+    folded, folded_ci = folded_auroc(auroc, ci)
+    text = verdict(folded, folded_ci, SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS,
+                   confidence=confidence)  # fmt: skip
+    if ci is not None and None not in ci and float(ci[1]) < 0.5:
+        text += (
+            " (the AUROC is below chance, so the center is read inverted; judged as "
+            f"1 - AUROC = {folded:.2f})"
+        )
+    return text
+
+
 def site_probe_reading(
     auroc: float,
     ci: Sequence[float] | None,
@@ -181,8 +211,9 @@ def site_probe_reading(
     confidence: float = 0.95,
 ) -> str:
     """What a site-probe AUROC means; the verdict needs the whole interval on one side of
-    each of :data:`SITE_PROBE_THRESHOLDS`."""
-    text = verdict(auroc, ci, SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS, confidence=confidence)
+    each of :data:`SITE_PROBE_THRESHOLDS`, judged on the distance from chance
+    (:func:`folded_auroc`)."""
+    text = _site_verdict(auroc, ci, confidence)
     fmt = "{:.2f}".format
     kind = "" if n_centers == 2 else f", one-vs-rest macro over {n_centers} centers"
     return (
@@ -211,7 +242,6 @@ _CHANGE_VERDICTS: dict[str, tuple[tuple[float, ...], tuple[str, ...]]] = {
 }
 _AFTER_VERDICTS: dict[str, tuple[tuple[float, ...], tuple[str, ...]]] = {
     "robustness_index": (RI_THRESHOLDS, RI_VERDICTS),
-    "site_probe_auroc": (SITE_PROBE_THRESHOLDS, SITE_PROBE_VERDICTS),
     "apd_in_distribution": (APD_THRESHOLDS, APD_VERDICTS),
     "clustering_score": (CLUSTERING_THRESHOLDS, CLUSTERING_VERDICTS),
 }
@@ -233,7 +263,9 @@ def comparison_reading(
     if before is None or after is None:
         return f"not measured: {reason or 'no value'}"
     parts = []
-    if metric in _AFTER_VERDICTS:
+    if metric == "site_probe_auroc":
+        parts.append(f"after: {_site_verdict(after, ci_after)}")
+    elif metric in _AFTER_VERDICTS:
         thresholds, verdicts = _AFTER_VERDICTS[metric]
         parts.append(f"after: {verdict(after, ci_after, thresholds, verdicts)}")
     change = after - before if difference is None else difference
