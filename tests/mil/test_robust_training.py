@@ -4,6 +4,7 @@ loss, the options' plumbing, and a planted cohort where the adversary removes th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -16,10 +17,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from histoguard.errors import ConfigError
-from histoguard.mil import TrainConfig, build_model, load_train_config, train_split
+from histoguard.features import write_feature_file
+from histoguard.mil import TrainConfig, build_model, load_train_config, train, train_split
 from histoguard.mil._bags import Bag, bag_batch
 from histoguard.mil._cohort import Cohort, CohortRow
 from histoguard.mil._robust_training import (
+    RobustObjective,
     check_adversarial_centers,
     dann_lambda,
     reverse_gradient,
@@ -202,6 +205,13 @@ def test_options_are_checked_loaded_and_recorded(tmp_path: Path) -> None:
     path.write_text("cohort: c.csv\nfeatures: f\nout: o\nbags_per_step: many\n")
     with pytest.raises(ConfigError, match="bags_per_step: expected an integer"):
         load_train_config(path)
+    path.write_text("cohort: c.csv\nfeatures: f\nout: o\nadversarial_unlabelled: true\n")
+    with pytest.raises(ConfigError, match="set adversarial_weight > 0"):
+        load_train_config(path)  # nothing would read the unlabelled slides
+    assert load_train_config(path, adversarial_weight=1.0).to_dict()["adversarial_unlabelled"]
+    path.write_text("cohort: c.csv\nfeatures: f\nout: o\nadversarial_unlabelled: often\n")
+    with pytest.raises(ConfigError, match="adversarial_unlabelled: expected true or false"):
+        load_train_config(path)
 
 
 def test_adversary_needs_two_training_centers(caplog: pytest.LogCaptureFixture) -> None:
@@ -279,3 +289,103 @@ def test_adversarial_training_hides_the_center_and_keeps_the_class() -> None:
     assert adversarial[:, 0].mean() < plain[:, 0].mean() - 0.05
     assert adversarial[:, 1].mean() > 0.9
     assert adversarial[:, 1].mean() > plain[:, 1].mean() - 0.05
+
+
+def _one_center_split(cohort: Cohort, split: Split) -> Split:
+    """``split`` trained and validated on center c0 only, tested on c1 (as leave-one-center-out
+    on two centers), with c0 test slides as calibration slides."""
+    center = {row.slide_id: row.center for row in cohort.rows}
+    return Split(
+        name="c1-held-out",
+        train=tuple(s for s in split.train if center[s] == "c0"),
+        val=tuple(s for s in split.val if center[s] == "c0"),
+        test=tuple(s for s in split.test if center[s] == "c1"),
+        held_out_centers=("c1",),
+        calibration=tuple(s for s in split.test if center[s] == "c0"),
+    )
+
+
+def _relabelled(cohort: Cohort, slides: tuple[str, ...], labels: list[str]) -> Cohort:
+    new = dict(zip(slides, labels, strict=True))
+    rows = [dataclasses.replace(r, label=new.get(r.slide_id, r.label)) for r in cohort.rows]
+    return Cohort.from_rows(rows, labels=cohort.labels)
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_unlabelled_test_slides_shape_the_model_but_their_labels_are_never_read() -> None:
+    cohort, bags, split = _planted(0, n_train=4, n_val=2, n_test=4)
+    split = _one_center_split(cohort, split)
+    config = _config(
+        model="abmil", model_kwargs={"hidden_dim": 8, "attention_dim": 4}, epochs=3, patience=5,
+        lr=1e-3, max_instances=8, adversarial_weight=1.0, adversarial_unlabelled=True,
+        contrastive_weight=0.5, bags_per_step=2,
+    )  # fmt: skip
+    robust = RobustObjective(
+        build_model("abmil", in_dim=DIM, n_classes=2), split, cohort, adversarial_weight=1.0,
+        contrastive_weight=0.0, temperature=0.1, unlabelled=True,
+    )  # fmt: skip
+    assert robust.target_ids == split.test  # the test slides, never the calibration ones
+    assert robust.adversary is not None  # c0 from training, c1 from the test slides
+    base = train_split(split, cohort, bags, config)
+
+    rng = np.random.default_rng(1)
+    test_labels = [cohort.row(s).label for s in split.test]
+    assert len(set(test_labels)) == 2
+    permuted = _relabelled(cohort, split.test, list(rng.permutation(test_labels)))
+    erased = _relabelled(cohort, split.test, ["neg"] * len(split.test))  # all one class
+    for relabelled in (permuted, erased):
+        assert _states_equal(base, train_split(split, relabelled, bags, config))
+
+    # ... while the test slides' features do move the weights, and only with the option on.
+    shifted = {**bags}
+    for s in split.test:
+        shifted[s] = dataclasses.replace(bags[s], features=bags[s].features + 1.0)
+    assert not _states_equal(base, train_split(split, cohort, shifted, config))
+    without = dataclasses.replace(config, adversarial_unlabelled=False)
+    assert _states_equal(
+        train_split(split, cohort, bags, without), train_split(split, cohort, shifted, without)
+    )
+
+
+def _write_two_center_cohort(folder: Path) -> tuple[Path, Path]:
+    """The planted two-center cohort as a table and feature files (12 slides per center)."""
+    cohort, bags, _ = _planted(0, n_train=3, n_val=1, n_test=2)
+    features = folder / "features"
+    features.mkdir()
+    lines = ["slide_id,label,patient_id,center"]
+    coords = np.stack([np.arange(TILES), np.zeros(TILES, dtype=int)], axis=1)
+    for row in cohort.rows:
+        x = bags[row.slide_id].features.numpy()
+        write_feature_file(features / f"{row.slide_id}.h5", x, coords, {"encoder": "planted"})
+        lines.append(f"{row.slide_id},{row.label},{row.patient_id},{row.center}")
+    table = folder / "cohort.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table, features
+
+
+@pytest.mark.parametrize("harmonize", ["none", "combat"])
+def test_leave_one_center_out_on_two_centers_trains_the_adversary_on_unlabelled_slides(
+    harmonize: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    table, features = _write_two_center_cohort(tmp_path)
+    options: dict[str, object] = {
+        "split": "leave-one-center-out", "model": "mean-pool", "epochs": 3, "patience": 3,
+        "n_boot": 20, "adversarial_weight": 1.0, "bags_per_step": 2, "harmonize": harmonize,
+        "harmonize_tiles": 6, "harmonize_min_slides": 4,
+    }  # fmt: skip
+    refused = TrainConfig(cohort=table, features=features, out=tmp_path / "a", **options)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="set adversarial_unlabelled"):
+        train(refused)  # each split trains on one center: nothing for the adversary to tell
+    config = dataclasses.replace(refused, out=tmp_path / "b", adversarial_unlabelled=True)
+    with caplog.at_level(logging.INFO, logger="histoguard.mil"):
+        result = train(config)
+    assert len(result.fold_dirs) == 2
+    for center in ("c0", "c1"):
+        assert f"loco-{center} epoch 3/3: center adversary accuracy" in caplog.text
+    assert caplog.text.count("unlabelled test slides)") == 2 * 3  # every epoch of both splits
+    assert "trains without the center adversary" not in caplog.text
+    assert json.loads((result.out / "config.json").read_text())["adversarial_unlabelled"]

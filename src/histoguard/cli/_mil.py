@@ -96,6 +96,15 @@ def train(
             "on the bag embedding (DANN schedule; default 0 = off; needs >= 2 training centers)."
         ),
     ] = None,
+    adversarial_unlabelled: Annotated[
+        bool | None,
+        typer.Option(
+            "--adversarial-unlabelled",
+            help="The center adversary also sees each split's held-out test slides as "
+            "unlabelled bags of their centers (features only, labels never read; transductive; "
+            "lets leave-one-center-out use it). Needs --adversarial-weight > 0.",
+        ),
+    ] = None,
     contrastive_weight: Annotated[
         float | None,
         typer.Option(
@@ -134,8 +143,8 @@ def train(
         n_boot=n_boot, model_kwargs=_json_mapping("--model-kwargs", model_kwargs), seeds=seeds,
         calibration_fraction=calibration_fraction, alpha=alpha, mondrian=mondrian,
         ood_alpha=ood_alpha, harmonize=harmonize, adversarial_weight=adversarial_weight,
-        contrastive_weight=contrastive_weight, contrastive_temperature=contrastive_temperature,
-        bags_per_step=bags_per_step,
+        adversarial_unlabelled=adversarial_unlabelled, contrastive_weight=contrastive_weight,
+        contrastive_temperature=contrastive_temperature, bags_per_step=bags_per_step,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
     typer.echo(result.table)

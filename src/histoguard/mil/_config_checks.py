@@ -93,6 +93,7 @@ _FIELD_KINDS: dict[str, type] = {
     "mondrian": str, "calibrator": str, "ood_score": str, "ood_k": int, "ood_alpha": float,
     "drift_alpha": float, "harmonize": str, "harmonize_parametric": bool,
     "harmonize_tiles": int, "harmonize_min_slides": int, "adversarial_weight": float,
-    "contrastive_weight": float, "contrastive_temperature": float, "bags_per_step": int,
+    "adversarial_unlabelled": bool, "contrastive_weight": float,
+    "contrastive_temperature": float, "bags_per_step": int,
 }  # fmt: skip
 _OPTIONAL = frozenset({"max_instances"})

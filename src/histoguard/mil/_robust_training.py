@@ -16,8 +16,18 @@ exactly the plain run):
   none, the bags of its class. Pulling same-class bags of different hospitals together pushes
   the hospital out of the embedding.
 
-A split whose training slides come from fewer than two centers trains without the adversary
-(with a warning); :func:`check_adversarial_centers` refuses a run in which no split has two.
+With ``adversarial_unlabelled`` the adversary also sees each split's held-out **test** slides,
+as unlabelled bags of their own centers: unsupervised domain adaptation as DANN meant it, the
+target domain joining the center loss. Every step draws one test bag per training bag (uniformly,
+with replacement, from the split's generator), so each step shows the adversary both domains
+even with ``bags_per_step = 1``; the test bags enter the center cross-entropy only, never the
+classification or contrastive loss, and their labels are never read (nothing here looks one up).
+This is transductive: the held-out slides' features shape the model, as label-free
+harmonisation of a new center does; calibration slides are never used.
+
+A split whose adversary would see fewer than two centers (training slides, plus test slides with
+``adversarial_unlabelled``) trains without it (with a warning); :func:`check_adversarial_centers`
+refuses a run in which no split has two.
 """
 
 from __future__ import annotations
@@ -144,30 +154,42 @@ def supervised_contrastive_loss(
     return -(picked[anchors] / counts[anchors]).mean()
 
 
-def training_centers(split: Split, cohort: Cohort) -> list[str]:
-    """The distinct centers of ``split``'s training slides, sorted (rows without one skipped)."""
+def adversary_centers(split: Split, cohort: Cohort, *, unlabelled: bool = False) -> list[str]:
+    """The centers the adversary of ``split`` tells apart, sorted: those of its training slides,
+    and with ``unlabelled`` those of its test slides too (rows without a center skipped)."""
     center_of = {row.slide_id: row.center for row in cohort.rows}
-    return sorted({c for s in split.train if (c := center_of.get(s)) is not None})
+    slides = (*split.train, *split.test) if unlabelled else split.train
+    return sorted({c for s in slides if (c := center_of.get(s)) is not None})
+
+
+def target_slides(split: Split, cohort: Cohort) -> tuple[str, ...]:
+    """``split``'s test slides that have a center: the unlabelled target bags of
+    ``adversarial_unlabelled`` (only their centers and features are used)."""
+    center_of = {row.slide_id: row.center for row in cohort.rows}
+    return tuple(s for s in split.test if center_of.get(s) is not None)
 
 
 def check_adversarial_centers(
-    splits: Sequence[Split], cohort: Cohort, adversarial_weight: float
+    splits: Sequence[Split], cohort: Cohort, adversarial_weight: float, *, unlabelled: bool = False
 ) -> None:
-    """With ``adversarial_weight > 0``, refuse a run in which no split trains on two centers.
+    """With ``adversarial_weight > 0``, refuse a run in which no split's adversary would see
+    two centers (its training slides' centers, plus its test slides' with ``unlabelled``).
 
     Raises:
-        ConfigError: every split's training slides come from fewer than two centers (for
-            example leave-one-center-out on a two-center cohort, or no ``center`` column).
+        ConfigError: no split has two (for example leave-one-center-out on a two-center
+            cohort without ``unlabelled``, or no ``center`` column).
     """
     if adversarial_weight <= 0 or not splits:
         return
-    if any(len(training_centers(split, cohort)) >= 2 for split in splits):
+    if any(len(adversary_centers(s, cohort, unlabelled=unlabelled)) >= 2 for s in splits):
         return
+    slides = "training or test slides" if unlabelled else "training slides"
+    hint = "" if unlabelled else ", set adversarial_unlabelled (test slides join, label-free)"
     raise ConfigError(
-        f"adversarial_weight={adversarial_weight} needs training slides from at least 2 centers "
+        f"adversarial_weight={adversarial_weight} needs {slides} from at least 2 centers "
         f"in some split, but no split has them (cohort centers: {list(cohort.centers()) or 'none'})"
         "; fill the cohort's center column, choose a split design that trains on several "
-        "centers, or set adversarial_weight to 0"
+        f"centers{hint}, or set adversarial_weight to 0"
     )
 
 
@@ -176,11 +198,14 @@ class RobustObjective:
 
     Args:
         model: the MIL model being trained (its ``embedding_dim`` sizes the adversary).
-        split: the split; its training slides' centers are the adversary's classes.
-        cohort: the cohort (labels and centers).
+        split: the split; its training slides' centers (and with ``unlabelled`` its test
+            slides') are the adversary's classes.
+        cohort: the cohort (labels of the training slides only, and centers).
         adversarial_weight: λ_max; 0 = no adversary.
         contrastive_weight: weight of :func:`supervised_contrastive_loss`; 0 = none.
         temperature: τ of the contrastive loss.
+        unlabelled: the split's test slides join the adversary as unlabelled target bags
+            (:meth:`draw_targets`); their labels are never read.
     """
 
     def __init__(
@@ -192,14 +217,18 @@ class RobustObjective:
         adversarial_weight: float,
         contrastive_weight: float,
         temperature: float,
+        unlabelled: bool = False,
     ) -> None:
-        centers = training_centers(split, cohort)
+        centers = adversary_centers(split, cohort, unlabelled=unlabelled)
         index = {c: i for i, c in enumerate(centers)}
         self._center_of = {
             row.slide_id: index.get(row.center, -1) if row.center is not None else -1
             for row in cohort.rows
         }
-        self._label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
+        train = set(split.train)  # only training slides' labels are looked up
+        self._label_of = {
+            r.slide_id: cohort.label_index(r) for r in cohort.rows if r.slide_id in train
+        }
         self.lambda_max = adversarial_weight
         self.contrastive_weight = contrastive_weight
         self.temperature = temperature
@@ -209,14 +238,28 @@ class RobustObjective:
                 self.adversary = CenterAdversary(model.embedding_dim, len(centers))
             else:
                 logger.warning(
-                    "%s: adversarial_weight=%s needs training slides from >= 2 centers, this "
+                    "%s: adversarial_weight=%s needs %s slides from >= 2 centers, this "
                     "split has %s; it trains without the center adversary",
-                    split.name, adversarial_weight, centers or "none",
+                    split.name, adversarial_weight, "training or test" if unlabelled else
+                    "training", centers or "none",
                 )  # fmt: skip
+        with_targets = unlabelled and self.adversary is not None
+        self.target_ids = target_slides(split, cohort) if with_targets else ()
         self._correct = self._seen = 0
         self._last_lambda = 0.0
-        counts = [sum(self._center_of[s] == i for s in split.train) for i in range(len(centers))]
-        self._majority = max(counts) / max(1, sum(counts)) if counts else 0.0
+        self._majority = self._majority_share(split.train, len(centers))
+
+    def _majority_share(self, train: Sequence[str], n_centers: int) -> float:
+        """The adversary's accuracy from always naming the most frequent center of its stream:
+        the training bags, and as many uniformly drawn target bags when there are targets."""
+        if n_centers == 0:
+            return 0.0
+        shares = torch.zeros(n_centers, dtype=torch.float64)
+        for slides in (train, self.target_ids):
+            known = [c for s in slides if (c := self._center_of[s]) >= 0]
+            if known:
+                shares += torch.bincount(torch.tensor(known), minlength=n_centers) / len(known)
+        return float(shares.max() / shares.sum()) if float(shares.sum()) > 0 else 0.0
 
     @property
     def active(self) -> bool:
@@ -232,25 +275,43 @@ class RobustObjective:
             return []
         return [{"params": list(self.adversary.parameters()), "lr": lr * ADVERSARY_LR_FACTOR}]
 
+    def draw_targets(self, n: int, generator: torch.Generator) -> list[str]:
+        """``n`` unlabelled target slides for one step, drawn uniformly with replacement with
+        ``generator``; empty (and ``generator`` untouched) without targets."""
+        if not self.target_ids:
+            return []
+        picks = torch.randint(len(self.target_ids), (n,), generator=generator).tolist()
+        return [self.target_ids[i] for i in picks]
+
     def loss(
-        self, slide_ids: Sequence[str], outputs: Sequence[MILOutput], progress: float
+        self,
+        slide_ids: Sequence[str],
+        outputs: Sequence[MILOutput],
+        progress: float,
+        *,
+        targets: Sequence[str] = (),
+        target_outputs: Sequence[MILOutput] = (),
     ) -> Tensor | None:
-        """The robustness terms of one step: the adversary's center cross-entropy (its
-        reversed gradient scaled by λ(progress)) plus ``contrastive_weight`` × the
-        supervised-contrastive loss, or None when neither applies to this step.
+        """The robustness terms of one step: the adversary's center cross-entropy over the
+        training and target bags (its reversed gradient scaled by λ(progress)) plus
+        ``contrastive_weight`` × the supervised-contrastive loss of the training bags, or
+        None when neither applies to this step.
 
         Args:
-            slide_ids: the step's slides, in the order of ``outputs``.
+            slide_ids: the step's training slides, in the order of ``outputs``.
             outputs: the model's outputs for them, one bag each.
             progress: training progress p in [0, 1] (for the λ schedule).
+            targets: the step's unlabelled target slides (:meth:`draw_targets`).
+            target_outputs: the model's outputs for them; used by the adversary only.
 
         Raises:
             ValueError: a model output has no embedding.
         """
-        if any(o.embedding is None for o in outputs):
+        every = [*outputs, *target_outputs]
+        if any(o.embedding is None for o in every):
             raise ValueError("robust training needs MILOutput.embedding from the model")
-        embeddings = torch.cat([o.embedding for o in outputs if o.embedding is not None])
-        centers = torch.tensor([self._center_of[s] for s in slide_ids])
+        embeddings = torch.cat([o.embedding for o in every if o.embedding is not None])
+        centers = torch.tensor([self._center_of[s] for s in (*slide_ids, *targets)])
         terms: list[Tensor] = []
         if self.adversary is not None and bool((centers >= 0).any()):
             known = centers >= 0
@@ -259,10 +320,11 @@ class RobustObjective:
             terms.append(F.cross_entropy(center_logits, centers[known]))
             self._correct += int((center_logits.argmax(dim=1) == centers[known]).sum())
             self._seen += int(known.sum())
-        if self.contrastive_weight > 0 and len(slide_ids) > 1:
+        n = len(slide_ids)  # the contrastive loss sees the labelled training bags only
+        if self.contrastive_weight > 0 and n > 1:
             labels = torch.tensor([self._label_of[s] for s in slide_ids])
             contrastive = supervised_contrastive_loss(
-                embeddings, labels, centers, temperature=self.temperature
+                embeddings[:n], labels, centers[:n], temperature=self.temperature
             )
             if contrastive is not None:
                 terms.append(self.contrastive_weight * contrastive)
@@ -271,15 +333,16 @@ class RobustObjective:
         return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
 
     def end_epoch(self, name: str, epoch: int, epochs: int) -> float | None:
-        """Log (INFO) and return the adversary's center accuracy on this epoch's training bags,
-        then reset it; None without an adversary. Accuracy near the majority share means the
-        center is no longer readable from the embeddings."""
+        """Log (INFO) and return the adversary's center accuracy on this epoch's bags (training
+        and target), then reset it; None without an adversary. Accuracy near the majority share
+        means the center is no longer readable from the embeddings."""
         if self.adversary is None or self._seen == 0:
             return None
         accuracy = self._correct / self._seen
+        stream = f", with {len(self.target_ids)} unlabelled test slides" if self.target_ids else ""
         logger.info(
-            "%s epoch %d/%d: center adversary accuracy %.3f (majority center %.3f, lambda %.3f)",
-            name, epoch + 1, epochs, accuracy, self._majority, self._last_lambda,
+            "%s epoch %d/%d: center adversary accuracy %.3f (majority center %.3f, lambda %.3f%s)",
+            name, epoch + 1, epochs, accuracy, self._majority, self._last_lambda, stream,
         )  # fmt: skip
         self._correct = self._seen = 0
         return accuracy

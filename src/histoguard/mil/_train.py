@@ -110,6 +110,10 @@ class TrainConfig:
         adversarial_weight: λ_max of a center-adversarial head with gradient reversal on the
             bag embedding (DANN schedule; 0: off). Splits training on fewer than 2 centers
             skip it with a warning; a run where no split has 2 is refused.
+        adversarial_unlabelled: each split's held-out test slides also join the adversary, as
+            unlabelled bags of their own centers (one per training bag and step; features
+            only, never labels; not the calibration slides). Transductive: the held-out
+            slides' features shape the model. Lets leave-one-center-out use the adversary.
         contrastive_weight: weight of a supervised-contrastive loss on the bag embeddings of
             each step, positives = same class from another center (0: off).
         contrastive_temperature: its temperature τ.
@@ -152,6 +156,7 @@ class TrainConfig:
     harmonize_min_slides: int = MIN_NEW_CENTER_SLIDES
     # Training-time robustness (mil/_robust_training.py); all off by default.
     adversarial_weight: float = 0.0
+    adversarial_unlabelled: bool = False
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     bags_per_step: int = 1
@@ -188,6 +193,11 @@ class TrainConfig:
             raise ConfigError(
                 f"need adversarial_weight >= 0 and contrastive_weight >= 0, got "
                 f"{self.adversarial_weight}, {self.contrastive_weight}"
+            )
+        if self.adversarial_unlabelled and not self.adversarial_weight > 0:
+            raise ConfigError(
+                "adversarial_unlabelled feeds test slides to the center adversary, which is off "
+                "(adversarial_weight=0): set adversarial_weight > 0 or drop adversarial_unlabelled"
             )
         if not self.contrastive_temperature > 0:
             raise ConfigError(
@@ -312,15 +322,18 @@ def train_split(
     Each epoch's mean training loss (the classification loss) and validation loss are logged
     at INFO, and with ``adversarial_weight > 0`` the center adversary's accuracy. One step
     averages the losses of ``bags_per_step`` bags and adds the robustness terms of
-    :class:`~histoguard.mil._robust_training.RobustObjective` (none by default).
+    :class:`~histoguard.mil._robust_training.RobustObjective` (none by default); with
+    ``adversarial_unlabelled`` it also runs one drawn test bag per training bag, for the
+    adversary only (test labels are never read).
 
     Args:
         on_epoch: called as ``on_epoch(epoch, train_loss, val_loss)`` after every epoch.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
     train_ids, val_ids = list(split.train), list(split.val) or list(split.train)
+    known = {*train_ids, *val_ids}  # the test slides' labels are never read
+    label_of = {r.slide_id: cohort.label_index(r) for r in cohort.rows if r.slide_id in known}
     train_labels = torch.tensor([label_of[s] for s in train_ids])
     val_labels = torch.tensor([label_of[s] for s in val_ids])
     in_dim = int(bags[train_ids[0]].features.shape[1])
@@ -332,7 +345,7 @@ def train_split(
         model, split, cohort,
         adversarial_weight=config.adversarial_weight,
         contrastive_weight=config.contrastive_weight,
-        temperature=config.contrastive_temperature,
+        temperature=config.contrastive_temperature, unlabelled=config.adversarial_unlabelled,
     )  # fmt: skip
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     groups += robust.parameter_groups(config.lr)
@@ -358,10 +371,17 @@ def train_split(
                     model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
                 )
                 outputs.append(output)
+            targets = robust.draw_targets(len(chunk), generator)
+            target_outputs = [
+                model(*bag_batch(bags[s], generator, config.max_instances)) for s in targets
+            ]
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
             if robust.active:
                 progress = (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
-                extra = robust.loss([train_ids[i] for i in chunk], outputs, progress)
+                extra = robust.loss(
+                    [train_ids[i] for i in chunk], outputs, progress,
+                    targets=targets, target_outputs=target_outputs,
+                )  # fmt: skip
                 if extra is not None:
                     loss = loss + extra
             optimiser.zero_grad()
@@ -420,7 +440,8 @@ def _split_harmonizer(
     for warning in warnings:
         logger.warning("%s", warning)
         say(f"warning: {warning}")
-    trained = {**bags, **harmonize_bags(harmonizer, bags, [*split.train, *split.val])}
+    targets = split.test if config.adversarial_unlabelled else ()  # seen by the adversary
+    trained = {**bags, **harmonize_bags(harmonizer, bags, [*split.train, *split.val, *targets])}
     return harmonizer, trained
 
 
@@ -495,7 +516,9 @@ def train(
         )
     bags = load_bags(cohort, config.features)
     splits = get_or_create_splits(out / "splits.json", cohort, lambda: _draw_splits(cohort, config))
-    check_adversarial_centers(splits, cohort, config.adversarial_weight)
+    check_adversarial_centers(
+        splits, cohort, config.adversarial_weight, unlabelled=config.adversarial_unlabelled
+    )
     provenance = training_provenance((slide_id, bag.attrs) for slide_id, bag in bags.items())
     center_of = {row.slide_id: row.center or "" for row in cohort.rows}
     label_of = {row.slide_id: cohort.labels.index(row.label) for row in cohort.rows}
