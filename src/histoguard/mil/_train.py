@@ -25,20 +25,15 @@ import torch
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ConfigError
-from histoguard.harmonize import MIN_NEW_CENTER_SLIDES, Harmonizer
+from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
 from histoguard.mil._base import MILModel
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
 from histoguard.mil._ensemble import FoldEnsemble
-from histoguard.mil._harmonized import (
-    HARMONIZE_TILES_PER_SLIDE,
-    HarmonizedModel,
-    add_unseen_centers,
-    fit_split_harmonizer,
-    harmonize_bags,
-)
+from histoguard.mil._harmonized import HARMONIZE_TILES_PER_SLIDE, HarmonizedModel
+from histoguard.mil._harmonized_training import check_harmonize_cohort, split_harmonizer
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
 from histoguard.mil._registry import build_model
@@ -406,45 +401,6 @@ def train_split(
     return model.eval()
 
 
-def _split_harmonizer(
-    split: Split,
-    cohort: Cohort,
-    bags: dict[str, Bag],
-    config: TrainConfig,
-    say: Callable[[str], None],
-) -> tuple[Harmonizer | None, dict[str, Bag]]:
-    """The split's harmoniser (None without ``config.harmonize``) and the bags its models train
-    on: the split's training and validation slides harmonised, fitted on the training slides
-    only; centers of its other slides it never saw are added label-free (said once)."""
-    if config.harmonize == "none":
-        return None, bags
-    center_of = {row.slide_id: row.center or "" for row in cohort.rows}
-    label_of = {row.slide_id: cohort.label_index(row) for row in cohort.rows}
-    harmonizer, warnings = fit_split_harmonizer(
-        bags, split.train, center_of=center_of, label_of=label_of,
-        method=config.harmonize,  # type: ignore[arg-type]
-        parametric=config.harmonize_parametric, tiles_per_slide=config.harmonize_tiles,
-        seed=config.seed,
-    )  # fmt: skip
-    others = [s for s in (*split.test, *split.calibration)]
-    added = add_unseen_centers(
-        harmonizer, bags, others, center_of=center_of, min_slides=config.harmonize_min_slides,
-        tiles_per_slide=config.harmonize_tiles, seed=config.seed,
-    )  # fmt: skip
-    for center in added:
-        n = sum(center_of[s] == center for s in others)
-        warnings.append(
-            f"{split.name}: center {center!r} is not among the training centers; harmonised "
-            f"label-free from its {n} held-out slides (no labels read)"
-        )
-    for warning in warnings:
-        logger.warning("%s", warning)
-        say(f"warning: {warning}")
-    targets = split.test if config.adversarial_unlabelled else ()  # seen by the adversary
-    trained = {**bags, **harmonize_bags(harmonizer, bags, [*split.train, *split.val, *targets])}
-    return harmonizer, trained
-
-
 def _draw_splits(cohort: Cohort, config: TrainConfig) -> list[Split]:
     """The design's splits, with calibration patients held out first (not for ``given``, whose
     table says which slides calibrate)."""
@@ -502,18 +458,7 @@ def train(
         out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode()
     )
     cohort = load_cohort(config.cohort, features_dir=config.features)
-    if config.harmonize != "none" and len(cohort.centers()) < 2:
-        raise ConfigError(
-            f"harmonize={config.harmonize!r} removes differences between centers, and "
-            f"{config.cohort} names {len(cohort.centers())}: give a center column with at "
-            "least two centers, or harmonize=none"
-        )
-    no_center = [row.slide_id for row in cohort.rows if row.center is None]
-    if config.harmonize != "none" and no_center:
-        raise ConfigError(
-            f"{config.cohort}: slides {no_center[:5]} have no center; harmonize needs the "
-            "center of every slide (fill the center column, or harmonize=none)"
-        )
+    check_harmonize_cohort(cohort, config)
     bags = load_bags(cohort, config.features)
     splits = get_or_create_splits(out / "splits.json", cohort, lambda: _draw_splits(cohort, config))
     check_adversarial_centers(
@@ -540,7 +485,7 @@ def train(
                 epoch_task, total=config.epochs * config.seeds, description=f"{split.name} epochs"
             )
             started = time.perf_counter()
-            harmonizer, split_bags = _split_harmonizer(split, cohort, bags, config, say)
+            harmonizer, split_bags = split_harmonizer(split, cohort, bags, config, say)
             members = []
             for j in range(config.seeds):
                 model = train_split(
