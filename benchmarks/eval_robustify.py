@@ -61,6 +61,8 @@ EBHI_CLASS = {"Normal": "benign", "Polyp": "benign", "Adenocarcinoma": "malignan
 METHODS = ("none", "combat", "covbat")
 FOLDS = 5
 SLIDE_TILES = (4, 12)
+#: Stain-normalisation target of the pixel-level variant: a lab that is neither GlaS nor EBHI.
+STAIN_REFERENCE = "stain_refs/torchstain_target.png"
 
 
 @dataclass(frozen=True)
@@ -116,17 +118,28 @@ def load_tiles(extra_tables: Sequence[Path]) -> Tiles:
     return Tiles(images, np.array(labels), np.array(units), np.array(centers))
 
 
-def embed(tiles: Tiles, encoder_name: str, cache: Path | None) -> npt.NDArray[np.float32]:
-    """``(N, D)`` embeddings of every tile (cached by encoder and tile count)."""
+def embed(
+    tiles: Tiles, encoder_name: str, cache: Path | None, *, stain: str | None = None
+) -> npt.NDArray[np.float32]:
+    """``(N, D)`` embeddings of every tile (cached by encoder, stain step and tile count);
+    ``stain="macenko"`` normalises every tile to :data:`STAIN_REFERENCE` first."""
+    from histoguard.core._image import decode_image
     from histoguard.encoders import load_encoder
+    from histoguard.stain import stain_normalizer
 
-    path = None if cache is None else cache / f"{encoder_name}-{len(tiles.images)}.npy"
+    tag = f"{encoder_name}{'-' + stain if stain else ''}-{len(tiles.images)}"
+    path = None if cache is None else cache / f"{tag}.npy"
     if path is not None and path.is_file():
         return np.load(path)
     encoder = load_encoder(encoder_name)
+    normalise = (
+        stain_normalizer(stain, decode_image(SHARED_DATA / STAIN_REFERENCE)).transform
+        if stain
+        else (lambda batch: batch)
+    )
     features = np.concatenate(
         [
-            encoder.encode(np.stack(tiles.images[i : i + 128]))
+            encoder.encode(normalise(np.stack(tiles.images[i : i + 128])))
             for i in range(0, len(tiles.images), 128)
         ]
     ).astype(np.float32)
@@ -207,42 +220,52 @@ def t_interval(values: Sequence[float]) -> str:
 def part_embeddings(tiles: Tiles, encoders: Sequence[str], seeds: int, cache: Path | None) -> None:
     print("\n## Part 1: embeddings, out-of-fold harmonisation, mean [95 % t-interval] over "
           f"{seeds} seeds\n")  # fmt: skip
-    print("| encoder | harmonisation | site-probe AUROC | robustness index | task balanced "
+    print("| encoder | cure | site-probe AUROC | robustness index | task balanced "
           "accuracy | change in RI | change in balanced accuracy |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for name in encoders:
         started = time.perf_counter()
-        features = embed(tiles, name, cache)
+        variants = {
+            "": embed(tiles, name, cache),
+            "Macenko": embed(tiles, name, cache, stain="macenko"),
+        }
         readings: dict[str, list[dict[str, float]]] = defaultdict(list)
         for seed in range(seeds):
             k = None
-            for method in METHODS:  # "none" first: its k is used for the others
-                readings[method].append(nested_readings(features, tiles, method, seed, k))
-                k = int(readings[method][-1]["k"])
-        for method in METHODS:
-            rows = readings[method]
+            for stain, features in variants.items():
+                for method in METHODS:  # plain "none" first: its k is used for the others
+                    reading = nested_readings(features, tiles, method, seed, k)
+                    readings[_variant(stain, method)].append(reading)
+                    k = int(readings[_variant("", "none")][-1]["k"])
+        before = readings[_variant("", "none")]
+        for variant, rows in readings.items():
 
-            def column(key: str, rows: list[dict[str, float]] = rows) -> list[float]:
-                return [r[key] for r in rows]
+            def change(
+                key: str,
+                rows: list[dict[str, float]] = rows,
+                before: list[dict[str, float]] = before,
+            ) -> str:
+                if rows is before:
+                    return "—"
+                return t_interval(np.subtract([r[key] for r in rows], [r[key] for r in before]))
 
-            before = readings["none"]
-            change_ri = np.subtract(
-                column("robustness_index"), [r["robustness_index"] for r in before]
-            )
-            change_ba = np.subtract(
-                column("task_balanced_accuracy"), [r["task_balanced_accuracy"] for r in before]
-            )
             print(
-                f"| {name} | {method} | {t_interval(column('site_auroc'))} | "
-                f"{t_interval(column('robustness_index'))} | "
-                f"{t_interval(column('task_balanced_accuracy'))} | "
-                f"{'—' if method == 'none' else t_interval(change_ri)} | "
-                f"{'—' if method == 'none' else t_interval(change_ba)} |"
+                f"| {name} | {variant} | {t_interval([r['site_auroc'] for r in rows])} | "
+                f"{t_interval([r['robustness_index'] for r in rows])} | "
+                f"{t_interval([r['task_balanced_accuracy'] for r in rows])} | "
+                f"{change('robustness_index')} | {change('task_balanced_accuracy')} |"
             )
-        ks = sorted({int(r["k"]) for r in readings["none"]})
-        print(f"<!-- {name}: {features.shape}, RI at k = {ks}, "
+        ks = sorted({int(r["k"]) for r in before})
+        print(f"<!-- {name}: {variants[''].shape}, RI at k = {ks}, "
               f"{time.perf_counter() - started:.0f} s -->")  # fmt: skip
         sys.stdout.flush()
+
+
+def _variant(stain: str, method: str) -> str:
+    """``"none"``, ``"combat"``, ``"Macenko"``, ``"Macenko + covbat"`` ..."""
+    if not stain:
+        return method
+    return stain if method == "none" else f"{stain} + {method}"
 
 
 def pseudo_slides(tiles: Tiles, seed: int) -> list[tuple[str, npt.NDArray[np.int64]]]:
@@ -347,6 +370,15 @@ def part_loco(tiles: Tiles, encoders: Sequence[str], seeds: int, cache: Path | N
                     f"{auc.max():.3f}) | {ba.mean():.3f} ({ba.min():.3f}–{ba.max():.3f}) | "
                     f"{'—' if option == 'plain' else f'{(auc - plain).mean():+.3f}'} |"
                 )
+        for center in sorted(results["plain"]):
+            for metric, index in (("AUROC", 0), ("balanced accuracy", 1)):
+                means = {
+                    option: float(np.mean([s[index] for s in per_center[center]]))
+                    for option, per_center in results.items()
+                }
+                best = max(means, key=means.__getitem__)
+                print(f"<!-- {name}, held-out {center}: best {metric} {best} "
+                      f"({means[best]:.3f}; plain {means['plain']:.3f}) -->")  # fmt: skip
         sys.stdout.flush()
 
 
