@@ -71,10 +71,14 @@ class TrainingTiles(Protocol):
             its class, its center, its slide (validation never splits a slide).
     """
 
-    paths: npt.NDArray[np.str_]
-    label: npt.NDArray[np.str_]
-    center: npt.NDArray[np.str_]
-    slide_id: npt.NDArray[np.str_]
+    @property
+    def paths(self) -> npt.NDArray[np.str_]: ...
+    @property
+    def label(self) -> npt.NDArray[np.str_]: ...
+    @property
+    def center(self) -> npt.NDArray[np.str_]: ...
+    @property
+    def slide_id(self) -> npt.NDArray[np.str_]: ...
 
     def load(
         self, index: Any = None, *, size: int | None = None, resize: ResizePolicy = ...
