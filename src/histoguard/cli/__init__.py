@@ -5,6 +5,7 @@
 # isort: off
 from histoguard.cli import _slides as _slides
 from histoguard.cli import _features as _features
+from histoguard.cli import _train_encoder as _train_encoder
 from histoguard.cli import _harmonize as _harmonize
 from histoguard.cli import _mil as _mil
 from histoguard.cli import _audit as _audit

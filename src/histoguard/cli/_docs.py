@@ -14,6 +14,7 @@ from histoguard.cli import app
 COMMANDS = (
     "tile",
     "extract",
+    "train-encoder",
     "harmonize",
     "train",
     "predict",
@@ -33,6 +34,8 @@ _HEADER = """# CLI reference
 Generated from the commands' own `--help` by `python -m histoguard.cli._docs > docs/cli.md`
 (`make docs`); a test keeps it in sync. Every command is one call into the Python library:
 `tile` is `histoguard.tile_slides`, `extract` is `histoguard.features.extract_features`,
+`train-encoder` is `histoguard.encoders.train_encoder` (on tiles read by
+`histoguard.robustness.load_class_folders` / `load_tile_table`),
 `harmonize` is `histoguard.harmonize.harmonize_feature_files`,
 `train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`,

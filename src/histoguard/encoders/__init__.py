@@ -19,13 +19,22 @@ from histoguard.encoders._registry import (
     register_encoder,
 )
 from histoguard.encoders._torchscript import export_torchscript, load_torchscript_encoder
+from histoguard.encoders._training import (
+    EncoderTrainingConfig,
+    EncoderTrainingResult,
+    TrainingTiles,
+    train_encoder,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Encoder",
     "EncoderInfo",
+    "EncoderTrainingConfig",
+    "EncoderTrainingResult",
     "ResizePolicy",
+    "TrainingTiles",
     "export_onnx",
     "export_torchscript",
     "get_encoder_info",
@@ -36,4 +45,5 @@ __all__ = [
     "load_state_dict",
     "load_torchscript_encoder",
     "register_encoder",
+    "train_encoder",
 ]
