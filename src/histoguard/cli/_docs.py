@@ -16,6 +16,7 @@ COMMANDS = (
     "extract",
     "harmonize",
     "train",
+    "train-end-to-end",
     "predict",
     "evaluate",
     "compare",
@@ -34,7 +35,8 @@ Generated from the commands' own `--help` by `python -m histoguard.cli._docs > d
 (`make docs`); a test keeps it in sync. Every command is one call into the Python library:
 `tile` is `histoguard.tile_slides`, `extract` is `histoguard.features.extract_features`,
 `harmonize` is `histoguard.harmonize.harmonize_feature_files`,
-`train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
+`train` is `histoguard.mil.train`, `train-end-to-end` is
+`histoguard.mil.train_end_to_end`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
 `demo` is `histoguard.demo._run.run_demo`.
