@@ -22,6 +22,7 @@ from histoguard.cli import app
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
 from histoguard.encoders._d4 import D4InvariantCNN, d4_transform
 from histoguard.errors import ConfigError
+from histoguard.features import ExtractionConfig, extract_features, read_feature_file
 from histoguard.mil import (
     EndToEndConfig,
     Split,
@@ -29,6 +30,7 @@ from histoguard.mil import (
     build_model,
     fit_end_to_end,
     load_models,
+    predict,
     train_end_to_end,
 )
 from histoguard.mil._end_to_end_step import (
@@ -260,6 +262,14 @@ def test_trained_hg_d4_loads_reproduces_and_stays_invariant(tmp_path: Path) -> N
     models, labels, _ = load_models(out)
     assert labels == ["normal", "tumour"]
     assert models.in_dim == 128
+    # The real pipeline: extract with the trained weights, then predict with the trained head.
+    settings = ExtractionConfig(encoder="hg-d4", weights=out / "encoder.safetensors", readers=0)
+    extract_features([folder.path], tmp_path / "features", settings)
+    stored = read_feature_file(tmp_path / "features" / "s01.h5")
+    full = BagEncoder(trained, config.step_settings()).encode(folder, list(range(len(folder))))
+    np.testing.assert_allclose(stored.features, full.numpy(), rtol=0, atol=1e-6)
+    predictions = predict(out, [tmp_path / "features" / "s01.h5"], tmp_path / "pred")
+    assert len(predictions) == 1
 
 
 def test_cli_train_end_to_end(tmp_path: Path) -> None:
