@@ -8,6 +8,7 @@ from histoguard.cli import _features as _features
 from histoguard.cli import _train_encoder as _train_encoder
 from histoguard.cli import _harmonize as _harmonize
 from histoguard.cli import _mil as _mil
+from histoguard.cli import _end_to_end as _end_to_end
 from histoguard.cli import _audit as _audit
 from histoguard.cli import _demo as _demo
 

@@ -17,6 +17,7 @@ COMMANDS = (
     "train-encoder",
     "harmonize",
     "train",
+    "train-end-to-end",
     "predict",
     "evaluate",
     "compare",
@@ -37,7 +38,8 @@ Generated from the commands' own `--help` by `python -m histoguard.cli._docs > d
 `train-encoder` is `histoguard.encoders.train_encoder` (on tiles read by
 `histoguard.robustness.load_class_folders` / `load_tile_table`),
 `harmonize` is `histoguard.harmonize.harmonize_feature_files`,
-`train` is `histoguard.mil.train`, `predict` is `histoguard.mil.predict`, `compare` is
+`train` is `histoguard.mil.train`, `train-end-to-end` is
+`histoguard.mil.train_end_to_end`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
 `demo` is `histoguard.demo._run.run_demo`.

@@ -15,6 +15,14 @@ from histoguard.mil._bags import Bag, load_bags, predict_bags
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._checkpoint import load_model, save_model
 from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
+from histoguard.mil._end_to_end import (
+    EndToEndConfig,
+    EndToEndResult,
+    FitHistory,
+    fit_end_to_end,
+    train_end_to_end,
+)
+from histoguard.mil._end_to_end_step import StepSettings, StepStats
 from histoguard.mil._ensemble import FoldEnsemble, load_models
 from histoguard.mil._evaluate import (
     EvaluationResult,
@@ -78,13 +86,18 @@ __all__ = [
     "Cohort",
     "CohortError",
     "CohortRow",
+    "EndToEndConfig",
+    "EndToEndResult",
     "EvaluationResult",
+    "FitHistory",
     "FoldEnsemble",
     "MILModel",
     "MILOutput",
     "ModelInfo",
     "SlidePrediction",
     "Split",
+    "StepSettings",
+    "StepStats",
     "TrainConfig",
     "TrainResult",
     "Trust",
@@ -99,6 +112,7 @@ __all__ = [
     "check_no_leak",
     "compare_designs",
     "evaluate",
+    "fit_end_to_end",
     "fit_trust",
     "format_table",
     "format_trust_report",
@@ -128,6 +142,7 @@ __all__ = [
     "save_splits",
     "save_trust",
     "train",
+    "train_end_to_end",
     "train_split",
     "trust_report",
     "unseen_center_splits",
