@@ -107,13 +107,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--direction", choices=("GlaS->EBHI", "EBHI->GlaS", "both"), default="both")
     args = parser.parse_args()
     centers = {name: load_center(name, args.size) for name in ("GlaS", "EBHI")}
     handcrafted = load_encoder("hg-handcrafted")
     random_init = load_encoder("hg-d4").module
     print(f"| source -> target | hg-handcrafted | hg-d4 random-init | hg-d4 trained "
           f"({args.seeds} seeds) | s/epoch |\n|---|---|---|---|---|")  # fmt: skip
-    for source, target in (("GlaS", "EBHI"), ("EBHI", "GlaS")):
+    directions = [("GlaS", "EBHI"), ("EBHI", "GlaS")]
+    if args.direction != "both":
+        directions = [tuple(args.direction.split("->"))]  # type: ignore[list-item]
+    for source, target in directions:
         test = centers[target]
         base_hand = probe(handcrafted.encode(test.load()), test)
         base_random = probe(embed(random_init, test.load()), test)
