@@ -61,6 +61,9 @@ EBHI_CLASS = {"Normal": "benign", "Polyp": "benign", "Adenocarcinoma": "malignan
 METHODS = ("none", "combat", "covbat")
 FOLDS = 5
 SLIDE_TILES = (4, 12)
+#: Augmented views averaged by the "views" variant, and their chain (default severities).
+VIEWS = 4
+VIEW_CHAIN = ("hed_jitter",)
 #: Stain-normalisation target of the pixel-level variant: a lab that is neither GlaS nor EBHI.
 STAIN_REFERENCE = "stain_refs/torchstain_target.png"
 
@@ -122,7 +125,11 @@ def embed(
     tiles: Tiles, encoder_name: str, cache: Path | None, *, stain: str | None = None
 ) -> npt.NDArray[np.float32]:
     """``(N, D)`` embeddings of every tile (cached by encoder, stain step and tile count);
-    ``stain="macenko"`` normalises every tile to :data:`STAIN_REFERENCE` first."""
+    ``stain="macenko"`` normalises every tile to :data:`STAIN_REFERENCE` first; ``"views"``
+    averages the plain embedding with :data:`VIEWS` augmented views (:data:`VIEW_CHAIN`),
+    as ``extract --views K --views-mode mean`` does."""
+    if stain == "views":
+        return _view_mean(tiles, encoder_name, cache)
     from histoguard.core._image import decode_image
     from histoguard.encoders import load_encoder
     from histoguard.stain import stain_normalizer
@@ -145,6 +152,28 @@ def embed(
     ).astype(np.float32)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, features)
+    return features
+
+
+def _view_mean(tiles: Tiles, encoder_name: str, cache: Path | None) -> npt.NDArray[np.float32]:
+    from histoguard.augment import augment_view, parse_augmentations
+    from histoguard.encoders import load_encoder
+
+    path = None if cache is None else cache / f"{encoder_name}-views{VIEWS}-{len(tiles.images)}.npy"
+    if path is not None and path.is_file():
+        return np.load(path)
+    encoder = load_encoder(encoder_name)
+    chain = parse_augmentations(VIEW_CHAIN)
+    total = embed(tiles, encoder_name, cache).astype(np.float64)
+    for view in range(VIEWS):
+        for i in range(0, len(tiles.images), 128):
+            batch = np.stack(tiles.images[i : i + 128])
+            rows = np.arange(i, i + len(batch))
+            augmented = augment_view(batch, chain, seed=0, view=view, indices=rows)
+            total[i : i + len(batch)] += encoder.encode(augmented)
+    features = (total / (VIEWS + 1)).astype(np.float32)
+    if path is not None:
         np.save(path, features)
     return features
 
@@ -228,6 +257,7 @@ def part_embeddings(tiles: Tiles, encoders: Sequence[str], seeds: int, cache: Pa
         variants = {
             "": embed(tiles, name, cache),
             "Macenko": embed(tiles, name, cache, stain="macenko"),
+            f"HED views (mean of {VIEWS + 1})": embed(tiles, name, cache, stain="views"),
         }
         readings: dict[str, list[dict[str, float]]] = defaultdict(list)
         for seed in range(seeds):
