@@ -5,15 +5,18 @@ folder of feature files harmonised slide by slide (``histoguard harmonize``)."""
 from histoguard.harmonize._folds import FoldHarmonization, NewCenters, harmonize_folds
 from histoguard.harmonize._harmonizer import (
     COVBAT_PERCENT_VAR,
+    FIT_TILES_PER_SLIDE,
     MIN_NEW_CENTER_SLIDES,
     CovBatPart,
     Harmonizer,
     HarmonizerState,
     Method,
     design_from_labels,
+    tile_sample,
 )
 from histoguard.harmonize._io import (
     HARMONIZER_ARRAYS,
+    HARMONIZER_DIR,
     HARMONIZER_FORMAT,
     HARMONIZER_JSON,
     load_harmonizer,
@@ -28,7 +31,9 @@ from histoguard.harmonize._run import (
 
 __all__ = [
     "COVBAT_PERCENT_VAR",
+    "FIT_TILES_PER_SLIDE",
     "HARMONIZER_ARRAYS",
+    "HARMONIZER_DIR",
     "HARMONIZER_FORMAT",
     "HARMONIZER_JSON",
     "MIN_NEW_CENTER_SLIDES",
@@ -46,4 +51,5 @@ __all__ = [
     "harmonizer_sha256",
     "load_harmonizer",
     "save_harmonizer",
+    "tile_sample",
 ]

@@ -19,6 +19,8 @@ Method = Literal["combat", "covbat"]
 #: the per-feature means and variances of a center, and their empirical-Bayes priors, are too
 #: noisy to remove a batch effect rather than add one.
 MIN_NEW_CENTER_SLIDES = 20
+#: Default tiles per slide (a seeded sample, :func:`tile_sample`) a fit on tile features reads.
+FIT_TILES_PER_SLIDE = 256
 #: A feature whose variance within a training center is at most this share of its overall
 #: variance (e.g. a ReLU unit that is always 0 at one hospital) is constant there: any
 #: per-center location / scale map keeps it constant, so it would stay a perfect marker of
@@ -502,6 +504,14 @@ def _apply_covbat(
     # Only the top-k subspace changes: rows outside the training span keep their complement.
     z = z + (new_scores - scores) @ part.components.T
     return np.asarray(z * part.scale + part.center, dtype=np.float64)
+
+
+def tile_sample(features: FloatArray, max_tiles: int, rng: np.random.Generator) -> FloatArray:
+    """At most ``max_tiles`` rows of one slide's ``(N, D)`` tile features, a seeded sample kept
+    in row order, so that every slide weighs about the same in a fit."""
+    if len(features) <= max_tiles:
+        return features
+    return features[np.sort(rng.choice(len(features), size=max_tiles, replace=False))]
 
 
 def design_from_labels(

@@ -22,6 +22,8 @@ from histoguard.errors import ConfigError
 from histoguard.harmonize._harmonizer import CovBatPart, Harmonizer, HarmonizerState
 
 HARMONIZER_JSON = "harmonizer.json"
+#: The folder a harmoniser is saved in beside what uses it (a model folder, harmonised features).
+HARMONIZER_DIR = "harmonizer"
 HARMONIZER_ARRAYS = "harmonizer.safetensors"
 HARMONIZER_FORMAT = "histoguard-harmonizer"
 _VERSION = 1

@@ -40,13 +40,16 @@ from histoguard.features._feature_file import (
     write_feature_file,
 )
 from histoguard.harmonize._harmonizer import (
+    FIT_TILES_PER_SLIDE,
     MIN_NEW_CENTER_SLIDES,
     Harmonizer,
     Method,
     design_from_labels,
+    tile_sample,
 )
 from histoguard.harmonize._io import (
     HARMONIZER_ARRAYS,
+    HARMONIZER_DIR,
     HARMONIZER_JSON,
     load_harmonizer,
     save_harmonizer,
@@ -56,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "harmonize_summary.csv"
 CONFIG_NAME = "harmonize_config.json"
-HARMONIZER_DIR = "harmonizer"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +82,7 @@ class HarmonizeConfig:
 
     method: Method = "combat"
     parametric: bool = True
-    max_tiles_per_slide: int = 256
+    max_tiles_per_slide: int = FIT_TILES_PER_SLIDE
     covariates: bool = True
     label_free: bool = False
     min_slides: int = MIN_NEW_CENTER_SLIDES
@@ -240,10 +242,7 @@ def _read_cohort(path: Path, *, labels: bool) -> list[_Slide]:
 
 
 def _sample(path: Path, max_tiles: int, rng: np.random.Generator) -> np.ndarray:
-    x = read_feature_file(path).features
-    if len(x) > max_tiles:
-        x = x[np.sort(rng.choice(len(x), size=max_tiles, replace=False))]
-    return x
+    return tile_sample(read_feature_file(path).features, max_tiles, rng)
 
 
 def _fit(

@@ -21,21 +21,19 @@ from torch import Tensor
 
 from histoguard.errors import ConfigError, UnknownCenterError
 from histoguard.harmonize import (
+    FIT_TILES_PER_SLIDE,
+    HARMONIZER_DIR,
     Harmonizer,
     Method,
     design_from_labels,
     load_harmonizer,
     save_harmonizer,
+    tile_sample,
 )
 from histoguard.mil._base import MILModel, MILOutput
 
 if TYPE_CHECKING:
     from histoguard.mil._bags import Bag
-
-#: Where a model folder keeps its harmoniser (``harmonizer.json`` + ``.safetensors``).
-HARMONIZER_DIR = "harmonizer"
-#: Default tiles per slide (seeded sample) from which a harmoniser's centers are estimated.
-HARMONIZE_TILES_PER_SLIDE = 256
 
 
 class HarmonizedModel(MILModel):
@@ -78,14 +76,12 @@ class HarmonizedModel(MILModel):
     ) -> list[str]:
         """Harmonise, label-free, the centers of ``slide_ids`` this model never saw (see
         :func:`add_unseen_centers`); returns those added."""
-        center_of = {s: bags[s].center or "" for s in slide_ids}
         added = add_unseen_centers(
             self.harmonizer,
             bags,
             slide_ids,
-            center_of=center_of,
             min_slides=min_slides,
-            tiles_per_slide=HARMONIZE_TILES_PER_SLIDE,
+            tiles_per_slide=FIT_TILES_PER_SLIDE,
             seed=seed,
         )
         self.refresh()
@@ -152,6 +148,18 @@ def with_saved_harmonizer(model: MILModel, directory: Path) -> MILModel:
     return HarmonizedModel(model, load_harmonizer(directory / HARMONIZER_DIR))
 
 
+def _center(bags: Mapping[str, Bag], slide_id: str) -> str:
+    """The center of ``slide_id``'s bag.
+
+    Raises:
+        ConfigError: the bag has none.
+    """
+    center = bags[slide_id].center
+    if center is None:
+        raise ConfigError(f"slide {slide_id!r} has no center; harmonisation needs one per slide")
+    return center
+
+
 def _tile_sample(
     bags: Mapping[str, Bag], slide_ids: Sequence[str], tiles_per_slide: int, seed: int
 ) -> tuple[np.ndarray, list[str]]:
@@ -159,11 +167,8 @@ def _tile_sample(
     rng = np.random.default_rng(seed)
     parts, owners = [], []
     for s in slide_ids:
-        features = bags[s].features.numpy()
-        if len(features) > tiles_per_slide:
-            features = features[np.sort(rng.choice(len(features), tiles_per_slide, replace=False))]
-        parts.append(features)
-        owners.extend([s] * len(features))
+        parts.append(tile_sample(bags[s].features.numpy(), tiles_per_slide, rng))
+        owners.extend([s] * len(parts[-1]))
     return np.concatenate(parts), owners
 
 
@@ -171,15 +176,14 @@ def fit_split_harmonizer(
     bags: Mapping[str, Bag],
     train_ids: Sequence[str],
     *,
-    center_of: Mapping[str, str],
     label_of: Mapping[str, int],
     method: Method,
     parametric: bool,
     tiles_per_slide: int,
     seed: int,
 ) -> tuple[Harmonizer, list[str]]:
-    """A harmoniser fitted on the training slides' tiles, the slide label as the covariate to
-    keep; returns it and warnings.
+    """A harmoniser fitted on the training slides' tiles (their bags' centers), the slide
+    label as the covariate to keep; returns it and warnings.
 
     Only ``train_ids`` are read: their features (at most ``tiles_per_slide`` per slide), their
     centers and their labels. When the labels are confounded with the centers (a center
@@ -187,7 +191,7 @@ def fit_split_harmonizer(
     costs.
     """
     features, owners = _tile_sample(bags, train_ids, tiles_per_slide, seed)
-    centers = [center_of[s] for s in owners]
+    centers = [_center(bags, s) for s in owners]
     design = design_from_labels([label_of[s] for s in owners])
     harmonizer = Harmonizer(method=method, parametric=parametric)
     try:
@@ -208,18 +212,19 @@ def add_unseen_centers(
     bags: Mapping[str, Bag],
     slide_ids: Sequence[str],
     *,
-    center_of: Mapping[str, str],
     min_slides: int,
     tiles_per_slide: int,
     seed: int,
 ) -> list[str]:
-    """Harmonise, label-free, every center of ``slide_ids`` the harmoniser does not know,
-    from those slides' own features (no label is read); returns the centers added.
+    """Harmonise, label-free, every center of ``slide_ids``' bags the harmoniser does not
+    know, from those slides' own features (no label is read); returns the centers added.
 
     Raises:
         TooFewSlidesError: an unseen center with fewer than ``min_slides`` slides.
+        ConfigError: a bag without a center.
     """
-    unseen = sorted({center_of[s] for s in slide_ids} - set(harmonizer.centers))
+    center_of = {s: _center(bags, s) for s in slide_ids}
+    unseen = sorted(set(center_of.values()) - set(harmonizer.centers))
     for center in unseen:
         own = [s for s in slide_ids if center_of[s] == center]
         features, owners = _tile_sample(bags, own, tiles_per_slide, seed)
@@ -236,8 +241,6 @@ def harmonize_bags(
     out = {}
     for s in slide_ids:
         bag = bags[s]
-        if bag.center is None:
-            raise ConfigError(f"slide {s!r} has no center; harmonisation needs one per slide")
-        values = harmonizer.transform(bag.features.numpy(), [bag.center] * len(bag.features))
+        values = harmonizer.transform(bag.features.numpy(), [_center(bags, s)] * len(bag.features))
         out[s] = dataclasses.replace(bag, features=torch.from_numpy(values.astype(np.float32)))
     return out

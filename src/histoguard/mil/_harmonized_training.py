@@ -52,21 +52,20 @@ def split_harmonizer(
     only; centers of its other slides it never saw are added label-free (said once)."""
     if config.harmonize == "none":
         return None, bags
-    center_of = {row.slide_id: row.center or "" for row in cohort.rows}
-    label_of = {row.slide_id: cohort.label_index(row) for row in cohort.rows}
+    label_of = {s: cohort.label_index(cohort.row(s)) for s in split.train}  # training only
     harmonizer, warnings = fit_split_harmonizer(
-        bags, split.train, center_of=center_of, label_of=label_of,
+        bags, split.train, label_of=label_of,
         method=config.harmonize,  # type: ignore[arg-type]
         parametric=config.harmonize_parametric, tiles_per_slide=config.harmonize_tiles,
         seed=config.seed,
     )  # fmt: skip
-    others = [s for s in (*split.test, *split.calibration)]
+    others = [*split.test, *split.calibration]
     added = add_unseen_centers(
-        harmonizer, bags, others, center_of=center_of, min_slides=config.harmonize_min_slides,
+        harmonizer, bags, others, min_slides=config.harmonize_min_slides,
         tiles_per_slide=config.harmonize_tiles, seed=config.seed,
     )  # fmt: skip
     for center in added:
-        n = sum(center_of[s] == center for s in others)
+        n = sum(bags[s].center == center for s in others)
         warnings.append(
             f"{split.name}: center {center!r} is not among the training centers; harmonised "
             f"label-free from its {n} held-out slides (no labels read)"

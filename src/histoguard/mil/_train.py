@@ -25,14 +25,14 @@ import torch
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ConfigError
-from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
+from histoguard.harmonize import FIT_TILES_PER_SLIDE, MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
 from histoguard.mil._base import MILModel
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
 from histoguard.mil._ensemble import FoldEnsemble
-from histoguard.mil._harmonized import HARMONIZE_TILES_PER_SLIDE, HarmonizedModel
+from histoguard.mil._harmonized import HarmonizedModel
 from histoguard.mil._harmonized_training import check_harmonize_cohort, split_harmonizer
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._provenance import training_provenance
@@ -147,7 +147,7 @@ class TrainConfig:
     drift_alpha: float = TrustSettings.drift_alpha
     harmonize: str = "none"
     harmonize_parametric: bool = True
-    harmonize_tiles: int = HARMONIZE_TILES_PER_SLIDE
+    harmonize_tiles: int = FIT_TILES_PER_SLIDE
     harmonize_min_slides: int = MIN_NEW_CENTER_SLIDES
     # Training-time robustness (mil/_robust_training.py); all off by default.
     adversarial_weight: float = 0.0
