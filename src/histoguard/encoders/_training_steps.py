@@ -114,6 +114,56 @@ class BatchAugmenter:
         return out
 
 
+def center_aware_contrastive_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    centers: torch.Tensor,
+    *,
+    temperature: float,
+    same_class_fallback: bool = False,
+) -> torch.Tensor | None:
+    """Supervised-contrastive loss (Khosla et al. 2020, the L_out form) with center-aware
+    positives: the one implementation behind tile-level (encoder) and bag-level (MIL) training.
+
+    The embeddings are L2-normalised; for anchor i, with P(i) its positives,
+    ``loss_i = -1/|P(i)| Σ_{p∈P(i)} log(exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ))``, averaged
+    over the anchors that have positives. P(i): the others with i's label and a known center
+    different from i's; with ``same_class_fallback``, when there are none, the others with i's
+    label.
+
+    Args:
+        embeddings: ``(B, D)`` float.
+        labels: ``(B,)`` int64 classes.
+        centers: ``(B,)`` int64 center indices, -1 = unknown (never "another center").
+        temperature: τ > 0.
+        same_class_fallback: see above.
+
+    Returns:
+        A scalar, or None when no anchor has a positive.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    z = F.normalize(embeddings, dim=1)
+    n = z.shape[0]
+    others = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    logits = (z @ z.T / temperature).masked_fill(~others, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    same_class = (labels[:, None] == labels[None, :]) & others
+    known = centers >= 0
+    positives = (
+        same_class & (centers[:, None] != centers[None, :]) & known[:, None] & known[None, :]
+    )
+    if same_class_fallback:
+        positives = torch.where(positives.any(dim=1, keepdim=True), positives, same_class)
+    counts = positives.sum(dim=1)
+    anchors = counts > 0
+    if not bool(anchors.any()):
+        return None
+    picked = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return -(picked[anchors] / counts[anchors]).mean()
+
+
 def supervised_contrastive_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -121,11 +171,9 @@ def supervised_contrastive_loss(
     *,
     temperature: float = 0.1,
 ) -> torch.Tensor:
-    """Supervised-contrastive loss (Khosla et al. 2020) with center-aware positives.
-
-    For each anchor, the positives are the batch's other tiles of the same class from *another*
-    center, so the embedding is pulled together across hospitals, not within one; every other
-    tile is in the denominator. Anchors without such a positive do not count.
+    """The tile-level loss: :func:`center_aware_contrastive_loss`, positives strictly the
+    batch's other tiles of the same class from *another* center, so the embedding is pulled
+    together across hospitals, not within one.
 
     Args:
         embeddings: ``(B, D)`` float, L2-normalised here.
@@ -136,21 +184,8 @@ def supervised_contrastive_loss(
     Returns:
         A scalar: the mean over anchors with a positive (0, still in the graph, if none).
     """
-    import torch
-    import torch.nn.functional as F
-
-    z = F.normalize(embeddings, dim=1)
-    logits = z @ z.T / temperature
-    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    positive = (labels[:, None] == labels[None, :]) & (centers[:, None] != centers[None, :])
-    counts = positive.sum(dim=1)
-    anchors = counts > 0
-    if not bool(anchors.any()):
-        return embeddings.sum() * 0.0
-    per_anchor = -(log_prob.masked_fill(~positive, 0.0).sum(dim=1)[anchors]) / counts[anchors]
-    return per_anchor.mean()
+    loss = center_aware_contrastive_loss(embeddings, labels, centers, temperature=temperature)
+    return embeddings.sum() * 0.0 if loss is None else loss
 
 
 def data_sha256(

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from histoguard.encoders._training_steps import center_aware_contrastive_loss
 from histoguard.errors import ConfigError
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._cohort import Cohort
@@ -118,13 +119,10 @@ class CenterAdversary(nn.Module):
 def supervised_contrastive_loss(
     embeddings: Tensor, labels: Tensor, centers: Tensor, *, temperature: float
 ) -> Tensor | None:
-    """Supervised-contrastive loss (Khosla et al. 2020, the L_out form) with center-aware
-    positives.
-
-    The embeddings are L2-normalised; for anchor i, with P(i) its positives,
-    ``loss_i = -1/|P(i)| Σ_{p∈P(i)} log(exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ))``, averaged
-    over the anchors that have positives. P(i): the other bags with i's label and a known
-    center different from i's; if there are none, the other bags with i's label.
+    """The bag-level loss: the shared
+    :func:`~histoguard.encoders._training_steps.center_aware_contrastive_loss` with a
+    ScanGen-style fallback: an anchor's positives are the other bags with its label and a
+    known, different center; if there are none, the other bags with its label.
 
     Args:
         embeddings: ``(S, E)`` bag embeddings.
@@ -135,23 +133,9 @@ def supervised_contrastive_loss(
     Returns:
         A scalar, or None when no anchor has a positive (e.g. one bag per class).
     """
-    z = F.normalize(embeddings, dim=1)
-    n = z.shape[0]
-    others = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    logits = (z @ z.T / temperature).masked_fill(~others, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    same_class = (labels[:, None] == labels[None, :]) & others
-    known = centers >= 0
-    cross_center = (
-        same_class & (centers[:, None] != centers[None, :]) & known[:, None] & known[None, :]
+    return center_aware_contrastive_loss(
+        embeddings, labels, centers, temperature=temperature, same_class_fallback=True
     )
-    positives = torch.where(cross_center.any(dim=1, keepdim=True), cross_center, same_class)
-    counts = positives.sum(dim=1)
-    anchors = counts > 0
-    if not bool(anchors.any()):
-        return None
-    picked = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-    return -(picked[anchors] / counts[anchors]).mean()
 
 
 def adversary_centers(split: Split, cohort: Cohort, *, unlabelled: bool = False) -> list[str]:
