@@ -41,10 +41,12 @@ _TABLE_METRICS: tuple[tuple[str, str], ...] = (
 # --- weighted implementations: (B, N) weights in, (B,) values out --------------------------------
 
 
-def _weighted_auc(
+def weighted_auc(
     weights: FloatArray, positive: npt.NDArray[np.bool_], score: FloatArray
 ) -> FloatArray:
-    """Mann–Whitney AUC per row of ``weights``: P(score_pos > score_neg) + ½ P(tie).
+    """Mann–Whitney AUC per row of ``weights (B, N)``: P(score_pos > score_neg) + ½ P(tie),
+    NaN for a row without positive or negative weight (the bootstrap's resamples; also the
+    robustness site probe's).
 
     Sorting once and summing weights within tie groups makes each resample O(N) instead of a
     rank computation per resample.
@@ -87,7 +89,7 @@ def _binary_weighted(
     sensitivity = _ratio(tp, tp + fn)
     specificity = _ratio(tn, tn + fp)
     return {
-        "auc": _weighted_auc(weights, positive, score),
+        "auc": weighted_auc(weights, positive, score),
         "balanced_accuracy": (sensitivity + specificity) / 2,
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "sensitivity": sensitivity,
@@ -115,7 +117,7 @@ def _multiclass_weighted(
     n_predicted = weights @ predicted
     # A class absent from a resample has no one-vs-rest AUC, so neither has the macro mean.
     auc = np.stack(
-        [_weighted_auc(weights, y_true == c, probs[:, c]) for c in range(n_classes)], axis=1
+        [weighted_auc(weights, y_true == c, probs[:, c]) for c in range(n_classes)], axis=1
     ).mean(axis=1)
     return {
         "auc": auc,

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histoguard.errors import AuditDataError, ConfigError
+from histoguard.mil._metrics import weighted_auc
 from histoguard.robustness.data._containers import LabelledEmbeddings
 from histoguard.robustness.metrics._linear_probe import DEFAULT_C_GRID, fit_linear_probe
 
@@ -365,20 +366,8 @@ def _weighted_auroc(target: IntArray, scores: FloatArray, weights: FloatArray) -
     Ties count one half. NaN where a class has no weight."""
     n_classes = scores.shape[1]
     columns = [1] if n_classes == 2 else range(n_classes)
-    values = [_binary_auroc(target == k, scores[:, k], weights) for k in columns]
+    values = [weighted_auc(weights, target == k, scores[:, k]) for k in columns]
     return np.asarray(np.mean(values, axis=0), dtype=np.float64)
-
-
-def _binary_auroc(positive: npt.NDArray[np.bool_], score: FloatArray, w: FloatArray) -> FloatArray:
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first row of each tied score
-    pos = np.add.reduceat(w[:, order] * positive[order], starts, axis=1)
-    neg = np.add.reduceat(w[:, order] * ~positive[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
-    return np.asarray(auc, dtype=np.float64)
 
 
 def _weighted_balanced_accuracy(
