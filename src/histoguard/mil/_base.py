@@ -39,6 +39,13 @@ class MILOutput:
     embedding: Tensor | None = None
 
 
+def class_balanced_weights(labels: Tensor, n_classes: int) -> Tensor:
+    """``(C,)`` float32 inverse-frequency weights of ``labels (S,)`` int64 for
+    :meth:`MILModel.compute_loss`: ``S / (C * count_c)``, a missing class counted once."""
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    return counts.sum() / (len(counts) * counts.clamp(min=1))
+
+
 def check_bags(features: Tensor, mask: Tensor, in_dim: int) -> None:
     """Validate a padded batch: ``features: (B, N, D)`` float, ``mask: (B, N)`` bool.
 

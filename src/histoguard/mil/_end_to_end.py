@@ -29,7 +29,7 @@ from histoguard.core._atomic import atomic_output, write_bytes_atomic
 from histoguard.encoders import Encoder, load_encoder
 from histoguard.errors import CohortError, ConfigError, HistoguardError
 from histoguard.mil._bags import Bag, predict_bags
-from histoguard.mil._base import MILModel
+from histoguard.mil._base import MILModel, class_balanced_weights
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, format_problems, load_cohort
 from histoguard.mil._config_checks import check_model_settings
@@ -268,8 +268,8 @@ def fit_end_to_end(
     model.fit_feature_scaling(torch.cat([bag_encoder.encode(f, i) for f, i in samples]))
     weights = None
     if config.class_balanced:
-        counts = torch.bincount(torch.tensor([labels[s] for s in train_ids]), minlength=n_classes)
-        weights = (counts.sum() / (n_classes * counts.clamp(min=1))).float().to(encoder.device)
+        train_labels = torch.tensor([labels[s] for s in train_ids])
+        weights = class_balanced_weights(train_labels, n_classes).to(encoder.device)
     optimiser = torch.optim.AdamW(
         [
             {"params": [p for p in encoder.module.parameters() if p.requires_grad],

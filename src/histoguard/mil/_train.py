@@ -27,7 +27,7 @@ from histoguard.core._atomic import write_bytes_atomic
 from histoguard.errors import ConfigError
 from histoguard.harmonize import FIT_TILES_PER_SLIDE, MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
-from histoguard.mil._base import MILModel
+from histoguard.mil._base import MILModel, class_balanced_weights
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
@@ -347,8 +347,7 @@ def train_split(
     optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     weights = None
     if config.class_balanced:
-        counts = torch.bincount(train_labels, minlength=len(cohort.labels)).float()
-        weights = counts.sum() / (len(counts) * counts.clamp(min=1))
+        weights = class_balanced_weights(train_labels, len(cohort.labels))
     step_size = config.bags_per_step
     steps_per_epoch = math.ceil(len(train_ids) / step_size)
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
