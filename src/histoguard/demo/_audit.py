@@ -10,18 +10,16 @@ audited on it (it is differentiable, so the attacks run), with budgets small eno
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from histoguard.core._atomic import write_bytes_atomic
 from histoguard.demo._pseudo_slides import real_tile_paths
 from histoguard.encoders import load_encoder
 from histoguard.errors import AuditDataError
 from histoguard.report import write_audit_page, write_comparison_page
 from histoguard.robustness import (
-    COMPARISON_JSON,
     AttackSettings,
     AuditConfig,
     AuditOutputs,
@@ -39,8 +37,8 @@ from histoguard.robustness import (
     default_profiles,
     simulate_centers,
     write_audit,
+    write_comparison,
 )
-from histoguard.robustness._result import jsonable
 from histoguard.robustness.metrics._apd import APDConfig
 from histoguard.slide._synthetic import synthetic_tile
 
@@ -165,10 +163,8 @@ def run_demo_harmonization(
         DEMO_AUDIT_CONFIG, encoder=DEMO_AUDIT_ENCODER, n_tiles=int(test.sum()),
         n_fit_tiles=int(train.sum()), tile_source=source,
     )  # fmt: skip
-    result = replace(result, metadata=jsonable(meta))
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / COMPARISON_JSON
-    write_bytes_atomic(json_path, result.to_json().encode())
+    result = result.with_metadata(meta)
+    json_path = write_comparison(result, out)
     html_path = write_comparison_page(result, out / "comparison.html")
     return ComparisonOutputs(json_path=json_path, html_path=html_path, comparison=result)
 

@@ -28,6 +28,7 @@ from histoguard.robustness._compare import (
     ComparisonRow,
     compare_embeddings,
     run_comparison,
+    write_comparison,
 )
 from histoguard.robustness._result import (
     SCHEMA_VERSION,
@@ -188,4 +189,5 @@ __all__ = [
     "universal_attack",
     "universal_perturbation",
     "write_audit",
+    "write_comparison",
 ]

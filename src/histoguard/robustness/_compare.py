@@ -110,6 +110,10 @@ class ComparisonResult:
         """
         return next(r for r in self.rows if r.metric == metric)
 
+    def with_metadata(self, metadata: Mapping[str, Any]) -> ComparisonResult:
+        """The same comparison with ``metadata`` (JSON-compatible) as its provenance."""
+        return replace(self, metadata=jsonable(metadata))
+
     def to_dict(self) -> dict[str, Any]:
         """The content of ``comparison.json`` (JSON types only)."""
         rows = [
@@ -271,7 +275,19 @@ def run_comparison(
     result = compare_embeddings(sides[0], sides[1], config)
     meta = audit_metadata(f"{before} vs {after}", config, before=str(before), after=str(after),
                           cohort=str(cohort), n_embeddings=len(sides[0]))  # fmt: skip
-    result = replace(result, metadata=jsonable(meta))
-    out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / COMPARISON_JSON, result.to_json().encode())
+    result = result.with_metadata(meta)
+    write_comparison(result, out)
     return result
+
+
+def write_comparison(result: ComparisonResult, out: Path) -> Path:
+    """Write ``out/comparison.json`` (atomically, verified) and return its path; the page is
+    drawn by :func:`histoguard.report.write_comparison_page`.
+
+    Raises:
+        OutputError: the file could not be written as intended.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / COMPARISON_JSON
+    write_bytes_atomic(json_path, result.to_json().encode())
+    return json_path
