@@ -9,11 +9,13 @@ whatever mode the writer created the temporary with (some, like safetensors, use
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 _TMP_MARK = ".tmp-"
 _UMASK_LOCK = threading.Lock()
@@ -85,6 +87,15 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
 
     with atomic_output(final, verify=verify) as tmp:
         tmp.write_bytes(data)
+
+
+def write_json_atomic(
+    final: Path, value: Any, *, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Write ``value`` as indented, newline-terminated JSON to ``final`` atomically, verified by
+    reading it back. ``default`` converts objects ``json`` cannot (e.g. ``float`` for numpy
+    scalars)."""
+    write_bytes_atomic(final, (json.dumps(value, indent=2, default=default) + "\n").encode())
 
 
 def remove_stale_temporaries(directory: Path, prefix: str = "") -> int:

@@ -29,8 +29,15 @@ import numpy as np
 import numpy.typing as npt
 
 from histoguard._version import __version__
-from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.core._atomic import write_json_atomic
 from histoguard.encoders._registry import Encoder, EncoderInfo, load_encoder
+from histoguard.encoders._saving import (
+    ENCODER_JSON,
+    ENCODER_WEIGHTS,
+    module_state,
+    save_encoder,
+    save_tensors,
+)
 from histoguard.encoders._training_steps import (
     BatchAugmenter,
     data_sha256,
@@ -50,8 +57,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENCODER_WEIGHTS = "encoder.safetensors"
-ENCODER_JSON = "encoder.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_JSON = "checkpoint.json"
 
@@ -204,25 +209,6 @@ def _balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    def verify(tmp: Path) -> None:
-        if load_file(str(tmp)).keys() != tensors.keys():
-            raise OSError(f"{path}: read-back differs from what was written")
-
-    with atomic_output(path, verify=verify) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
-
-
 def train_encoder(
     tiles: TrainingTiles,
     config: EncoderTrainingConfig,
@@ -369,8 +355,8 @@ def train_encoder(
                     and val_loss < state["best_loss"])
             )  # fmt: skip
             if better:
-                best_state = _state(module)
-                _save_tensors(best_state, out / ENCODER_WEIGHTS)
+                best_state = module_state(module)
+                save_tensors(best_state, out / ENCODER_WEIGHTS)
                 state.update(best_epoch=epoch + 1, best_acc=val_acc, best_loss=val_loss)
                 state["since_best"] = 0
             else:
@@ -389,9 +375,8 @@ def train_encoder(
 
     module.load_state_dict(best_state)
     module.eval()
+    trained = Encoder(info, module, device=config.device)
     provenance = {
-        "encoder": config.encoder,
-        "weights_file": ENCODER_WEIGHTS,
         "initial_weights": None if weights is None else str(weights),
         "data": {
             "sha256": digest,
@@ -414,13 +399,11 @@ def train_encoder(
         "stopped_early": len(history) < config.epochs,
         "history": history,
         "seconds": round(time.perf_counter() - started, 1),
-        "histoguard_version": __version__,
         "torch_version": torch.__version__,
     }
-    _write_json(out / ENCODER_JSON, provenance)
     return EncoderTrainingResult(
-        encoder=Encoder(info, module, device=config.device),
-        weights=out / ENCODER_WEIGHTS,
+        encoder=trained,
+        weights=save_encoder(trained, out, provenance),
         provenance=out / ENCODER_JSON,
         best_epoch=int(state["best_epoch"]),
         val_balanced_accuracy=state["best_acc"],
@@ -503,7 +486,7 @@ def _start_or_resume(
     restored in place)."""
     fresh: dict[str, Any] = {
         "epoch": 0, "best_epoch": 0, "best_acc": None, "best_loss": None, "since_best": 0,
-        "history": [], "best_state": _state(module),
+        "history": [], "best_state": module_state(module),
     }  # fmt: skip
     meta_path = out / CHECKPOINT_JSON
     if not meta_path.exists():
@@ -546,8 +529,10 @@ def _write_checkpoint(
     head: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
 ) -> None:
-    tensors = {f"encoder.{k}": v for k, v in _state(module).items()}
-    tensors |= {f"head.{k}": v for k, v in _state(head).items()}
+    tensors = {f"encoder.{k}": v for k, v in module_state(module).items()}
+    tensors |= {f"head.{k}": v for k, v in module_state(head).items()}
     tensors |= {k: v.cpu() for k, v in optimizer_tensors(optimizer).items()}
-    _save_tensors(tensors, out / CHECKPOINT_WEIGHTS)
-    _write_json(out / CHECKPOINT_JSON, {**identity, **state, "histoguard_version": __version__})
+    save_tensors(tensors, out / CHECKPOINT_WEIGHTS)
+    write_json_atomic(
+        out / CHECKPOINT_JSON, {**identity, **state, "histoguard_version": __version__}
+    )

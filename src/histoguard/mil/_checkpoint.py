@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from histoguard._version import __version__
-from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.core._atomic import atomic_output, write_json_atomic
 from histoguard.mil._base import MILModel
 from histoguard.mil._harmonized import HarmonizedModel, save_harmonized, with_saved_harmonizer
 from histoguard.mil._registry import build_model
@@ -56,9 +56,7 @@ def save_model(
         "provenance": dict(provenance or {}),
         "histoguard_version": __version__,
     }
-    write_bytes_atomic(
-        directory / "model.json", (json.dumps(description, indent=2) + "\n").encode()
-    )
+    write_json_atomic(directory / "model.json", description)
 
 
 def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from histoguard._version import __version__
-from histoguard.core._atomic import atomic_output, write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
 from histoguard.encoders import Encoder, load_encoder
+from histoguard.encoders._saving import save_encoder
 from histoguard.errors import CohortError, ConfigError, HistoguardError
 from histoguard.mil._bags import Bag, predict_bags
 from histoguard.mil._base import MILModel, class_balanced_weights
@@ -48,8 +48,6 @@ from histoguard.slide import TileFolder
 logger = logging.getLogger(__name__)
 
 #: File names of the trained encoder in the output folder.
-ENCODER_WEIGHTS = "encoder.safetensors"
-ENCODER_JSON = "encoder.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,41 +319,6 @@ def fit_end_to_end(
     return model.eval(), history
 
 
-def save_encoder(encoder: Encoder, out: Path, provenance: Mapping[str, Any]) -> Path:
-    """Write ``encoder.safetensors`` (the module's state dict, read back and compared before it
-    is published) and ``encoder.json`` (``provenance`` plus the weights' SHA-256).
-
-    Returns:
-        The weights file, loadable by ``load_encoder(name, weights=...)``.
-    """
-    from safetensors.torch import save_file
-
-    from histoguard.core._weights import load_state_dict, sha256_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.module.state_dict().items()}
-
-    def verify(tmp: Path) -> None:
-        loaded = load_state_dict(tmp)
-        if loaded.keys() != state.keys() or any(
-            not torch.equal(loaded[k], state[k]) for k in state
-        ):
-            raise OSError(f"{out / ENCODER_WEIGHTS}: weights read back differ from the encoder")
-
-    path = out / ENCODER_WEIGHTS
-    with atomic_output(path, verify=verify) as tmp:
-        save_file(state, str(tmp))
-    description = {
-        **provenance,
-        "encoder": encoder.info.name,
-        "embed_dim": encoder.embed_dim,
-        "input_size": encoder.info.input_size,
-        "weights_sha256": sha256_file(path),
-        "histoguard_version": __version__,
-    }
-    _write_json(out / ENCODER_JSON, description)
-    return path
-
-
 def open_tile_folders(cohort: Cohort, tiles: Path) -> dict[str, TileFolder]:
     """Each slide's tile folder, ``tiles/<slide_id>/``.
 
@@ -425,9 +388,7 @@ def train_end_to_end(
     say = log or (lambda message: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(
-        out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode()
-    )
+    write_json_atomic(out / "config.json", config.to_dict())
     cohort = load_cohort(Path(config.cohort), require_files=False)
     folders = open_tile_folders(cohort, Path(config.tiles))
     index, split = _choose_split(out, cohort, config)
@@ -517,12 +478,6 @@ def _evaluate(
     )
     report["design"] = f"end-to-end ({config.split})"
     table = format_table(report)
-    write_bytes_atomic(
-        out / "metrics.json", (json.dumps(report, indent=2, default=float) + "\n").encode()
-    )
+    write_json_atomic(out / "metrics.json", report, default=float)
     write_bytes_atomic(out / "metrics.txt", (table + "\n").encode())
     return report, table
-
-
-def _write_json(path: Path, value: Mapping[str, Any]) -> None:
-    write_bytes_atomic(path, (json.dumps(value, indent=2, default=float) + "\n").encode())

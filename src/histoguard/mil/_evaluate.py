@@ -4,7 +4,6 @@ gate's false alarms. Used by ``train`` (its test slides) and by :func:`evaluate`
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
 from histoguard.errors import ModelMismatchError
 from histoguard.mil._trust import (
     REVIEW,
@@ -400,6 +399,6 @@ def evaluate(
                 trust, _embeddings(files), _embeddings(ood_features), n_boot=n_boot, seed=seed
             )
         )
-    write_bytes_atomic(out / EVALUATION_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    write_json_atomic(out / EVALUATION_NAME, report)
     write_bytes_atomic(out / "evaluation.txt", (format_trust_report(report) + "\n").encode())
     return EvaluationResult(report=report, evaluation=evaluation, out=out)

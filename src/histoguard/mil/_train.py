@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
 from histoguard.errors import ConfigError
 from histoguard.harmonize import FIT_TILES_PER_SLIDE, MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
@@ -453,9 +453,7 @@ def train(
     say = log or (lambda message: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(
-        out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode()
-    )
+    write_json_atomic(out / "config.json", config.to_dict())
     cohort = load_cohort(config.cohort, features_dir=config.features)
     check_harmonize_cohort(cohort, config)
     bags = load_bags(cohort, config.features)
@@ -535,8 +533,6 @@ def train(
         readings = fitter.test_readings()
         report["trust"] = trust_report(readings, n_boot=config.n_boot, seed=config.seed)
         table += "\n\n" + format_trust_report(report["trust"])
-    write_bytes_atomic(
-        out / "metrics.json", (json.dumps(report, indent=2, default=float) + "\n").encode()
-    )
+    write_json_atomic(out / "metrics.json", report, default=float)
     write_bytes_atomic(out / "metrics.txt", (table + "\n").encode())
     return TrainResult(out=out, report=report, fold_dirs=tuple(fold_dirs), table=table)
