@@ -62,3 +62,30 @@ def test_train_encoder_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.exit_code == 2 and "wobble" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_simclr_pretraining_then_a_supervised_run_from_its_weights(tmp_path: Path) -> None:
+    tiles = _class_folders(tmp_path / "tiles")
+    pre = tmp_path / "pre"
+    common = ["--epochs", "1", "--batch-size", "8", "--tile-size", "32", "-q",
+              "--slide-pattern", r"^(\w+?\d)_"]  # fmt: skip
+    # Every image below the folder, class folders or not; labels are not read.
+    result = CliRunner().invoke(
+        app, ["train-encoder", str(tiles / "A"), "--encoder", "hg-cnn", "--out", str(pre),
+              "--objective", "simclr", *common],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "validation loss" in result.output
+    record = json.loads((pre / "encoder.json").read_text())
+    assert record["config"]["objective"] == "simclr" and record["data"]["n_tiles"] == 18
+    fine = CliRunner().invoke(
+        app, ["train-encoder", str(tiles), "--encoder", "hg-cnn", "--out", str(tmp_path / "ft"),
+              "--weights", str(pre / "encoder.safetensors"), *common],
+    )  # fmt: skip
+    assert fine.exit_code == 0, fine.output
+    assert "balanced accuracy" in fine.output
+    bad = CliRunner().invoke(
+        app, ["train-encoder", str(tiles), "--encoder", "hg-cnn", "--out", str(tmp_path / "x"),
+              "--objective", "byol"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "byol" in bad.output

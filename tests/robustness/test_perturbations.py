@@ -26,8 +26,8 @@ from histoguard.stain import MacenkoNormalizer
 from histoguard.stain._optical_density import od_to_rgb
 
 #: Perturbations with a continuous parameter that should change tiles more at each severity.
-GRADED = ("hed_jitter", "macenko_jitter", "blur", "jpeg", "colour_response", "noise")
-STOCHASTIC = ("hed_jitter", "macenko_jitter", "colour_response", "noise")
+GRADED = ("hed_jitter", "macenko_jitter", "blur", "jpeg", "colour_response", "noise", "zoom")
+STOCHASTIC = ("hed_jitter", "macenko_jitter", "colour_response", "noise", "zoom")
 
 # Unit OD directions of haematoxylin and eosin (Ruifrok & Johnston) and of a bluer, a redder
 # pair, for synthetic tiles stained like different labs.

@@ -13,12 +13,14 @@ name                   unit                                        severities 1.
 ``jpeg``               JPEG quality (re-compression, 4:2:0)        90 70 50 30 10
 ``colour_response``    gamma factor and channel gain deviation     0.05 0.1 0.15 0.2 0.3
 ``noise``              Gaussian noise std, 0–255 intensity units   2 4 8 12 16
+``zoom``               magnification factor (crop, resized back)   1.1 1.25 1.5 1.75 2
 ``rot90`` …            degrees counter-clockwise (after a mirror)  one severity
 stain transfer         OD blend fraction towards a reference       0.2 0.4 0.6 0.8 1.0
 =====================  ==========================================  ===========================
 
-Stochastic perturbations (HED jitter, colour response, noise) draw every tile's randomness from
-``default_rng([seed, index])``, the tile's position in the set: a tile is perturbed the same way
+Stochastic perturbations (HED jitter, colour response, noise, zoom's crop position) draw every
+tile's randomness from ``default_rng([seed, index])``, the tile's position in the set: a tile is
+perturbed the same way
 alone or in any batch, and the same draws are scaled by every severity, so a higher severity is
 the same change, larger. Stain transfer towards a reference image is built by
 :func:`stain_transfer_perturbation`, one perturbation per reference, and is not registered
@@ -214,6 +216,26 @@ def _colour_response(tiles: np.ndarray, deviation: float, rng: np.random.Generat
 )
 def _noise(tiles: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(tiles + std * rng.standard_normal(tiles.shape))
+
+
+@register_perturbation(
+    "zoom",
+    unit="magnification factor: a crop of 1/factor of each side, resized back (bilinear)",
+    levels=(1.1, 1.25, 1.5, 1.75, 2.0),
+    description="per-tile random crop resized back to the tile's size: the same tissue seen at "
+    "a higher magnification (scanners and tiling pipelines that disagree on the scale)",
+    stochastic=True,
+)
+def _zoom(tiles: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
+    height, width = tiles.shape[1:3]
+    crop_h, crop_w = max(1, round(height / factor)), max(1, round(width / factor))
+    out = np.empty_like(tiles)
+    for i, tile in enumerate(tiles):
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        crop = Image.fromarray(tile[top : top + crop_h, left : left + crop_w])
+        out[i] = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+    return out
 
 
 def _rotate(tiles: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:

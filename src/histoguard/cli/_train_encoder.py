@@ -1,10 +1,10 @@
 """The ``train-encoder`` command: :func:`histoguard.encoders.train_encoder` on tiles read by the
-robustness loaders (class folders or a tile table)."""
+robustness loaders (class folders, a tile table, or for SimCLR any folder of tiles)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -19,12 +19,22 @@ def train_encoder_command(
         typer.Argument(
             help="A folder of class folders (TILES/<class>/<tile> or "
             "TILES/<center>/<class>/<tile>), or a tile table (CSV/TSV: path or PathoROB "
-            "patch_id, label, center, slide_id).",
+            "patch_id, label, center, slide_id). With --objective simclr: any folder of tiles "
+            "(every image below it; labels are not read) or a tile table.",
             show_default=False,
         ),
     ],
     encoder: Annotated[str, typer.Option(help="Encoder to train (a torch encoder): {encoders}.")],
     out: OutDir,
+    objective: Annotated[
+        Literal["supervised", "simclr"],
+        typer.Option(
+            help="supervised: cross-entropy on the tile classes. simclr: self-supervised "
+            "(two augmented views of each tile, NT-Xent on a projection head; no labels), a "
+            "warm start: pass its OUT/encoder.safetensors as --weights of a supervised run, or "
+            "to extract.",
+        ),
+    ] = "supervised",
     weights: Annotated[
         Path | None, typer.Option(help="Initial weights (default: the seeded random init).")
     ] = None,
@@ -105,21 +115,22 @@ def train_encoder_command(
     exactly invariant to 90° rotations and flips for any weights.
     """
     from histoguard.encoders import EncoderTrainingConfig, train_encoder
-    from histoguard.robustness import load_class_folders, load_tile_table
+    from histoguard.robustness import load_class_folders, load_tile_table, load_unlabelled_tiles
 
     specs = tuple(augment) if augment is not None else None
     if specs is not None and [s.lower() for s in specs] == ["none"]:
         specs = ()
     config = EncoderTrainingConfig(
-        encoder=encoder, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        seed=seed, val_fraction=val_fraction, patience=patience, augment=specs,
-        contrastive_weight=contrastive_weight, max_tiles=max_tiles, tile_size=tile_size,
-        device=device,
+        encoder=encoder, objective=objective, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, seed=seed, val_fraction=val_fraction, patience=patience,
+        augment=specs, contrastive_weight=contrastive_weight, max_tiles=max_tiles,
+        tile_size=tile_size, device=device,
     )  # fmt: skip
     if tiles.is_dir():
         if image_root is not None:
             raise ConfigError("--image-root is for a tile table; TILES is a folder")
-        dataset = load_class_folders(tiles, center=center, slide_pattern=slide_pattern)
+        load_folder = load_unlabelled_tiles if objective == "simclr" else load_class_folders
+        dataset = load_folder(tiles, center=center, slide_pattern=slide_pattern)
     elif tiles.is_file():
         if center is not None or slide_pattern is not None:
             raise ConfigError(
@@ -132,9 +143,10 @@ def train_encoder_command(
         dataset, config, out, weights=weights, resume=resume, progress=not quiet,
         log=None if quiet else typer.echo,
     )  # fmt: skip
-    accuracy = result.val_balanced_accuracy
+    accuracy, loss = result.val_balanced_accuracy, result.val_loss
     typer.echo(
         f"encoder: {result.weights} (epoch {result.best_epoch}"
         + ("" if accuracy is None else f", validation balanced accuracy {accuracy:.3f}")
+        + ("" if accuracy is not None or loss is None else f", validation loss {loss:.4f}")
         + f")\nprovenance: {result.provenance}"
     )

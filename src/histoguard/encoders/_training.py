@@ -1,6 +1,8 @@
 """Train an encoder from tile labels: a linear head on the embedding, cross-entropy (optionally
 with a center-aware supervised-contrastive term), AdamW, early stopping on slide-grouped
-validation, resumable checkpoints.
+validation, resumable checkpoints. Or, without labels, self-supervised (SimCLR): two augmented
+views of each tile pulled together through a projection head, a warm start for the supervised
+run or for ``extract`` directly.
 
 What comes out is the encoder's own state dict, ``out/encoder.safetensors``, which
 ``load_encoder(name, weights=out/"encoder.safetensors")`` and ``histoguard extract --encoder
@@ -17,19 +19,16 @@ comes from ``(seed, epoch, batch)``, ends with the weights an uninterrupted run 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from histoguard._version import __version__
-from histoguard.core._atomic import write_json_atomic
 from histoguard.encoders._registry import Encoder, EncoderInfo, load_encoder
 from histoguard.encoders._saving import (
     ENCODER_JSON,
@@ -38,13 +37,13 @@ from histoguard.encoders._saving import (
     save_encoder,
     save_tensors,
 )
+from histoguard.encoders._training_checkpoint import start_or_resume, write_checkpoint
 from histoguard.encoders._training_steps import (
     BatchAugmenter,
     data_sha256,
     default_augmentations,
-    load_optimizer_tensors,
-    optimizer_tensors,
-    prefixed,
+    projection_head,
+    simclr_loss,
     split_by_slide,
     supervised_contrastive_loss,
 )
@@ -57,11 +56,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-CHECKPOINT_JSON = "checkpoint.json"
-
 #: Tiles embedded at once when validating.
 _EVAL_BATCH = 64
+
+#: The ``epoch`` that seeds the validation views of self-supervised training: the same views
+#: after every epoch (and after a resume), never one a training batch drew.
+_VAL_VIEWS_EPOCH = 2**20
+
+Objective = Literal["supervised", "simclr"]
 
 #: Training tiles (unaugmented) whose batch statistics become batch-norm's running statistics
 #: after every epoch.
@@ -94,11 +96,15 @@ class TrainingTiles(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderTrainingConfig:
-    """How to train an encoder from tile labels.
+    """How to train an encoder from tile labels (or, ``objective="simclr"``, without them).
 
     Attributes:
         encoder: a registered encoder whose module has trainable torch parameters (``hg-d4``,
             ``hg-cnn``, a timm or torch model); not ``hg-handcrafted``.
+        objective: ``"supervised"`` (cross-entropy on the tiles' classes) or ``"simclr"``
+            (self-supervised: labels are not read; two augmented views of each tile are the
+            positives of the NT-Xent loss on a projection head; early stopping on the
+            validation slides' NT-Xent loss).
         epochs: the most passes over the training tiles.
         batch_size: tiles per optimisation step (>= 2: batch-norm needs two).
         lr: AdamW learning rate.
@@ -106,13 +112,16 @@ class EncoderTrainingConfig:
         seed: seeds the split, the head's initialisation, the batch order and the augmentation.
         val_fraction: share of the slides held out to choose the best epoch and stop early (0:
             no validation, the last epoch is kept).
-        patience: stop after this many epochs without a better validation balanced accuracy.
+        patience: stop after this many epochs without a better validation balanced accuracy
+            (SimCLR: a lower validation loss).
         augment: perturbation chain, ``NAME`` or ``NAME:S`` (each step applied to half the
             tiles, at a severity drawn from 1..S); None: stain, scanner, blur and JPEG (and the
-            D4 transforms for encoders not already invariant to them); ``()``: none.
+            D4 transforms for encoders not already invariant to them; SimCLR adds a random
+            zoom); ``()``: none.
         contrastive_weight: weight of the supervised-contrastive loss whose positives are tiles
-            of the same class from another center (0: off).
-        temperature: temperature of that loss.
+            of the same class from another center (0: off). Supervised only.
+        temperature: temperature of that loss and of SimCLR's.
+        projection_dim: output width of SimCLR's projection head.
         max_tiles: train on at most this many tiles (a seeded random subset); None: all.
         tile_size: side in pixels tiles are trained at; None: the encoder's ``input_size``
             (what ``extract`` feeds it). A smaller size trains faster on a CPU; the weights then
@@ -121,6 +130,7 @@ class EncoderTrainingConfig:
     """
 
     encoder: str = "hg-d4"
+    objective: Objective = "supervised"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -131,6 +141,7 @@ class EncoderTrainingConfig:
     augment: tuple[str, ...] | None = None
     contrastive_weight: float = 0.0
     temperature: float = 0.1
+    projection_dim: int = 128
     max_tiles: int | None = None
     tile_size: int | None = None
     device: str = "cpu"
@@ -146,6 +157,12 @@ class EncoderTrainingConfig:
             (self.patience >= 1, "patience must be >= 1"),
             (self.contrastive_weight >= 0, "contrastive_weight must be >= 0"),
             (self.temperature > 0, "temperature must be > 0"),
+            (self.objective in ("supervised", "simclr"), "objective must be supervised or simclr"),
+            (self.projection_dim >= 2, "projection_dim must be >= 2"),
+            (
+                self.objective == "supervised" or self.contrastive_weight == 0,
+                "contrastive_weight needs labels (objective supervised); SimCLR has its own loss",
+            ),
             (self.max_tiles is None or self.max_tiles >= 4, "max_tiles must be >= 4"),
             (self.tile_size is None or self.tile_size >= 8, "tile_size must be >= 8 pixels"),
         ]
@@ -173,7 +190,9 @@ class EncoderTrainingResult:
         provenance: ``out/encoder.json``.
         best_epoch: the epoch (1-based) whose weights were kept.
         val_balanced_accuracy: the head's balanced accuracy on the validation slides at
-            ``best_epoch`` (None without validation).
+            ``best_epoch`` (None without validation, and for SimCLR).
+        val_loss: the validation loss at ``best_epoch`` (cross-entropy, or SimCLR's NT-Xent;
+            None without validation).
         history: one dict per finished epoch: ``epoch``, ``train_loss``, ``val_loss``,
             ``val_balanced_accuracy``, ``seconds``.
         classes: class names, index order of the head.
@@ -184,6 +203,7 @@ class EncoderTrainingResult:
     provenance: Path
     best_epoch: int
     val_balanced_accuracy: float | None
+    val_loss: float | None = None
     history: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     classes: tuple[str, ...] = ()
 
@@ -219,11 +239,13 @@ def train_encoder(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> EncoderTrainingResult:
-    """Train ``config.encoder`` on labelled tiles; write its weights and provenance to ``out``.
+    """Train ``config.encoder`` on labelled tiles (or, SimCLR, on any tiles); write its weights
+    and provenance to ``out``.
 
     Args:
         tiles: the labelled tiles (e.g. ``histoguard.robustness.load_class_folders(root)`` or
-            ``load_tile_table(table)``).
+            ``load_tile_table(table)``); for SimCLR their labels are not read
+            (``load_unlabelled_tiles(root)`` reads a folder of images).
         config: how to train.
         out: output folder (``encoder.safetensors``, ``encoder.json``, ``checkpoint.*``).
         weights: initial weights (a file ``load_encoder`` accepts); default the encoder's
@@ -236,9 +258,9 @@ def train_encoder(
         The trained encoder and what was written.
 
     Raises:
-        ConfigError: fewer than two classes, an encoder without trainable parameters, too few
-            slides for the validation split, a checkpoint in ``out`` without ``resume`` or one
-            from another configuration or data set.
+        ConfigError: fewer than two classes (supervised), an encoder without trainable
+            parameters, too few slides for the validation split, a checkpoint in ``out``
+            without ``resume`` or one from another configuration or data set.
         WeightsError, UnknownEncoderError: as :func:`load_encoder`.
     """
     import torch
@@ -256,10 +278,11 @@ def train_encoder(
             "encoder such as hg-d4 or hg-cnn"
         )
     d4_invariant = _is_d4_invariant(module)
+    self_supervised = config.objective == "simclr"
     specs = (
         config.augment
         if config.augment is not None
-        else default_augmentations(d4_invariant=d4_invariant)
+        else default_augmentations(d4_invariant=d4_invariant, self_supervised=self_supervised)
     )
     augmenter = BatchAugmenter(specs)
     size = config.tile_size or info.input_size
@@ -268,14 +291,15 @@ def train_encoder(
     if config.max_tiles is not None and len(rows) > config.max_tiles:
         rng = np.random.default_rng([config.seed, 1])
         rows = np.sort(rng.choice(rows, size=config.max_tiles, replace=False))
-    labels_text = tiles.label[rows]
-    classes = tuple(sorted(set(labels_text.tolist())))
+    # SimCLR never reads the labels: one pseudo-class, so the split groups slides only.
+    labels_text = np.full(len(rows), "") if self_supervised else tiles.label[rows]
+    classes = () if self_supervised else tuple(sorted(set(labels_text.tolist())))
     centers = tuple(sorted(set(tiles.center[rows].tolist())))
-    if len(classes) < 2:
+    if not self_supervised and len(classes) < 2:
         raise ConfigError(
             f"training an encoder needs tiles of at least two classes, got {list(classes)}"
         )
-    y_all = np.searchsorted(np.array(classes), labels_text).astype(np.int64)
+    y_all = np.searchsorted(np.array(classes or ("",)), labels_text).astype(np.int64)
     c_all = np.searchsorted(np.array(centers), tiles.center[rows]).astype(np.int64)
     if config.contrastive_weight > 0 and len(centers) < 2:
         logger.warning("one center only: the contrastive loss (positives from other centers) is 0")
@@ -286,17 +310,21 @@ def train_encoder(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        head = torch.nn.Linear(info.embed_dim, len(classes)).to(config.device)
+        head = (
+            projection_head(info.embed_dim, config.projection_dim)
+            if self_supervised
+            else torch.nn.Linear(info.embed_dim, len(classes))
+        ).to(config.device)
     optimizer = torch.optim.AdamW(
         [*params, *head.parameters()], lr=config.lr, weight_decay=config.weight_decay
     )
-    counts = np.bincount(y_all[train_pos], minlength=len(classes)).astype(np.float64)
+    counts = np.bincount(y_all[train_pos], minlength=max(len(classes), 1)).astype(np.float64)
     class_weight = torch.tensor(
-        len(train_pos) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32
+        len(train_pos) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32
     ).to(config.device)
 
     identity = {"config": config.to_dict(), "data_sha256": digest, "classes": list(classes)}
-    state = _start_or_resume(out, identity, resume, module, head, optimizer)
+    state = start_or_resume(out, identity, resume, module, head, optimizer)
     best_state = state.pop("best_state")
 
     def batches_of(positions: np.ndarray, epoch: int) -> list[np.ndarray]:
@@ -310,6 +338,15 @@ def train_encoder(
             pixels = augmenter(pixels, seed=config.seed, epoch=epoch, batch=batch)
         embeddings = module(_normalise(pixels, info, config.device))
         return embeddings, head(embeddings)
+
+    def views_loss(positions: np.ndarray, epoch: int, batch: int) -> Any:
+        """SimCLR's loss on two augmented views of the tiles, encoded in one pass (so
+        batch-norm sees both)."""
+        pixels = tiles.load(rows[positions], size=size, resize=info.resize)
+        views = [augmenter(pixels, seed=config.seed, epoch=epoch, batch=2 * batch + v)
+                 for v in (0, 1)]  # fmt: skip
+        projected = head(module(_normalise(np.concatenate(views), info, config.device)))
+        return simclr_loss(*projected.split(len(positions)), temperature=config.temperature)
 
     history: list[dict[str, Any]] = state["history"]
     # Seeds are set per epoch (so a resumed run matches an uninterrupted one) on a forked RNG,
@@ -325,9 +362,12 @@ def train_encoder(
             head.train()
             losses: list[float] = []
             for b, chunk in enumerate(batches_of(train_pos, epoch)):
-                embeddings, logits = embed_logits(chunk, True, epoch, b)
-                y = torch.from_numpy(y_all[chunk]).to(config.device)
-                loss = torch.nn.functional.cross_entropy(logits, y, weight=class_weight)
+                if self_supervised:
+                    loss = views_loss(chunk, epoch, b)
+                else:
+                    embeddings, logits = embed_logits(chunk, True, epoch, b)
+                    y = torch.from_numpy(y_all[chunk]).to(config.device)
+                    loss = torch.nn.functional.cross_entropy(logits, y, weight=class_weight)
                 if config.contrastive_weight > 0:
                     centers_t = torch.from_numpy(c_all[chunk]).to(config.device)
                     loss = loss + config.contrastive_weight * supervised_contrastive_loss(
@@ -340,7 +380,12 @@ def train_encoder(
             _recalibrate_batch_norm(
                 module, lambda chunk: embed_logits(chunk, False, 0, 0), train_pos, epoch, config
             )
-            val_loss, val_acc = _validate(embed_logits, module, head, val_pos, y_all, class_weight)
+            if self_supervised:
+                val_loss, val_acc = _validate_views(views_loss, module, head, val_pos), None
+            else:
+                val_loss, val_acc = _validate(
+                    embed_logits, module, head, val_pos, y_all, class_weight
+                )
             record = {
                 "epoch": epoch + 1,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -349,11 +394,7 @@ def train_encoder(
                 "seconds": round(time.perf_counter() - epoch_started, 3),
             }
             history.append(record)
-            better = val_acc is None or state["best_epoch"] == 0 or (
-                val_acc > state["best_acc"] + 1e-12
-                or (val_acc == state["best_acc"] and val_loss is not None
-                    and val_loss < state["best_loss"])
-            )  # fmt: skip
+            better = _improved(state, val_acc, val_loss)
             if better:
                 best_state = module_state(module)
                 save_tensors(best_state, out / ENCODER_WEIGHTS)
@@ -362,11 +403,11 @@ def train_encoder(
             else:
                 state["since_best"] += 1
             state["epoch"] = epoch + 1
-            _write_checkpoint(out, identity, state, module, head, optimizer)
+            write_checkpoint(out, identity, state, module, head, optimizer)
             line = (
                 f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}"
-                + ("" if val_acc is None else f", val loss {val_loss:.4f}, val balanced "
-                   f"accuracy {val_acc:.3f}")
+                + ("" if val_loss is None else f", val loss {val_loss:.4f}")
+                + ("" if val_acc is None else f", val balanced accuracy {val_acc:.3f}")
                 + f" ({record['seconds']:.1f} s){' *' if better else ''}"
             )  # fmt: skip
             logger.info("%s", line)
@@ -407,6 +448,7 @@ def train_encoder(
         provenance=out / ENCODER_JSON,
         best_epoch=int(state["best_epoch"]),
         val_balanced_accuracy=state["best_acc"],
+        val_loss=state["best_loss"],
         history=tuple(history),
         classes=classes,
     )
@@ -447,6 +489,44 @@ def _recalibrate_batch_norm(
         norm.momentum = momentum
 
 
+def _improved(state: dict[str, Any], val_acc: float | None, val_loss: float | None) -> bool:
+    """Whether this epoch's validation beats the best so far: a higher balanced accuracy (ties
+    broken by a lower loss), or, without accuracy (SimCLR), a lower loss; always without
+    validation (the last epoch is kept)."""
+    if state["best_epoch"] == 0 or val_loss is None:
+        return True
+    if val_acc is None:
+        return bool(val_loss < state["best_loss"] - 1e-12)
+    return bool(
+        val_acc > state["best_acc"] + 1e-12
+        or (val_acc == state["best_acc"] and val_loss < state["best_loss"])
+    )
+
+
+def _validate_views(
+    views_loss: Callable[[np.ndarray, int, int], Any],
+    module: torch.nn.Module,
+    head: torch.nn.Module,
+    val_pos: np.ndarray,
+) -> float | None:
+    """SimCLR's loss on the validation tiles (fixed views, batches of :data:`_EVAL_BATCH`),
+    weighted by batch size; None without validation tiles."""
+    import torch
+
+    if len(val_pos) < 2:
+        return None
+    module.eval()
+    head.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(val_pos), _EVAL_BATCH):
+            chunk = val_pos[i : i + _EVAL_BATCH]
+            if len(chunk) >= 2:
+                total += float(views_loss(chunk, _VAL_VIEWS_EPOCH, i)) * len(chunk)
+                count += len(chunk)
+    return total / count if count else None
+
+
 def _validate(
     embed_logits: Callable[[np.ndarray, bool, int, int], Any],
     module: torch.nn.Module,
@@ -472,67 +552,3 @@ def _validate(
     loss = float(torch.nn.functional.cross_entropy(logits, y, weight=class_weight.cpu()))
     predicted = logits.argmax(dim=1).numpy()
     return loss, _balanced_accuracy(y_all[val_pos], predicted)
-
-
-def _start_or_resume(
-    out: Path,
-    identity: dict[str, Any],
-    resume: bool,
-    module: torch.nn.Module,
-    head: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> dict[str, Any]:
-    """The loop's state: fresh, or read from ``out``'s checkpoint (module, head and optimizer
-    restored in place)."""
-    fresh: dict[str, Any] = {
-        "epoch": 0, "best_epoch": 0, "best_acc": None, "best_loss": None, "since_best": 0,
-        "history": [], "best_state": module_state(module),
-    }  # fmt: skip
-    meta_path = out / CHECKPOINT_JSON
-    if not meta_path.exists():
-        if resume:
-            logger.warning("%s: no checkpoint to resume from; starting afresh", out)
-        return fresh
-    if not resume:
-        raise ConfigError(
-            f"{out}: holds a training checkpoint ({CHECKPOINT_JSON}); pass resume=True "
-            "(--resume) to continue it, or choose another output folder"
-        )
-    from histoguard.core._weights import load_state_dict
-
-    meta = json.loads(meta_path.read_text())
-    saved = {k: meta.get(k) for k in identity}
-    # The number of epochs may grow on resume; everything else must match.
-    saved_config = dict(saved["config"] or {}, epochs=None, patience=None)
-    if saved_config != dict(identity["config"], epochs=None, patience=None) or any(
-        saved[k] != identity[k] for k in ("data_sha256", "classes")
-    ):
-        raise ConfigError(
-            f"{out}: the checkpoint was made with another configuration or other tiles; resume "
-            "with the same settings and tiles, or choose another output folder"
-        )
-    tensors = load_state_dict(out / CHECKPOINT_WEIGHTS)
-    module.load_state_dict(prefixed(tensors, "encoder"), strict=True)
-    head.load_state_dict(prefixed(tensors, "head"), strict=True)
-    load_optimizer_tensors(optimizer, prefixed(tensors, "optim"))
-    best_state = load_state_dict(out / ENCODER_WEIGHTS)
-    state = {k: meta[k] for k in ("epoch", "best_epoch", "best_acc", "best_loss", "since_best")}
-    logger.info("%s: resuming after epoch %d", out, state["epoch"])
-    return {**state, "history": list(meta["history"]), "best_state": best_state}
-
-
-def _write_checkpoint(
-    out: Path,
-    identity: dict[str, Any],
-    state: dict[str, Any],
-    module: torch.nn.Module,
-    head: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> None:
-    tensors = {f"encoder.{k}": v for k, v in module_state(module).items()}
-    tensors |= {f"head.{k}": v for k, v in module_state(head).items()}
-    tensors |= {k: v.cpu() for k, v in optimizer_tensors(optimizer).items()}
-    save_tensors(tensors, out / CHECKPOINT_WEIGHTS)
-    write_json_atomic(
-        out / CHECKPOINT_JSON, {**identity, **state, "histoguard_version": __version__}
-    )

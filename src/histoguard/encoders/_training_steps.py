@@ -1,6 +1,7 @@
 """The parts of encoder training that are not the loop: the slide-grouped validation split, the
-random augmentation of training batches, the supervised-contrastive loss, the data hash, and the
-checkpoint's flat tensor state (encoder, head and AdamW moments in one safetensors file).
+random augmentation of training batches, the supervised-contrastive and SimCLR losses and the
+projection head, the data hash, and the checkpoint's flat tensor state (encoder, head and AdamW
+moments in one safetensors file).
 """
 
 from __future__ import annotations
@@ -25,16 +26,22 @@ DEFAULT_AUGMENT: tuple[str, ...] = ("hed_jitter:3", "colour_response:2", "blur:2
 #: Added to the default chain only for encoders that are not already D4-invariant.
 D4_AUGMENT: tuple[str, ...] = ("mirror", "rot90", "rot180")
 
+#: Self-supervised (SimCLR) views add a random zoom (a crop resized back, magnification 1.1 to
+#: 1.5): without a change of framing two views of a tile differ only in colour and texture noise.
+SELF_SUPERVISED_AUGMENT: tuple[str, ...] = ("zoom:3",)
+
 #: Probability that a step of the chain is applied to a tile.
 STEP_PROBABILITY = 0.5
 
 IntArray = npt.NDArray[np.int64]
 
 
-def default_augmentations(*, d4_invariant: bool) -> tuple[str, ...]:
+def default_augmentations(*, d4_invariant: bool, self_supervised: bool = False) -> tuple[str, ...]:
     """The default chain: :data:`DEFAULT_AUGMENT`, plus :data:`D4_AUGMENT` unless the encoder is
-    exactly invariant to rotations and flips already (``hg-d4``), where D4 would teach nothing."""
-    return DEFAULT_AUGMENT if d4_invariant else DEFAULT_AUGMENT + D4_AUGMENT
+    exactly invariant to rotations and flips already (``hg-d4``), where D4 would teach nothing,
+    plus :data:`SELF_SUPERVISED_AUGMENT` for SimCLR views."""
+    chain = DEFAULT_AUGMENT if d4_invariant else DEFAULT_AUGMENT + D4_AUGMENT
+    return chain + SELF_SUPERVISED_AUGMENT if self_supervised else chain
 
 
 def split_by_slide(
@@ -186,6 +193,43 @@ def supervised_contrastive_loss(
     """
     loss = center_aware_contrastive_loss(embeddings, labels, centers, temperature=temperature)
     return embeddings.sum() * 0.0 if loss is None else loss
+
+
+def simclr_loss(first: torch.Tensor, second: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen et al. 2020): each tile's two views are each other's only
+    positive, every other view in the batch a negative.
+
+    It is :func:`center_aware_contrastive_loss` with the tile as the class and no center, so the
+    two contrastive losses share one implementation.
+
+    Args:
+        first, second: ``(B, D)`` projections of two augmented views of the same ``B`` tiles.
+        temperature: softmax temperature of the cosine similarities.
+
+    Returns:
+        A scalar, the mean over all ``2B`` anchors.
+    """
+    import torch
+
+    n = first.shape[0]
+    pairs = torch.arange(n, device=first.device).repeat(2)
+    unknown = torch.full_like(pairs, -1)
+    loss = center_aware_contrastive_loss(
+        torch.cat([first, second]), pairs, unknown, temperature=temperature,
+        same_class_fallback=True,
+    )  # fmt: skip
+    assert loss is not None  # every anchor has its other view
+    return loss
+
+
+def projection_head(embed_dim: int, out_dim: int) -> torch.nn.Module:
+    """SimCLR's projection ``Linear(D, D) -> ReLU -> Linear(D, out_dim)``: the loss is taken on
+    its output and the encoder's embedding (its input) is what is kept."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(embed_dim, embed_dim), torch.nn.ReLU(), torch.nn.Linear(embed_dim, out_dim)
+    )
 
 
 def data_sha256(

@@ -66,6 +66,7 @@ from histoguard.robustness.data._layouts import (
     load_class_folders,
     load_feature_cohort,
     load_medmnist,
+    load_unlabelled_tiles,
 )
 from histoguard.robustness.data._synthetic import planted_embeddings
 from histoguard.robustness.data._tile_tables import (
@@ -171,6 +172,7 @@ __all__ = [
     "load_medmnist",
     "load_slide_model",
     "load_tile_table",
+    "load_unlabelled_tiles",
     "nearest_neighbours",
     "ood_centers_from_table",
     "pgd_attack",

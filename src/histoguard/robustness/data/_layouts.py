@@ -85,27 +85,74 @@ def load_class_folders(
     labels = [part[-2] for part in parts]
     centers = [part[0] for part in parts] if files[3] else [center or root.name] * len(paths)
 
-    problems: list[str] = []
-    if pattern is None:
-        _warn_each_tile_own_slide(root, "pass slide_pattern= to read slide ids from file names")
-        slides = [str(p.relative_to(root).with_suffix("")) for p in paths]
-    else:
-        matches = [pattern.search(p.name) for p in paths]
-        slides = [m.group(1) if m else "" for m in matches]
-        unmatched = [p.name for p, m in zip(paths, matches, strict=True) if m is None]
-        if unmatched:
-            problems.append(
-                f"slide_pattern {pattern.pattern!r} does not match {len(unmatched)} file "
-                f"name(s): {', '.join(unmatched[:_MAX_NAMED])}"
-            )
-        problems += _slides_in_several_centers(slides, centers)
-    _raise_if(root, problems, "Adjust slide_pattern so its first group is the slide id.")
+    slides = _slide_ids(root, paths, centers, pattern)
     return TileDataset(
         paths=np.array([str(p) for p in paths]),
         label=np.array(labels),
         center=np.array(centers),
         slide_id=np.array(slides),
     )
+
+
+def load_unlabelled_tiles(
+    root: Path, *, center: str | None = None, slide_pattern: str | None = None
+) -> TileDataset:
+    """Every tile image anywhere below ``root``, without labels: what self-supervised encoder
+    training (``objective="simclr"``) reads. Folder names are not taken as classes.
+
+    Args:
+        root: the folder of tiles (any depth).
+        center: the tiles' center; default ``root``'s name.
+        slide_pattern: as in :func:`load_class_folders`.
+
+    Returns:
+        The tiles sorted by path, label ``""``, images left on disk.
+
+    Raises:
+        AuditDataError: ``root`` is not a folder or holds no images, or ``slide_pattern`` is
+            invalid or misses file names.
+    """
+    if not root.is_dir():
+        raise AuditDataError(f"{root}: not a folder; point root at the folder of tiles")
+    pattern = _compile_slide_pattern(slide_pattern)
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise AuditDataError(
+            f"{root}: no tile images ({', '.join(IMAGE_SUFFIXES)}) below it; check the folder"
+        )
+    centers = [center or root.name] * len(paths)
+    return TileDataset(
+        paths=np.array([str(p) for p in paths]),
+        label=np.full(len(paths), ""),
+        center=np.array(centers),
+        slide_id=np.array(_slide_ids(root, paths, centers, pattern)),
+    )
+
+
+def _slide_ids(
+    root: Path, paths: list[Path], centers: list[str], pattern: re.Pattern[str] | None
+) -> list[str]:
+    """Each tile's slide: ``pattern``'s first group in its file name, or (no pattern, with a
+    warning) the tile itself.
+
+    Raises:
+        AuditDataError: file names the pattern does not match, slides under several centers.
+    """
+    if pattern is None:
+        _warn_each_tile_own_slide(root, "pass slide_pattern= to read slide ids from file names")
+        return [str(p.relative_to(root).with_suffix("")) for p in paths]
+    problems: list[str] = []
+    matches = [pattern.search(p.name) for p in paths]
+    slides = [m.group(1) if m else "" for m in matches]
+    unmatched = [p.name for p, m in zip(paths, matches, strict=True) if m is None]
+    if unmatched:
+        problems.append(
+            f"slide_pattern {pattern.pattern!r} does not match {len(unmatched)} file "
+            f"name(s): {', '.join(unmatched[:_MAX_NAMED])}"
+        )
+    problems += _slides_in_several_centers(slides, centers)
+    _raise_if(root, problems, "Adjust slide_pattern so its first group is the slide id.")
+    return slides
 
 
 def _compile_slide_pattern(slide_pattern: str | None) -> re.Pattern[str] | None:
