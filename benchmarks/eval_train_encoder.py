@@ -9,15 +9,23 @@ same probe on ``hg-handcrafted`` and on the random-init ``hg-d4``. Every tile is
 ``--size`` px (the CPU budget; training at ``tile_size=--size``). Reported: mean over seeds
 with a 95 % t-interval (the baselines have no seed: one number).
 
+With ``--pretrain-epochs N`` each seed first trains SimCLR (``objective="simclr"``, labels not
+read) for up to N epochs on the source tiles (``--pretrain-on source``) or on the source and the
+target tiles without their labels (``--pretrain-on both``: the unlabelled target hospital is seen,
+so "unseen" then means "its labels were never used"), then the supervised run starts from those
+weights; the table adds the probe on the SimCLR weights alone.
+
 Usage::
 
     python benchmarks/eval_train_encoder.py [--seeds 3] [--epochs 10] [--size 64]
+        [--pretrain-epochs 10 --pretrain-on source|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -108,12 +116,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--direction", choices=("GlaS->EBHI", "EBHI->GlaS", "both"), default="both")
+    parser.add_argument("--pretrain-epochs", type=int, default=0, help="SimCLR epochs (0: none)")
+    parser.add_argument("--pretrain-on", choices=("source", "both"), default="source")
     args = parser.parse_args()
     centers = {name: load_center(name, args.size) for name in ("GlaS", "EBHI")}
     handcrafted = load_encoder("hg-handcrafted")
     random_init = load_encoder("hg-d4").module
+    pretrain = args.pretrain_epochs > 0
+    extra = f" SimCLR on {args.pretrain_on} | SimCLR + supervised |" if pretrain else ""
+    rule = "|---|---|---|---|" + ("---|---|" if pretrain else "") + "---|"
     print(f"| source -> target | hg-handcrafted | hg-d4 random-init | hg-d4 trained "
-          f"({args.seeds} seeds) | s/epoch |\n|---|---|---|---|---|")  # fmt: skip
+          f"({args.seeds} seeds) |{extra} s/epoch |\n{rule}")  # fmt: skip
     directions = [("GlaS", "EBHI"), ("EBHI", "GlaS")]
     if args.direction != "both":
         directions = [tuple(args.direction.split("->"))]  # type: ignore[list-item]
@@ -121,7 +134,16 @@ def main() -> None:
         test = centers[target]
         base_hand = probe(handcrafted.encode(test.load()), test)
         base_random = probe(embed(random_init, test.load()), test)
-        scores, per_epoch = [], []
+        unlabelled = centers[source]
+        if args.pretrain_on == "both":
+            unlabelled = TileDataset(
+                paths=np.concatenate([unlabelled.paths, test.paths]),
+                label=np.full(len(unlabelled) + len(test), ""),
+                center=np.concatenate([unlabelled.center, test.center]),
+                slide_id=np.concatenate([unlabelled.slide_id, test.slide_id]),
+                images=np.concatenate([unlabelled.load(), test.load()]),
+            )
+        scores, ssl_scores, tuned_scores, per_epoch = [], [], [], []
         for seed in range(args.seeds):
             config = EncoderTrainingConfig(
                 encoder="hg-d4", epochs=args.epochs, batch_size=32, lr=args.lr,
@@ -131,12 +153,26 @@ def main() -> None:
                 started = time.perf_counter()
                 result = train_encoder(centers[source], config, Path(out))
                 per_epoch.append((time.perf_counter() - started) / len(result.history))
-            scores.append(probe(embed(result.encoder.module, test.load()), test))
-            print(f"  {source}->{target} seed {seed}: {scores[-1]:.3f} (best epoch "
-                  f"{result.best_epoch}, source val {result.val_balanced_accuracy:.3f})",
-                  flush=True)  # fmt: skip
+                scores.append(probe(embed(result.encoder.module, test.load()), test))
+                line = (f"  {source}->{target} seed {seed}: {scores[-1]:.3f} (best epoch "
+                        f"{result.best_epoch}, source val "
+                        f"{result.val_balanced_accuracy:.3f})")  # fmt: skip
+                if pretrain:
+                    ssl_config = dataclasses.replace(
+                        config, objective="simclr", epochs=args.pretrain_epochs, augment=None
+                    )
+                    ssl = train_encoder(unlabelled, ssl_config, Path(out) / "simclr")
+                    ssl_scores.append(probe(embed(ssl.encoder.module, test.load()), test))
+                    tuned = train_encoder(
+                        centers[source], config, Path(out) / "tuned", weights=ssl.weights
+                    )
+                    tuned_scores.append(probe(embed(tuned.encoder.module, test.load()), test))
+                    line += (f"; SimCLR {ssl_scores[-1]:.3f} (best epoch {ssl.best_epoch}), "
+                             f"SimCLR + supervised {tuned_scores[-1]:.3f}")  # fmt: skip
+            print(line, flush=True)
+        extra = f" {interval(ssl_scores)} | {interval(tuned_scores)} |" if pretrain else ""
         print(f"| {source} -> {target} | {base_hand:.3f} | {base_random:.3f} | "
-              f"{interval(scores)} | {np.mean(per_epoch):.1f} |", flush=True)  # fmt: skip
+              f"{interval(scores)} |{extra} {np.mean(per_epoch):.1f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

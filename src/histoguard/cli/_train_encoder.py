@@ -74,6 +74,14 @@ def train_encoder_command(
             min=0,
         ),
     ] = 0.0,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            help="Softmax temperature of the contrastive losses (--contrastive-weight's and "
+            "SimCLR's), on cosine similarities.",
+            min=0.001,
+        ),
+    ] = 0.1,
     max_tiles: Annotated[
         int | None, typer.Option(help="Train on a seeded random subset of this many tiles.")
     ] = None,
@@ -123,8 +131,8 @@ def train_encoder_command(
     config = EncoderTrainingConfig(
         encoder=encoder, objective=objective, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, seed=seed, val_fraction=val_fraction, patience=patience,
-        augment=specs, contrastive_weight=contrastive_weight, max_tiles=max_tiles,
-        tile_size=tile_size, device=device,
+        augment=specs, contrastive_weight=contrastive_weight, temperature=temperature,
+        max_tiles=max_tiles, tile_size=tile_size, device=device,
     )  # fmt: skip
     if tiles.is_dir():
         if image_root is not None:
