@@ -68,11 +68,13 @@ def _helpers(card: dict[str, Any]) -> dict[str, Callable[..., Markup]]:
         return Markup(f'<span data-hg="{escape(path)}">{escape(str(value))}</span>')
 
     def key(path: str) -> Markup:
-        """A dictionary key shown as a label: ``path`` is the dict's path plus the key."""
+        """A dictionary key shown as a label (``_`` as spaces): ``path`` is the dict's path
+        plus the key."""
         parent, _, name = path.rpartition(".")
         if name not in resolve(card, parent):
             raise KeyError(path)
-        return Markup(f'<span data-hg-key="{escape(path)}">{escape(name or "(none)")}</span>')
+        shown = name.replace("_", " ") or "(none)"
+        return Markup(f'<span data-hg-key="{escape(path)}">{escape(shown)}</span>')
 
     def est(path: str) -> Markup:
         """value [low, high], each part its own span."""
