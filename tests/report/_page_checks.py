@@ -38,7 +38,9 @@ class _Page(HTMLParser):
             self.images.append(dict(attrs).get("src") or "")
             return
         found = dict(attrs)
-        kind = "data-hg" if "data-hg" in found else "data-hg-key" if "data-hg-key" in found else None
+        kind = (
+            "data-hg" if "data-hg" in found else "data-hg-key" if "data-hg-key" in found else None
+        )
         self._stack.append((tag, kind, found.get(kind) if kind else None))
         self._text.append([])
 

@@ -48,7 +48,9 @@ def test_checklist_is_mostly_filled_by_software(report_out: Path) -> None:
     assert summary["auto_share"] >= 0.8, summary
 
 
-def test_rerun_gives_the_same_card_apart_from_the_timestamp(report_run: Path, tmp_path: Path) -> None:
+def test_rerun_gives_the_same_card_apart_from_the_timestamp(
+    report_run: Path, tmp_path: Path
+) -> None:
     cards = []
     for name in ("a", "b"):
         write_report(report_run, tmp_path / name)
@@ -91,7 +93,9 @@ def test_calibration_bins_reproduce_the_runs_ece(report_run: Path) -> None:
     assert after.ece == pytest.approx(card.calibration.ece_after.value, abs=1e-4)
 
 
-def test_intended_use_yaml_overrides_and_unknown_keys_fail(report_run: Path, tmp_path: Path) -> None:
+def test_intended_use_yaml_overrides_and_unknown_keys_fail(
+    report_run: Path, tmp_path: Path
+) -> None:
     good = tmp_path / "use.yaml"
     good.write_text("statement: Triage of colon biopsies.\nexclusions: [frozen sections]\n")
     use = build_model_card(report_run, intended_use_file=good).intended_use

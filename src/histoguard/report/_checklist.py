@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from histoguard.report._model_card import ChecklistItem, ChecklistSummary, ModelCard
+from histoguard.report._model_card import ChecklistItem, ChecklistSummary, ModelCard, Status
 
 #: A test of the card: None when the item is answered (auto), else what is missing; the
 #: string ``"n/a"`` marks the item not applicable to this run.
@@ -150,6 +150,7 @@ def build_checklist(card: ModelCard) -> tuple[list[ChecklistItem], ChecklistSumm
     for spec in _ITEMS:
         knowable = spec.check is not None
         missing = "needs a person" if spec.check is None else spec.check(card)
+        status: Status
         if missing == "n/a":
             status, evidence, knowable = "n/a", "not applicable to this run", False
         elif missing is None:

@@ -27,6 +27,7 @@ from histoguard.mil._splits import _parse_document, check_no_leak
 from histoguard.report._checklist import build_checklist
 from histoguard.report._model_card import (
     Calibration,
+    ChecklistSummary,
     CoverageRow,
     Estimate,
     FeatureFileRecord,
@@ -112,9 +113,8 @@ def _per_class(
     """One-vs-rest recall and precision of each class with percentile bootstrap intervals."""
 
     def predicted(p: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        if len(labels) == 2:
-            return (p[:, 1] >= threshold).astype(np.int64)
-        return np.argmax(p, axis=1).astype(np.int64)
+        call = (p[:, 1] >= threshold) if len(labels) == 2 else np.argmax(p, axis=1)
+        return np.asarray(call, dtype=np.int64)
 
     def per_class(truth: npt.NDArray[np.int64], p: npt.NDArray[np.float64]) -> dict[str, float]:
         call = predicted(p)
@@ -301,7 +301,9 @@ def _subgroups(
     return tables
 
 
-def _reliability(label: str, probs: npt.NDArray[np.float64], y: npt.NDArray[np.int64]) -> ReliabilityBins:
+def _reliability(
+    label: str, probs: npt.NDArray[np.float64], y: npt.NDArray[np.int64]
+) -> ReliabilityBins:
     from histoguard.uncertainty import reliability_diagram
 
     d = reliability_diagram(probs, y).to_dict()
@@ -310,8 +312,12 @@ def _reliability(label: str, probs: npt.NDArray[np.float64], y: npt.NDArray[np.i
                            count=[int(c) for c in d["count"]])  # fmt: skip
 
 
-def _calibration(run_dir: Path, trust: Mapping[str, Any], labels: Sequence[str],
-                 raw: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]) -> Calibration:  # fmt: skip
+def _calibration(
+    run_dir: Path,
+    trust: Mapping[str, Any],
+    labels: Sequence[str],
+    raw: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]],
+) -> Calibration:
     from histoguard.report._readings import ece_reading
 
     before, after = trust["calibration"]["before"], trust["calibration"]["after"]
@@ -325,7 +331,9 @@ def _calibration(run_dir: Path, trust: Mapping[str, Any], labels: Sequence[str],
 
     def ece(entry: Mapping[str, Any]) -> Estimate:
         raw_estimate = _estimate(entry["ece_width"], low="lower", high="upper")
-        return raw_estimate.model_copy(update={"reading": ece_reading(raw_estimate.value, raw_estimate.low, raw_estimate.high)})
+        return raw_estimate.model_copy(
+            update={"reading": ece_reading(raw_estimate.value, raw_estimate.low, raw_estimate.high)}
+        )
 
     return Calibration(
         ece_before=ece(before), ece_after=ece(after), brier_before=before.get("brier"),
@@ -395,7 +403,9 @@ def build_model_card(
     try:
         cohort = load_cohort(Path(config["cohort"]), require_files=False)
     except CohortError as exc:
-        raise ConfigError(f"{run}: the run's cohort cannot be read: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(
+            f"{run}: the run's cohort cannot be read: {str(exc).splitlines()[0]}"
+        ) from exc
     labels = list(metrics["labels"])
     slide_ids, y, probs = _predictions(run, labels)
     n_classes = len(labels)
@@ -425,12 +435,13 @@ def build_model_card(
         performance=performance,
         design_gap=design_gap(run, metrics, compare_run),
         calibration=None if trust is None else _calibration(run, trust, labels, (y, probs)),
-        trust=None if trust is None else _trust(trust, None if evaluation_dir is None else Path(evaluation_dir)),
+        trust=None
+        if trust is None
+        else _trust(trust, None if evaluation_dir is None else Path(evaluation_dir)),
         robustness=robustness(audit_dir),
         subgroups=_subgroups(Path(config["cohort"]), slide_ids, y, probs, labels, metrics, minimum),
         checklist=[],
-        checklist_summary={"n_items": 0, "n_knowable": 0, "n_auto": 0, "auto_share": 0.0},
+        checklist_summary=ChecklistSummary(n_items=0, n_knowable=0, n_auto=0, auto_share=0.0),
     )
     items, summary = build_checklist(card)
     return card.model_copy(update={"checklist": items, "checklist_summary": summary})
-

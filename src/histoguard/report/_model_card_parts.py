@@ -54,7 +54,7 @@ def intended_use(
     """
     centers = ", ".join(c for c in provenance.slides_per_center if c) or "one unnamed center"
     scale = f"{provenance.mpp:g} µm/px" if provenance.mpp is not None else "an unrecorded scale"
-    derived = {
+    derived: dict[str, Any] = {
         "statement": (
             f"Research use: classify H&E whole-slide images as {' / '.join(labels)} from "
             f"{provenance.encoder or 'unrecorded'} features of tiles at {scale}, with a "
@@ -68,8 +68,7 @@ def intended_use(
         ),
         "exclusions": [
             f"Classes other than {', '.join(labels)}.",
-            "Features from another encoder, weights, scale or tile size (prediction refuses "
-            "them).",
+            "Features from another encoder, weights, scale or tile size (prediction refuses them).",
             "Centers, scanners or stains not in the training cohort without a local validation.",
             "Primary diagnosis without a pathologist.",
         ],
@@ -212,46 +211,45 @@ def robustness(audit_dir: str | Path | None) -> Robustness | None:
     def interval(ci: Sequence[float] | None) -> tuple[float | None, float | None]:
         return (None, None) if ci is None else (float(ci[0]), float(ci[1]))
 
+    def measured(name: str, value: float, ci: Sequence[float] | None, reading: str) -> AuditEntry:
+        low, high = interval(ci)
+        return AuditEntry(name=name, value=Estimate(value=value, low=low, high=high),
+                          reading=reading)  # fmt: skip
+
+    def skipped(name: str, part: Skipped | None) -> AuditEntry:
+        why = part.reason if part is not None else "not run"
+        return AuditEntry(name=name, value=None, reading=f"skipped: {why}")
+
     entries = []
     ri = audit.robustness_index
     if isinstance(ri, Skipped):
-        entries.append(AuditEntry(name="robustness index", value=None, reading=f"skipped: {ri.reason}"))
+        entries.append(skipped("robustness index", ri))
     else:
-        low, high = interval(ri.ci)
-        entries.append(AuditEntry(name="robustness index", value=Estimate(value=ri.value, low=low, high=high),
-                                  reading=ri_reading(ri.value, ri.ci, ri.k, k_selection=ri.k_selection,
-                                                     confidence=ri.confidence)))  # fmt: skip
+        text = ri_reading(ri.value, ri.ci, ri.k, k_selection=ri.k_selection,
+                          confidence=ri.confidence)  # fmt: skip
+        entries.append(measured("robustness index", ri.value, ri.ci, text))
     probe = audit.site_probe
     if isinstance(probe, Skipped) or probe is None:
-        why = probe.reason if isinstance(probe, Skipped) else "not run"
-        entries.append(AuditEntry(name="site probe AUROC", value=None, reading=f"skipped: {why}"))
+        entries.append(skipped("site probe AUROC", probe))
     else:
-        low, high = interval(probe.ci)
         text = site_probe_reading(probe.auroc, probe.ci, probe.balanced_accuracy,
                                   probe.ci_balanced_accuracy, max(len(probe.centers), 2),
                                   confidence=probe.confidence)  # fmt: skip
-        entries.append(AuditEntry(name="site probe AUROC",
-                                  value=Estimate(value=probe.auroc, low=low, high=high),
-                                  reading=text))  # fmt: skip
+        entries.append(measured("site probe AUROC", probe.auroc, probe.ci, text))
     apd = audit.apd
     if isinstance(apd, Skipped):
-        entries.append(AuditEntry(name="APD (in distribution)", value=None, reading=f"skipped: {apd.reason}"))
+        entries.append(skipped("APD (in distribution)", apd))
     else:
-        low, high = interval(apd.ci_in_distribution)
-        entries.append(AuditEntry(name="APD (in distribution)",
-                                  value=Estimate(value=apd.in_distribution, low=low, high=high),
-                                  reading=apd_reading(apd.in_distribution, apd.out_of_distribution,
-                                                      apd.ci_in_distribution,
-                                                      apd.ci_out_of_distribution)))  # fmt: skip
+        text = apd_reading(apd.in_distribution, apd.out_of_distribution, apd.ci_in_distribution,
+                           apd.ci_out_of_distribution)  # fmt: skip
+        entries.append(measured("APD (in distribution)", apd.in_distribution,
+                             apd.ci_in_distribution, text))  # fmt: skip
     clustering = audit.clustering_score
     if isinstance(clustering, Skipped):
-        entries.append(AuditEntry(name="clustering score", value=None,
-                                  reading=f"skipped: {clustering.reason}"))  # fmt: skip
+        entries.append(skipped("clustering score", clustering))
     else:
-        low, high = interval(clustering.ci)
-        entries.append(AuditEntry(name="clustering score",
-                                  value=Estimate(value=clustering.value, low=low, high=high),
-                                  reading=clustering_reading(clustering.value, clustering.ci)))  # fmt: skip
+        text = clustering_reading(clustering.value, clustering.ci)
+        entries.append(measured("clustering score", clustering.value, clustering.ci, text))
     stress: dict[str, list[float | None]] = {}
     if not isinstance(audit.stress, Skipped):
         for name, entry in sorted(audit.stress.perturbations.items()):

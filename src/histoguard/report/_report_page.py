@@ -128,8 +128,10 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
 
     plots: dict[str, str] = {}
     perf = card["performance"]
-    metric = "auc" if perf["overall"]["metrics"].get("auc", {}).get("value") is not None else (
-        "balanced_accuracy"
+    metric = (
+        "auc"
+        if perf["overall"]["metrics"].get("auc", {}).get("value") is not None
+        else ("balanced_accuracy")
     )
     rows = [("all", perf["overall"]["metrics"][metric])]
     rows += [(f"center {s['name']}", s["metrics"][metric]) for s in perf["per_center"]]
@@ -140,11 +142,12 @@ def _plots(card: dict[str, Any]) -> dict[str, str]:
     if calibration:
         diagrams = {
             d["label"]: ReliabilityDiagram(
-                strategy="width", edges=np.asarray(d["edges"], dtype=np.float64),
+                strategy="width",
+                edges=np.asarray(d["edges"], dtype=np.float64),
                 confidence=np.array([np.nan if v is None else v for v in d["confidence"]]),
                 accuracy=np.array([np.nan if v is None else v for v in d["accuracy"]]),
                 count=np.asarray(d["count"], dtype=np.int64),
-            )  # fmt: skip
+            )
             for d in calibration["diagrams"]
             if sum(d["count"])
         }
