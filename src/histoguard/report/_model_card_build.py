@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,39 +41,19 @@ from histoguard.report._model_card import (
     Trust,
 )
 from histoguard.report._model_card_parts import (
+    check_run_dir,
     design_gap,
     gate_detection,
     intended_use,
+    read_json,
     robustness,
     software_versions,
 )
 from histoguard.report._readings import estimate_reading
 
-#: Files a train output always holds; a folder without them is not a run.
-RUN_FILES = ("config.json", "metrics.json", "splits.json", "predictions.csv")
 #: Extra cohort columns with more distinct values than this are not tabulated as subgroups.
 MAX_SUBGROUP_VALUES = 8
 CONFIDENCE = 0.95
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """Raise a one-line :class:`ConfigError` unless ``run_dir`` is a ``histoguard train``
-    output."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run folder; pass the --out of `histoguard train`")
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise ConfigError(
-            f"{run_dir}: not a `histoguard train` output (missing {', '.join(missing)}); pass "
-            "the folder `histoguard train --out` wrote"
-        )
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read as JSON ({exc})") from exc
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -146,7 +125,7 @@ def _leak_check(cohort: Cohort, splits_path: Path, design: str) -> LeakCheck:
     """Recompute, from ``splits.json`` and the cohort, that no patient is in two parts."""
     # Read without load_splits' own leak check, which would stop at the first leaking split:
     # every split is checked below and its problems listed.
-    document = _json(splits_path)
+    document = read_json(splits_path)
     try:
         splits = _parse_document(splits_path, document)
     except CohortError as exc:
@@ -233,7 +212,7 @@ def _feature_records(cohort: Cohort, features: Path) -> list[FeatureFileRecord]:
 def _provenance(run_dir: Path, config: Mapping[str, Any], cohort: Cohort) -> Provenance:
     from histoguard.core._weights import sha256_file
 
-    model = _json(run_dir / "fold_0" / "model.json") if (run_dir / "fold_0").is_dir() else {}
+    model = read_json(run_dir / "fold_0" / "model.json") if (run_dir / "fold_0").is_dir() else {}
     recorded = model.get("provenance") or {}
     table = Path(config["cohort"])
     records = _feature_records(cohort, Path(config["features"]))
@@ -398,8 +377,8 @@ def build_model_card(
     run = Path(run_dir)
     check_run_dir(run)
     minimum = MIN_CI_SLIDES if min_slides is None else int(min_slides)
-    config = _json(run / "config.json")
-    metrics = _json(run / "metrics.json")
+    config = read_json(run / "config.json")
+    metrics = read_json(run / "metrics.json")
     try:
         cohort = load_cohort(Path(config["cohort"]), require_files=False)
     except CohortError as exc:

@@ -29,6 +29,35 @@ RANDOM_DESIGNS = ("kfold", "given")
 SITE_DESIGNS = ("leave-one-center-out",)
 
 
+#: Files a train output always holds; a folder without them is not a run.
+RUN_FILES = ("config.json", "metrics.json", "splits.json", "predictions.csv")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``run_dir`` is a ``histoguard train``
+    output."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder; pass the --out of `histoguard train`")
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"{run_dir}: not a `histoguard train` output (missing {', '.join(missing)}); pass "
+            "the folder `histoguard train --out` wrote"
+        )
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content.
+
+    Raises:
+        ConfigError: it cannot be read or parsed (one line, naming the file).
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as JSON ({exc})") from exc
+
+
 def software_versions(trained_with: str | None) -> dict[str, str]:
     """Package -> version: the histoguard that trained the model, and this environment's."""
     versions = {"histoguard (training)": trained_with or "not recorded"}
@@ -105,11 +134,9 @@ def design_gap(run: Path, metrics: Mapping[str, Any], other: str | Path | None) 
     """
     if other is None:
         return None
-    from histoguard.report._model_card_build import _json, check_run_dir
-
     other_dir = Path(other)
     check_run_dir(other_dir)
-    other_metrics = _json(other_dir / "metrics.json")
+    other_metrics = read_json(other_dir / "metrics.json")
     designs = (str(metrics.get("design")), str(other_metrics.get("design")))
     if designs[0] in RANDOM_DESIGNS and designs[1] in SITE_DESIGNS:
         (random_dir, random_m), (site_dir, site_m) = (run, metrics), (other_dir, other_metrics)
@@ -168,12 +195,10 @@ def gate_detection(evaluation: Path | None) -> tuple[Estimate | None, Estimate |
     """
     if evaluation is None:
         return None, None
-    from histoguard.report._model_card_build import _json
-
     path = evaluation / "evaluation.json"
     if not path.is_file():
         raise ConfigError(f"{evaluation}: no evaluation.json; pass an `histoguard evaluate` --out")
-    ood = (_json(path).get("gate") or {}).get("out_of_distribution")
+    ood = (read_json(path).get("gate") or {}).get("out_of_distribution")
     if not isinstance(ood, Mapping):
         raise ConfigError(f"{path}: no out-of-distribution slides; run `evaluate` with --ood")
     detected, auroc = ood["detected"], ood["auroc"]
