@@ -30,6 +30,7 @@ from histoguard.features import read_feature_file
 from histoguard.mil import SlidePrediction
 from histoguard.slide import read_coords_file
 from tests.conftest import REPO_ROOT
+from tests.report._page_checks import check_numbers
 
 # --- the summary, on made-up results (fast) -------------------------------------------------------
 
@@ -129,6 +130,7 @@ def _result(
         predictions=predictions,
         audit=SimpleNamespace(audit=audit, html_path=Path("audit.html")),
         harmonization=SimpleNamespace(comparison=_comparison(), html_path=Path("comparison.html")),
+        report_page=None,
     )
 
 
@@ -354,6 +356,8 @@ def test_demo_without_data_runs_on_generated_data_and_says_so(
     assert (tmp_path / "demo" / "audit" / "audit.html").is_file()
     assert (tmp_path / "demo" / "audit" / "comparison.html").is_file()
     assert "Harmonisation (CovBat fitted on half of the audit cohort" in result.output
+    assert (tmp_path / "demo" / "report" / "model_card.json").is_file()
+    assert "Validation report of the model" in result.output
 
 
 @pytest.mark.slow
@@ -394,7 +398,13 @@ def test_demo_with_data_uses_the_real_slide_and_lung_tiles(
     for metric in ("site_probe_auroc", "task_balanced_accuracy"):
         row = result.harmonization.comparison.row(metric)
         assert None not in (row.before, row.after, row.ci_before, row.ci_after), row
+    # The validation report of the demo model: every number traced to its card.
+    assert result.report_page is not None
+    card = check_numbers(result.report_page.parent)
+    assert card["checklist_summary"]["auto_share"] >= 0.8, card["checklist_summary"]
+    assert card["leak_check"]["leak_free"] and card["robustness"] is not None
     text = "\n".join(result.summary())
+    assert "Validation report of the model (intended use" in text
     assert "real LC25000 lung tiles" in text
     assert f"Data: {shared_data}" in text
     assert SEPARABLE_NOTE not in text

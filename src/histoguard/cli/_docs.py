@@ -22,6 +22,7 @@ COMMANDS = (
     "evaluate",
     "compare",
     "audit",
+    "report",
     "encoders",
     "info",
     "demo",
@@ -40,7 +41,7 @@ Generated from the commands' own `--help` by `python -m histoguard.cli._docs > d
 `harmonize` is `histoguard.harmonize.harmonize_feature_files`,
 `train` is `histoguard.mil.train`, `train-end-to-end` is
 `histoguard.mil.train_end_to_end`, `predict` is `histoguard.mil.predict`, `compare` is
-`histoguard.mil.compare_designs`,
+`histoguard.mil.compare_designs`, `report` is `histoguard.report.write_report`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
 `demo` is `histoguard.demo._run.run_demo`.
 """

@@ -43,7 +43,7 @@ from histoguard.errors import ConfigError
 from histoguard.features import ExtractionConfig, extract_features
 from histoguard.features._extract import feature_path
 from histoguard.mil import SlidePrediction, TrainConfig, predict, train
-from histoguard.report import write_prediction_heatmaps
+from histoguard.report import write_prediction_heatmaps, write_report
 from histoguard.robustness import AuditOutputs
 from histoguard.slide import Ellipse, TilingConfig, write_synthetic_slide
 from histoguard.slide._tile_job import output_paths
@@ -75,6 +75,8 @@ class DemoResult:
         predictions: the held-out pseudo-slides' predictions first, then the demo slides'.
         held_out: held-out pseudo-slide name -> its true label (not in the cohort; their
             originals are in no training or calibration slide).
+        report_page: the model's validation report (``report/report.html``, with
+            ``model_card.json`` beside it).
     """
 
     source: Literal["given", "real", "generated"]
@@ -89,6 +91,7 @@ class DemoResult:
     predictions: tuple[SlidePrediction, ...]
     audit: AuditOutputs
     harmonization: ComparisonOutputs | None = None
+    report_page: Path | None = None
     heatmaps: dict[str, dict[str, Path]] = field(default_factory=dict)
     calibration: dict[str, int] = field(default_factory=dict)
     held_out: dict[str, str] = field(default_factory=dict)
@@ -248,6 +251,7 @@ def run_demo(
     heatmaps = write_prediction_heatmaps(demo_predictions, out / "predictions").paths
     audit = run_demo_audit(out / "audit", root, progress=progress)
     harmonization = run_demo_harmonization(out / "audit", root)
+    _, report_page = write_report(out / "model", out / "report", audit_dir=out / "audit")
     return DemoResult(
         source=source,
         data=root,
@@ -261,6 +265,7 @@ def run_demo(
         predictions=tuple(predictions),
         audit=audit,
         harmonization=harmonization,
+        report_page=report_page,
         heatmaps=heatmaps,
         calibration={label: calibration.get(label, 0) for label in LABELS},
         held_out={slide.name: label for slide, label in pseudo.held_out},

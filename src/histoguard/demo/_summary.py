@@ -153,6 +153,11 @@ def summary_lines(result: DemoResult) -> list[str]:
     lines.append(_audit_line(result))
     if result.harmonization is not None:
         lines.append(_harmonization_line(result.harmonization))
+    if result.report_page is not None:
+        lines.append(
+            f"Validation report of the model (intended use, provenance, leak check, metrics, "
+            f"calibration, coverage, audit, checklist): {result.report_page}"
+        )
     return lines
 
 

@@ -93,6 +93,30 @@ class TrustEvaluation:
             ood_alpha=trust.settings.ood_alpha,
         )
 
+    def to_csv(self) -> str:
+        """One row per slide: ``slide_id, center, label, decision, reason, ood_p_value,
+        prediction_set`` (class names joined by ``|``) and ``p_<class>`` (calibrated), the
+        probabilities with 6 decimals: what the validation report's reliability diagram after
+        scaling is drawn from."""
+        import csv
+        import io
+
+        names = self.class_names
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["slide_id", "center", "label", "decision", "reason", "ood_p_value",
+             "prediction_set", *(f"p_{c}" for c in names)]
+        )  # fmt: skip
+        for i, slide_id in enumerate(self.slide_ids):
+            members = "|".join(c for c, inside in zip(names, self.sets[i], strict=True) if inside)
+            writer.writerow(
+                [slide_id, self.centers[i], names[self.labels[i]], self.decisions[i],
+                 self.reasons[i], f"{self.ood_p_values[i]:.6g}", members,
+                 *(f"{v:.6f}" for v in self.probabilities[i])]
+            )  # fmt: skip
+        return buffer.getvalue()
+
     @classmethod
     def concatenate(cls, parts: Sequence[TrustEvaluation]) -> TrustEvaluation:
         """Several evaluations (e.g. the test slides of each split) as one."""

@@ -435,7 +435,8 @@ def train(
     thresholds, out-of-distribution gate) for the ensemble in ``out`` and for each model in
     its folder, and ``metrics.json`` gains a ``trust`` section: calibration, coverage per class
     and center, selective accuracy and gate false alarms on the test slides, each split's
-    models calibrated on the calibration slides.
+    models calibrated on the calibration slides; ``trust_readings.csv`` holds those test
+    slides' calibrated readings, one row each (:meth:`TrustEvaluation.to_csv`).
 
     Args:
         config: the run's settings.
@@ -531,6 +532,7 @@ def train(
     if fitter.enabled:
         fitter.fit_and_save(models[0] if len(models) == 1 else FoldEnsemble(models).eval(), out)
         readings = fitter.test_readings()
+        write_bytes_atomic(out / "trust_readings.csv", readings.to_csv().encode())
         report["trust"] = trust_report(readings, n_boot=config.n_boot, seed=config.seed)
         table += "\n\n" + format_trust_report(report["trust"])
     write_json_atomic(out / "metrics.json", report, default=float)

@@ -1,5 +1,6 @@
 """Everything people look at: attention and tile-uncertainty heatmaps, reliability diagrams,
-the tiling overview, the audit page and the before / after comparison page.
+the tiling overview, the audit page, the before / after comparison page and the validation
+report (``model_card.json`` + ``report.html``).
 
 This is the only room that draws. It reads results (or their JSON) and never runs a model.
 """
@@ -19,7 +20,10 @@ from histoguard.report._heatmaps import (
 if TYPE_CHECKING:
     from histoguard.report._audit_page import render_audit_html, write_audit_page
     from histoguard.report._comparison_page import render_comparison_html, write_comparison_page
+    from histoguard.report._model_card import ModelCard
+    from histoguard.report._model_card_build import build_model_card
     from histoguard.report._reliability import write_reliability_diagram
+    from histoguard.report._report_page import render_report_html, write_report
 
 #: Names imported on first use: the audit page and the reliability diagram need matplotlib
 #: (and the audit page the robustness room), which the heatmaps do not.
@@ -29,6 +33,10 @@ _LAZY = {
     "render_comparison_html": "histoguard.report._comparison_page",
     "write_comparison_page": "histoguard.report._comparison_page",
     "write_reliability_diagram": "histoguard.report._reliability",
+    "ModelCard": "histoguard.report._model_card",
+    "build_model_card": "histoguard.report._model_card_build",
+    "render_report_html": "histoguard.report._report_page",
+    "write_report": "histoguard.report._report_page",
 }
 
 
@@ -41,11 +49,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ModelCard",
     "PredictionHeatmaps",
     "attention_geojson",
     "attention_overlay",
+    "build_model_card",
     "render_audit_html",
     "render_comparison_html",
+    "render_report_html",
     "top_tiles_gallery",
     "uncertainty_overlay",
     "write_audit_page",
@@ -53,4 +64,5 @@ __all__ = [
     "write_heatmaps",
     "write_prediction_heatmaps",
     "write_reliability_diagram",
+    "write_report",
 ]

@@ -287,3 +287,50 @@ def comparison_reading(
     else:
         parts.append(f"change {change:+.3f} (no interval)")
     return "; ".join(parts) + "."
+
+
+#: Fewest slides a bootstrap interval of the model card may rest on: below it the percentile
+#: bootstrap covers far less than its nominal 95 % (a handful of distinct resamples), so the
+#: reading says "too few slides" instead of a verdict. No such minimum existed elsewhere.
+MIN_CI_SLIDES = 10
+#: The model card's thresholds per metric (chance for AUC; balanced accuracy takes 1 / C).
+AUC_THRESHOLDS = (0.5,)
+CHANCE_VERDICTS = ("no better than chance", "better than chance")
+#: ECE above this reads as miscalibrated (a tenth of the confidence scale).
+ECE_THRESHOLDS = (0.1,)
+ECE_VERDICTS = ("calibrated within 0.1", "miscalibrated: ECE above 0.1")
+
+
+def estimate_reading(
+    metric: str,
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    *,
+    n: int,
+    n_classes: int,
+    min_slides: int = MIN_CI_SLIDES,
+) -> str:
+    """The model card's reading of a metric: ``"too few slides: ..."`` below ``min_slides``,
+    ``"undefined"`` without a value, else :func:`verdict` against chance for ``auc`` (0.5) and
+    ``balanced_accuracy`` (1 / ``n_classes``); other metrics have no threshold and read ``""``
+    (their interval is shown)."""
+    if n < min_slides:
+        return f"too few slides: {n} < {min_slides}, the interval is not reliable"
+    if value is None:
+        return "undefined on these slides"
+    ci = None if low is None or high is None else (low, high)
+    if metric == "auc":
+        return verdict(value, ci, AUC_THRESHOLDS, CHANCE_VERDICTS)
+    if metric == "balanced_accuracy":
+        return verdict(value, ci, (1.0 / n_classes,), CHANCE_VERDICTS)
+    return ""
+
+
+def ece_reading(value: float | None, low: float | None, high: float | None) -> str:
+    """Calibrated or not, against :data:`ECE_THRESHOLDS`, inconclusive when the interval
+    spans it."""
+    if value is None:
+        return "undefined"
+    ci = None if low is None or high is None else (low, high)
+    return verdict(value, ci, ECE_THRESHOLDS, ECE_VERDICTS, fmt="{:.3f}".format)

@@ -72,6 +72,18 @@ def write_reliability_diagram(
     Raises:
         ConfigError: no diagrams, or a diagram without any case.
     """
+    out = Path(path)
+    write_bytes_atomic(out, reliability_png(diagrams, title=title))
+    return out
+
+
+def reliability_png(diagrams: Mapping[str, ReliabilityDiagram], *, title: str) -> bytes:
+    """The PNG bytes :func:`write_reliability_diagram` writes (also embedded in the
+    validation report).
+
+    Raises:
+        ConfigError: no diagrams, or a diagram without any case.
+    """
     if not diagrams:
         raise ConfigError("write_reliability_diagram needs at least one diagram")
     for label, diagram in diagrams.items():
@@ -100,6 +112,4 @@ def write_reliability_diagram(
     figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    out = Path(path)
-    write_bytes_atomic(out, buffer.getvalue())
-    return out
+    return buffer.getvalue()
