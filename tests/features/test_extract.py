@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -40,6 +41,10 @@ def test_extract_tiles_on_the_fly_and_records_provenance(known_slide: Path, tmp_
     )
     assert attrs["level"] == 1 and attrs["slide_path"] == str(known_slide.resolve())
     assert attrs["weights_sha256"] == "" and "histoguard_version" in attrs
+    # The slide's own hash and scanner travel from the tile file, for the validation report.
+    assert attrs["slide_sha256"] == hashlib.sha256(known_slide.read_bytes()).hexdigest()
+    assert attrs["slide_sha256"] == tiles.attrs["slide_sha256"]
+    assert attrs.get("vendor") == tiles.attrs.get("vendor")
     rerun = extract_features([known_slide], tmp_path, _config(readers=0), progress=False)
     assert [r.status for r in rerun.results] == ["skipped"]
 

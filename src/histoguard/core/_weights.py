@@ -58,20 +58,29 @@ _PICKLE_PROTO = 0x80
 _CHUNK = 1 << 20
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of any file (a slide, a table), read in 1 MiB chunks, for provenance.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (for provenance records).
+    """Hex SHA-256 of a weights file (:func:`file_sha256`, for provenance records).
 
     Raises:
         WeightsError: the file cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as exc:
         raise WeightsError(f"{path}: cannot read weights file ({exc})") from exc
-    return digest.hexdigest()
 
 
 def load_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -300,6 +300,11 @@ def feature_path(out_dir: Path, slide: Path) -> Path:
     return out_dir / f"{slide.stem}.h5"
 
 
+#: Tile-file attributes copied into the feature file: what a report needs to name the slide and
+#: its scanner.
+_CARRIED_TILE_ATTRS = ("slide_sha256", "vendor", "objective_power")
+
+
 def _plan(
     slide: Path, out_dir: Path, config: ExtractionConfig, encoder: EncoderInfo
 ) -> tuple[_TileSource, dict[str, Any]]:
@@ -318,7 +323,8 @@ def _plan(
         )
     tiles = read_coords_file(tile_file)
     spec = TileSpec.from_attrs(tiles.attrs)
-    attrs = {**spec.to_dict(), "tiles_file": str(tile_file)}
+    carried = {k: tiles.attrs[k] for k in _CARRIED_TILE_ATTRS if k in tiles.attrs}
+    attrs: dict[str, Any] = {**spec.to_dict(), **carried, "tiles_file": str(tile_file)}
     # Reader processes already decode in parallel; threads inside them would only oversubscribe
     # the cores the encoder needs.
     threads = 1 if config.readers > 0 else config.tiling.threads

@@ -21,6 +21,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._weights import file_sha256
 from histoguard.errors import ConfigError, NoSlidesError, OutputError
 from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
 from histoguard.slide._geojson import tissue_geojson
@@ -207,6 +208,7 @@ def tile_slide(
         attrs: dict[str, Any] = {
             **spec.to_dict(),
             "slide_path": str(slide.resolve()),
+            "slide_sha256": _slide_sha256(slide),
             "slide_stem": slide.stem,
             "backend": reader.backend_name,
             "vendor": reader.vendor,
@@ -453,6 +455,12 @@ def _tile_one(
         flagged=bool(existing.attrs.get("first_read_error")),
         message=str(existing.attrs.get("first_read_error", "")),
     )
+
+
+def _slide_sha256(slide: Path) -> str:
+    """The slide file's SHA-256 (for a folder format such as MRXS, the index file's only; ``""``
+    for a folder), recorded so a report can name exactly which slide a model saw."""
+    return file_sha256(slide) if slide.is_file() else ""
 
 
 def _config_json(config: TilingConfig) -> str:
