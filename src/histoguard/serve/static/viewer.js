@@ -59,7 +59,7 @@
     const rows = [
       ["decision", decisionText(prediction)],
       ["most probable", prediction.predicted],
-      ["prediction set", prediction.prediction_set.length ? "{" + prediction.prediction_set.join(", ") + "}" : "–"],
+      ["prediction set", "{" + prediction.prediction_set.join(", ") + "}" + (prediction.prediction_set.length ? "" : " (empty)")],
       ["OOD gate p", fmt(prediction.ood_p_value, 2) + (prediction.ood_alpha !== null ? " (alpha " + prediction.ood_alpha + ")" : "")],
       ["out of distribution", prediction.out_of_distribution === null ? "no gate" : (prediction.out_of_distribution ? "yes" : "no")],
     ];
