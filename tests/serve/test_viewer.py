@@ -4,6 +4,7 @@ changes the pixels when switched on, and clicking a tile shows its scores."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -43,8 +44,9 @@ def test_viewer_renders_slide_overlay_and_tile_scores(served: Served, tmp_path: 
         plain = _pixels(view.screenshot())
         # The slide rendered: the tissue is darker than the empty glass around it.
         assert plain.mean() < 250 and plain.std() > 10
-        assert "review" in page.inner_text("#slides li[data-slide='case1']") or page.inner_text(
-            "#verdict"
+        decision = json.loads((served.predictions / "predictions.json").read_text())
+        assert decision["slides"][0]["decision"] in page.inner_text(
+            "#slides li[data-slide='case1']"
         )
         page.check("#layer-attention")
         page.wait_for_selector(".legend[data-layer='attention']")
@@ -58,6 +60,7 @@ def test_viewer_renders_slide_overlay_and_tile_scores(served: Served, tmp_path: 
         page.uncheck("#layer-attention")
         page.wait_for_function("() => window.hgViewer.world.getItemCount() === 1")
         page.check("#layer-attention")
+        page.wait_for_selector(".legend[data-layer='attention']")
         assert "attention rank" in page.inner_text("#legends")
         # Click the middle of the tissue: a scored tile; its scores appear.
         box = view.bounding_box()
