@@ -31,6 +31,7 @@ ROOM_ORDER: tuple[frozenset[str], ...] = (
     frozenset({"mil"}),
     frozenset({"robustness"}),
     frozenset({"report"}),
+    frozenset({"serve"}),
     frozenset({"testing", "_tile_slides"}),
     frozenset({"demo"}),
     frozenset({"cli"}),

@@ -20,6 +20,8 @@
     │   └── ImageTooLargeError      more pixels than the explicit limit
     ├── CohortError                 a cohort table, or a split drawn from it, is unusable
     ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
+    ├── RequestError                a request to the slide server asks for what does not exist
+    │                               or is not allowed; `.status` is its HTTP status (4xx)
     ├── ConfigError (ValueError)    a configuration value or file is invalid
     │   ├── UnknownCenterError      features of a center the harmoniser was not fitted on
     │   └── TooFewSlidesError       too few slides to estimate a new center's batch effect
@@ -187,6 +189,24 @@ class ModelMismatchError(HistoguardError):
     """Features do not fit a trained model: another encoder, weights, scale or tile size."""
 
 
+class RequestError(HistoguardError):
+    """A request to ``histoguard serve`` names a slide, layer, tile or file that does not exist
+    or lies outside the served folders.
+
+    Args:
+        status: the HTTP status the server answers with (400, 403, 404, 409 ...).
+        message: what is wrong, in one sentence.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str]]:
+        return type(self), (self.status, self.message)
+
+
 class ConfigError(HistoguardError, ValueError):
     """A configuration value or configuration file is invalid.
 
@@ -306,6 +326,7 @@ __all__ = [
     "NoSlidesError",
     "OutputError",
     "RegionReadError",
+    "RequestError",
     "SlideError",
     "SlideNotFoundError",
     "SlideTooLargeError",

@@ -11,6 +11,7 @@ from histoguard.cli import _mil as _mil
 from histoguard.cli import _end_to_end as _end_to_end
 from histoguard.cli import _audit as _audit
 from histoguard.cli import _report as _report
+from histoguard.cli import _serve as _serve
 from histoguard.cli import _demo as _demo
 
 # isort: on

@@ -23,6 +23,7 @@ COMMANDS = (
     "compare",
     "audit",
     "report",
+    "serve",
     "encoders",
     "info",
     "demo",
@@ -42,6 +43,7 @@ Generated from the commands' own `--help` by `python -m histoguard.cli._docs > d
 `train` is `histoguard.mil.train`, `train-end-to-end` is
 `histoguard.mil.train_end_to_end`, `predict` is `histoguard.mil.predict`, `compare` is
 `histoguard.mil.compare_designs`, `report` is `histoguard.report.write_report`,
+`serve` is `histoguard.serve.serve`,
 `encoders` is `histoguard.encoders.list_encoders`, `info` is `histoguard.slide.slide_info`,
 `demo` is `histoguard.demo._run.run_demo`.
 """

@@ -104,6 +104,7 @@ class _Read:
     attention: np.ndarray | None
     measures: dict[str, float]
     tiles: np.ndarray
+    tile_probs: np.ndarray
     warnings: list[str]
 
 
@@ -155,14 +156,15 @@ def _harmonize_new_centers(model: MILModel, bags: Mapping[str, Bag]) -> dict[str
 
 def _slide_uncertainty(
     model: MILModel, bag: Bag, attention: np.ndarray | None, mc_dropout: int, seed: int
-) -> tuple[dict[str, float], np.ndarray]:
-    """Slide-level measures over the ensemble members (and MC-dropout passes), and ``(N,)``
-    per-tile predictive entropy of one-tile bags."""
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Slide-level measures over the ensemble members (and MC-dropout passes), ``(N,)``
+    per-tile predictive entropy of one-tile bags and ``(N, C)`` their mean class probabilities."""
     features, mask = bag_batch(bag, None, None)
     with use_center(model, bag.center):
         members = member_probabilities(model, features, mask, mc_dropout=mc_dropout, seed=seed)
     measures = uncertainty_measures(members.double().numpy())
-    tiles = predictive_entropy(tile_probabilities(model, bag).astype(np.float64))
+    per_member = tile_probabilities(model, bag).astype(np.float64)
+    tiles = predictive_entropy(per_member)
     values = {
         "entropy": float(measures.predictive_entropy[0]),
         "mutual_information": float(measures.mutual_information[0]),
@@ -173,7 +175,7 @@ def _slide_uncertainty(
         values["tile_entropy_weighted"] = attention_weighted_uncertainty(
             tiles, attention / attention.sum()
         )
-    return values, tiles
+    return values, tiles, per_member.mean(axis=0)
 
 
 def predict(
@@ -265,8 +267,12 @@ def predict(
             logits = _view_mean_logits(ensemble, bag, logits, data.views)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
-        measures, tiles = _slide_uncertainty(ensemble, bag, attention, mc_dropout, len(parts))
-        parts.append(_Read(path, data, bag, logits, probs, attention, measures, tiles, warnings))
+        measures, tiles, tile_probs = _slide_uncertainty(
+            ensemble, bag, attention, mc_dropout, len(parts)
+        )
+        parts.append(
+            _Read(path, data, bag, logits, probs, attention, measures, tiles, tile_probs, warnings)
+        )
     reading = None
     if trust is not None and parts:
         reading = apply_trust(
@@ -318,6 +324,7 @@ def predict(
                 ood_p_value=p_value,
                 uncertainty=part.measures,
                 tile_uncertainty=part.tiles,
+                tile_probabilities=part.tile_probs,
             )
         )
     write_predictions(results, labels, out, trust=trust, reading=reading, model=Path(model))

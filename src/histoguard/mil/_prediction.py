@@ -59,6 +59,9 @@ class SlidePrediction:
             entropy, nats, when the model gives attention).
         tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats (each tile as a one-tile
             bag, over the ensemble members; at most ln C), or None.
+        tile_probabilities: ``(N, C)`` each tile's class probabilities as a one-tile bag (mean
+            over the ensemble members, before calibration; columns in the model's class
+            order), or None.
     """
 
     slide: str
@@ -78,6 +81,7 @@ class SlidePrediction:
     ood_p_value: float | None = None
     uncertainty: Mapping[str, float] = field(default_factory=dict)
     tile_uncertainty: np.ndarray | None = None
+    tile_probabilities: np.ndarray | None = None
 
     def summary(self, *, brief: bool = False) -> str:
         """The decision and its evidence in one line, for the console and for map titles.

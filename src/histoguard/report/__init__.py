@@ -1,6 +1,7 @@
 """Everything people look at: attention and tile-uncertainty heatmaps, reliability diagrams,
-the tiling overview, the audit page, the before / after comparison page and the validation
-report (``model_card.json`` + ``report.html``).
+the tiling overview, the audit page, the before / after comparison page, the validation
+report (``model_card.json`` + ``report.html``) and the overlay layers the slide viewer
+(``histoguard serve``) shows as map tiles.
 
 This is the only room that draws. It reads results (or their JSON) and never runs a model.
 """
@@ -16,6 +17,7 @@ from histoguard.report._heatmaps import (
     write_heatmaps,
     write_prediction_heatmaps,
 )
+from histoguard.report._tile_layers import LAYER_NAMES, LayerStyle, layer_style, layer_tile
 
 if TYPE_CHECKING:
     from histoguard.report._audit_page import render_audit_html, write_audit_page
@@ -49,11 +51,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "LAYER_NAMES",
+    "LayerStyle",
     "ModelCard",
     "PredictionHeatmaps",
     "attention_geojson",
     "attention_overlay",
     "build_model_card",
+    "layer_style",
+    "layer_tile",
     "render_audit_html",
     "render_comparison_html",
     "render_report_html",

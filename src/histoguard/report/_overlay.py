@@ -160,6 +160,52 @@ def title_height(map_width: int, title: str | None) -> int:
     return 0 if not title else _title_strip(map_width, title).height
 
 
+def tile_shade(
+    shape: tuple[int, int],
+    coords: ArrayLike,
+    tile_size0: float,
+    level: ArrayLike,
+    n_colors: int,
+    *,
+    downsample: float,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> npt.NDArray[np.int16]:
+    """Which colour each pixel of a map gets: the LUT index of the tile covering it, or -1.
+
+    Args:
+        shape: ``(height, width)`` of the map in pixels.
+        coords: ``(N, 2)`` level-0 (x, y) top-left tile corners.
+        tile_size0: tile side in level-0 pixels.
+        level: ``(N,)`` values in [0, 1]; non-finite ones are not painted.
+        n_colors: entries of the lookup table (index 0 = value 0, ``n_colors - 1`` = value 1).
+        downsample: level-0 pixels per map pixel.
+        origin: level-0 (x, y) of the map's top-left pixel.
+
+    Returns:
+        ``(height, width)`` int16. Every tile that touches the map covers at least one pixel;
+        where tiles overlap, the higher value shows.
+    """
+    height, width = shape
+    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2) - np.asarray(origin, np.float64)
+    value = np.asarray(level, dtype=np.float64)
+    shade = np.full((height, width), -1, dtype=np.int16)
+    start, stop = xy / downsample, (xy + tile_size0) / downsample
+    touches = (
+        np.isfinite(value)
+        & (stop[:, 0] > 0) & (stop[:, 1] > 0) & (start[:, 0] < width) & (start[:, 1] < height)
+    )  # fmt: skip
+    # Ascending order: with overlapping tiles the later (higher) value is the one left visible.
+    order = np.flatnonzero(touches)[np.argsort(value[touches], kind="stable")]
+    corners = np.clip(np.round(start[order]).astype(np.int64), 0, None)
+    ends = np.maximum(np.round(stop[order]).astype(np.int64), corners + 1)
+    lut_index = np.round(value[order] * (n_colors - 1)).astype(np.int16)
+    for (x0, y0), (x1, y1), index in zip(
+        corners.tolist(), ends.tolist(), lut_index.tolist(), strict=True
+    ):
+        shade[y0:y1, x0:x1] = index
+    return shade
+
+
 def paint_tiles(
     thumbnail: np.ndarray,
     downsample: float,
@@ -211,17 +257,7 @@ def paint_tiles(
         raise ValueError("tile values to paint must lie in [0, 1]")
     lut = colormap_lut(colormap)
     height, width = image.shape[:2]
-    # Paint a map of LUT indices (-1 = no tile) first, so colours are blended once per pixel.
-    shade = np.full((height, width), -1, dtype=np.int16)
-    corners = np.clip(np.round(xy / downsample).astype(np.int64), 0, None)
-    ends = np.maximum(np.round((xy + tile_size0) / downsample).astype(np.int64), corners + 1)
-    # Ascending order: with overlapping tiles the later (higher) value is the one left visible.
-    order = np.argsort(value, kind="stable")[: int(finite.sum())]
-    lut_index = np.round(value[order] * (len(lut) - 1)).astype(np.int16)
-    for (x0, y0), (x1, y1), index in zip(
-        corners[order].tolist(), ends[order].tolist(), lut_index.tolist(), strict=True
-    ):
-        shade[y0:y1, x0:x1] = index
+    shade = tile_shade((height, width), xy, tile_size0, value, len(lut), downsample=downsample)
     painted = shade >= 0
     blended = image.astype(np.float64)
     blended[painted] = (1 - alpha) * blended[painted] + alpha * lut[shade[painted]]
