@@ -355,13 +355,13 @@ def save_splits(splits: Sequence[Split], path: Path, *, cohort: Cohort) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
 
 
-def load_splits(path: Path, cohort: Cohort) -> list[Split]:
-    """Read splits saved by :func:`save_splits`, refusing them if ``cohort`` has changed since.
+def read_splits_file(path: Path) -> tuple[list[Split], dict[str, Any]]:
+    """The splits saved in ``path`` as they are, and the parsed JSON document, with no check
+    against a cohort and no leak check: for readers that only need to know which slides each
+    split's model saw (the audit) or that check the splits themselves (the report).
 
     Raises:
-        CohortError: the file is missing, unreadable or not a splits file; the cohort's
-            slide_id/patient_id/label content differs from when the splits were saved; or a
-            loaded split leaks.
+        CohortError: the file is missing, unreadable or not a splits file.
     """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -371,7 +371,18 @@ def load_splits(path: Path, cohort: Cohort) -> list[Split]:
         raise CohortError(
             f"{path}: cannot be read as a splits file ({exc}); delete it to draw splits again."
         ) from exc
-    splits = _parse_document(path, document)
+    return _parse_document(path, document), document
+
+
+def load_splits(path: Path, cohort: Cohort) -> list[Split]:
+    """Read splits saved by :func:`save_splits`, refusing them if ``cohort`` has changed since.
+
+    Raises:
+        CohortError: the file is missing, unreadable or not a splits file; the cohort's
+            slide_id/patient_id/label content differs from when the splits were saved; or a
+            loaded split leaks.
+    """
+    splits, document = read_splits_file(path)
     if document["cohort_fingerprint"] != cohort.fingerprint():
         listed = {sid for s in splits for part in s.parts().values() for sid in part}
         current = set(cohort.slide_ids())

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from histoguard.errors import CohortError, ConfigError
 from histoguard.mil._cohort import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Cohort, load_cohort
 from histoguard.mil._metrics import bootstrap_ci, metrics_report
-from histoguard.mil._splits import _parse_document, check_no_leak
+from histoguard.mil._splits import check_no_leak, read_splits_file
 from histoguard.report._checklist import build_checklist
 from histoguard.report._model_card import (
     Calibration,
@@ -125,9 +125,8 @@ def _leak_check(cohort: Cohort, splits_path: Path, design: str) -> LeakCheck:
     """Recompute, from ``splits.json`` and the cohort, that no patient is in two parts."""
     # Read without load_splits' own leak check, which would stop at the first leaking split:
     # every split is checked below and its problems listed.
-    document = read_json(splits_path)
     try:
-        splits = _parse_document(splits_path, document)
+        splits, document = read_splits_file(splits_path)
     except CohortError as exc:
         return LeakCheck(design=design, splits=[], test_overlap=0, leak_free=False,
                          reading=f"not checked: {str(exc).splitlines()[0]}")  # fmt: skip

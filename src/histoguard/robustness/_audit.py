@@ -247,7 +247,9 @@ def audit_encoder(
         model: a trained MIL model on this encoder's features, or a :class:`SlideModel` (every
             fold of a ``train`` output, see :func:`load_slide_model`); its slides (the probe's
             held-out test tiles grouped by ``slide_id``, at most ``config.max_tiles_per_bag``
-            each) are stress-tested and attacked, and its results name the models used.
+            each) are stress-tested and attacked, and its results name the models used. A
+            ``SlideModel`` scores each slide only with fold models that never saw it and leaves
+            out slides every fold saw (``held_out`` in the results lists both).
         model_labels: a bare model's class names, index order (a ``SlideModel`` brings its own).
         progress: show progress bars.
 
@@ -290,9 +292,16 @@ def _under_test(
     from histoguard.robustness._slide_models import SlideModel
 
     if isinstance(model, SlideModel):
-        return SlideModelUnderTest(
-            model=model.model, labels=model.labels, bags=bags, models=model.describe()
+        # Only slides the scoring model never saw: a k-fold output's folds each judge their own
+        # test slides.
+        held = model.held_out(bags.slides)
+        kept = Bags(
+            slides=[bags.slides[i] for i in held.kept],
+            tiles=[bags.tiles[i] for i in held.kept],
+            labels=bags.labels[held.kept],
         )
+        record = {**model.describe(), "held_out": held.record}
+        return SlideModelUnderTest(model=held.models, labels=model.labels, bags=kept, models=record)
     single = {"models": [type(model).__name__], "n_models": 1, "combination": "single model"}
     return SlideModelUnderTest(model=model, labels=list(labels), bags=bags, models=single)
 

@@ -44,9 +44,10 @@ class Bags:
 @dataclass(frozen=True)
 class SlideModelUnderTest:
     """A slide model with its class names (output order), its held-out test bags, and the
-    ``models`` record written next to its results (which folders, how combined)."""
+    ``models`` record written next to its results (which folders, how combined, which slides
+    each scored). ``model`` is one model, or one per bag (the model that never saw it)."""
 
-    model: MILModel
+    model: MILModel | Sequence[MILModel]
     labels: Sequence[str]
     bags: Bags
     models: Mapping[str, Any]
@@ -198,5 +199,8 @@ def _slide_attack(
     attack = SlideAttackConfig(
         fraction=config.attacks.slide_fraction, eps=config.attacks.slide_eps, seed=config.seed
     )
-    result = slide_attack(encoder, slide_model.model, bags.tiles, config=attack).to_dict()
+    try:
+        result = slide_attack(encoder, slide_model.model, bags.tiles, config=attack).to_dict()
+    except AuditDataError as error:
+        return {"skipped": str(error), **slide_model.models}
     return {**result, "slides": bags.slides, **slide_model.models}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from histoguard.errors import AuditDataError, ConfigError
+from histoguard.robustness._bag_models import distinct, models_per_bag
 from histoguard.robustness.attacks._pgd import (
     PGDConfig,
     PixelEncoder,
@@ -167,7 +168,7 @@ class SlideAttackResult:
 
 def slide_attack(
     encoder: Encoder,
-    model: MILModel,
+    model: MILModel | Sequence[MILModel],
     bags: Sequence[np.ndarray],
     *,
     config: SlideAttackConfig | None = None,
@@ -183,6 +184,8 @@ def slide_attack(
         encoder: a differentiable torch encoder, the one ``model`` was trained on.
         model: a MIL model, ``(1, N, D)`` features + ``(1, N)`` mask -> logits ``(1, C)`` and
             attention ``(1, N)`` or None; moved to the encoder's device, in evaluation mode.
+            Or one such model per bag (each slide attacked through the model that never saw
+            it).
         bags: one ``(N_i, H, W, 3)`` uint8 array of tiles per slide.
         config: fraction, selection, budget and steps.
 
@@ -190,8 +193,8 @@ def slide_attack(
         Per-slide probabilities of the clean class before and after, flips and perturbed tiles.
 
     Raises:
-        AuditDataError: no bags, a bag that is not ``(N, H, W, 3)`` uint8, or a model whose
-            feature length differs from the encoder's.
+        AuditDataError: no bags, a bag that is not ``(N, H, W, 3)`` uint8, a model whose
+            feature length differs from the encoder's, or not one model per bag.
         EncoderError: the encoder passes no usable gradient to the pixels.
     """
     config = config or SlideAttackConfig()
@@ -199,19 +202,23 @@ def slide_attack(
         raise AuditDataError("no bags to attack; pass one (N, H, W, 3) tile array per slide")
     for i, bag in enumerate(bags):
         check_tiles(bag, f"bag {i}")
-    if model.in_dim != encoder.embed_dim:
-        raise AuditDataError(
-            f"the model takes {model.in_dim}-d features but encoder {encoder.info.name!r} makes "
-            f"{encoder.embed_dim}-d ones; attack the model with the encoder it was trained on"
-        )
+    models = models_per_bag(model, len(bags))
     pixel_encoder = PixelEncoder(encoder)
-    model.to(pixel_encoder.device).eval()
+    for member in distinct(models):
+        if member.in_dim != encoder.embed_dim:
+            raise AuditDataError(
+                f"the model takes {member.in_dim}-d features but encoder "
+                f"{encoder.info.name!r} makes {encoder.embed_dim}-d ones; attack the model with "
+                "the encoder it was trained on"
+            )
+        member.to(pixel_encoder.device).eval()
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     return SlideAttackResult(
         config=config,
         slides=tuple(
-            _attack_slide(pixel_encoder, model, bag, config, generator, rng) for bag in bags
+            _attack_slide(pixel_encoder, scorer, bag, config, generator, rng)
+            for scorer, bag in zip(models, bags, strict=True)
         ),
     )
 

@@ -224,7 +224,7 @@ def stress_test(
 
 def stress_slide_model(
     encoder: Encoder,
-    model: MILModel,
+    model: MILModel | Sequence[MILModel],
     bags: Sequence[np.ndarray],
     labels: np.ndarray,
     class_names: Sequence[str],
@@ -238,7 +238,8 @@ def stress_slide_model(
 
     Args:
         encoder: the encoder the model was trained on.
-        model: a trained MIL model taking this encoder's ``(1, N, D)`` features.
+        model: a trained MIL model taking this encoder's ``(1, N, D)`` features, or one such
+            model per bag (each slide scored by the model that never saw it).
         bags: one ``(N_i, H, W, 3)`` uint8 array of tiles per slide (all the same tile size).
         labels: ``(M,)`` true class of each slide.
         class_names: the model's class names, in output index order.
@@ -246,9 +247,11 @@ def stress_slide_model(
 
     Raises:
         AuditDataError: no bags, an empty bag, bags of different tile sizes, labels not one per
-            slide, or a label the model does not know.
+            slide, a label the model does not know, or not one model per bag.
     """
     import torch
+
+    from histoguard.robustness._bag_models import distinct, models_per_bag
 
     config = config or StressConfig()
     if not bags or any(len(bag) == 0 for bag in bags):
@@ -264,14 +267,16 @@ def stress_slide_model(
             f"slide labels {unknown} are not among the model's classes {list(class_names)}"
         )
     offsets = np.cumsum([len(bag) for bag in bags])[:-1]
-    model = model.eval()
+    models = models_per_bag(model, len(bags))
+    for member in distinct(models):
+        member.eval()
 
     def classify(embeddings: np.ndarray) -> np.ndarray:
         predictions = []
         with torch.inference_mode():
-            for features in np.split(embeddings, offsets):
+            for scorer, features in zip(models, np.split(embeddings, offsets), strict=True):
                 bag = torch.from_numpy(np.ascontiguousarray(features))[None]
-                logits = model(bag, torch.ones(bag.shape[:2], dtype=torch.bool)).logits
+                logits = scorer(bag, torch.ones(bag.shape[:2], dtype=torch.bool)).logits
                 predictions.append(class_names[int(logits.argmax())])
         return np.array(predictions)
 
