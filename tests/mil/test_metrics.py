@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from histoguard.mil._compare import compare_designs
 from histoguard.mil._metrics import (
     N_VALID_KEY,
     binary_metrics,
     bootstrap_ci,
-    compare_designs,
     format_table,
     metrics_report,
     multiclass_metrics,
@@ -272,11 +272,45 @@ def test_compare_designs_reads_the_gap() -> None:
     rng = np.random.default_rng(11)
     p1 = np.clip(0.5 + 0.3 * (c["probs"][:, 1] - 0.5) + rng.normal(0, 0.15, 300), 0, 1)
     site_aware = metrics_report(c["y"], p1, **kwargs)  # type: ignore[arg-type]
-    text = compare_designs(random_split, site_aware)
+    text = compare_designs(random_split, site_aware, training_slides={"A": 200, "B": 200})
     a = random_split["overall"]["metrics"]["auc"]["value"]
     b = site_aware["overall"]["metrics"]["auc"]["value"]
     assert a > b
     assert f"{a - b:+.3f}" in text
-    assert f"overestimates AUC at a new hospital by {a - b:.2f}" in text
-    assert "AUC, center B" in text
+    assert f"overestimates AUC by {a - b:.2f}" in text
+    assert "balanced accuracy by" in text  # the reading rests on more than AUC
+    row_b = next(line for line in text.splitlines() if line.startswith("B "))
+    assert " 100 " in row_b and " 200 " in row_b  # slides behind the row, training slides
+    assert "By held-out center, AUC difference:" in text
     assert "agree" in compare_designs(random_split, random_split)
+
+
+def test_compare_flags_an_inverted_center_and_a_one_class_center() -> None:
+    rng = np.random.default_rng(3)
+    n = 120
+    centers = np.array(["GlaS", "EBHI"])[np.arange(n) % 2]
+    y = rng.integers(0, 2, n)
+    good = np.clip(0.5 + 0.4 * (2 * y - 1) + rng.normal(0, 0.1, n), 0, 1)
+    # At EBHI the site-aware model is inverted and calls nearly everything "tumour".
+    site = np.where(centers == "EBHI", np.clip(0.85 - 0.1 * y + rng.normal(0, 0.03, n), 0, 1), good)
+    kwargs = {"labels": ["normal", "tumour"], "centers": list(centers), "n_boot": 200}
+    text = compare_designs(
+        metrics_report(y, good, **kwargs),  # type: ignore[arg-type]
+        metrics_report(y, site, **kwargs),  # type: ignore[arg-type]
+    )
+    flags = [line for line in text.splitlines() if line.startswith("    EBHI:")]
+    assert any("worse than chance" in f and "inverted" in f for f in flags), text
+    assert any("specificity" in f and "nearly every slide called tumour" in f for f in flags)
+    assert not any(line.startswith("    GlaS:") for line in text.splitlines())
+    assert "Held out, EBHI: worse than chance" in text.splitlines()[-1]
+
+
+def test_few_slides_get_no_interval() -> None:
+    y = np.array([0, 1, 0, 1, 0, 1])
+    p1 = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7])
+    report = metrics_report(y, p1, labels=["normal", "tumour"], centers=["S"] * 6, n_boot=50)
+    assert report["overall"]["n_per_class"] == {"normal": 3, "tumour": 3}
+    table = format_table(report)
+    assert "1.000 (too few slides: 6)" in table and "[1.000, 1.000]" not in table
+    text = compare_designs(report, report)
+    assert "too few slides: 6" in text and "[1.000, 1.000]" not in text

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 import histoguard.report._audit_page as page_module
+from histoguard.core._verdict import verdict
 from histoguard.report import render_audit_html, write_audit_page
 from histoguard.report._readings import (
     RI_THRESHOLDS,
@@ -22,7 +23,6 @@ from histoguard.report._readings import (
     clustering_reading,
     k_rule,
     ri_reading,
-    verdict,
 )
 from histoguard.robustness import (
     AUDIT_PARTS,

@@ -309,6 +309,8 @@ def compare(
     """Show random-split and site-aware estimates side by side, with the difference: how much a
     random split overestimates performance at a new hospital."""
     from histoguard.mil import compare_designs
+    from histoguard.mil._compare import read_run_for_comparison
 
-    reports = [json.loads((run / "metrics.json").read_text()) for run in (random_run, site_run)]
-    typer.echo(compare_designs(reports[0], reports[1]))
+    random_report, _ = read_run_for_comparison(random_run)
+    site_report, training = read_run_for_comparison(site_run)
+    typer.echo(compare_designs(random_report, site_report, training_slides=training))

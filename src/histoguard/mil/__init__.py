@@ -15,6 +15,7 @@ from histoguard.mil._bags import Bag, load_bags, predict_bags
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._checkpoint import load_model, save_model
 from histoguard.mil._cohort import Cohort, CohortRow, load_cohort
+from histoguard.mil._compare import compare_designs
 from histoguard.mil._end_to_end import (
     EndToEndConfig,
     EndToEndResult,
@@ -35,7 +36,6 @@ from histoguard.mil._evaluate import (
 from histoguard.mil._metrics import (
     binary_metrics,
     bootstrap_ci,
-    compare_designs,
     format_table,
     metrics_report,
     multiclass_metrics,

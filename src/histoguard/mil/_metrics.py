@@ -29,7 +29,7 @@ FloatArray = npt.NDArray[np.float64]
 N_VALID_KEY = "n_valid_resamples"
 
 #: Metrics shown in tables, in order, with their column titles.
-_TABLE_METRICS: tuple[tuple[str, str], ...] = (
+TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("auc", "AUC"),
     ("balanced_accuracy", "balanced acc."),
     ("f1", "F1"),
@@ -423,6 +423,7 @@ def metrics_report(
         n_valid = ci.pop(N_VALID_KEY)[0]
         return {
             "n": int(mask.sum()),
+            "n_per_class": {str(c): int((y[mask] == i).sum()) for i, c in enumerate(labels)},
             "n_valid_resamples": int(n_valid),
             "metrics": {
                 name: dict(zip(("value", "low", "high"), map(_json_number, v), strict=True))
@@ -444,14 +445,36 @@ def metrics_report(
     }
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """Three decimals, or ``—`` for an undefined value."""
     return "—" if value is None else f"{value:.3f}"
 
 
-def _with_ci(metric: Mapping[str, float | None] | None) -> str:
+def too_few(stratum: Mapping[str, Any]) -> str | None:
+    """Why a stratum's intervals are not worth printing, or None: fewer than
+    :data:`~histoguard.core._verdict.MIN_CI_SLIDES` slides, or (binary) fewer than
+    :data:`~histoguard.core._verdict.MIN_CI_PER_CLASS` of a class."""
+    from histoguard.core._verdict import MIN_CI_PER_CLASS, MIN_CI_SLIDES
+
+    if stratum["n"] < MIN_CI_SLIDES:
+        return f"too few slides: {stratum['n']}"
+    per_class = stratum.get("n_per_class") or {}
+    if len(per_class) == 2:
+        scarce = {c: k for c, k in per_class.items() if k < MIN_CI_PER_CLASS}
+        if scarce:
+            return "too few slides: " + ", ".join(f"{k} {c}" for c, k in scarce.items())
+    return None
+
+
+def with_ci(metric: Mapping[str, float | None] | None, stratum: Mapping[str, Any]) -> str:
+    """``value [low, high]``, or ``value (too few slides: n)`` where the interval rests on too
+    few slides (see :func:`too_few`), or ``—`` when undefined."""
     if metric is None or metric["value"] is None:
         return "—"
-    return f"{_fmt(metric['value'])} [{_fmt(metric['low'])}, {_fmt(metric['high'])}]"
+    reason = too_few(stratum)
+    if reason is not None:
+        return f"{fmt(metric['value'])} ({reason})"
+    return f"{fmt(metric['value'])} [{fmt(metric['low'])}, {fmt(metric['high'])}]"
 
 
 def _rows(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -465,7 +488,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     """A fixed-width text table of a :func:`metrics_report`: overall, per fold, per center.
 
     Columns: n, AUC [CI], balanced accuracy [CI], F1, sensitivity, specificity (point
-    estimates; "—" where undefined or, for multiclass, not computed).
+    estimates; "—" where undefined or, for multiclass, not computed). A row on too few slides
+    shows its values without an interval, and says so.
     """
     level = round(100 * (1 - report["alpha"]))
     title = f"{report['task']} ({' vs '.join(report['labels'])})"
@@ -483,79 +507,11 @@ def format_table(report: Mapping[str, Any]) -> str:
     for name, stratum in _rows(report):
         m = stratum["metrics"]
         lines.append(
-            f"{name:<16}{stratum['n']:>6}  {_with_ci(m.get('auc')):<22}"
-            f"{_with_ci(m.get('balanced_accuracy')):<22}"
+            f"{name:<16}{stratum['n']:>6}  {with_ci(m.get('auc'), stratum):<22}"
+            f"{with_ci(m.get('balanced_accuracy'), stratum):<22}"
             + "".join(
-                f"{_fmt(m[k]['value'] if k in m else None):>7}"
+                f"{fmt(m[k]['value'] if k in m else None):>7}"
                 for k in ("f1", "sensitivity", "specificity")
             )
         )
     return "\n".join(lines)
-
-
-def _value(stratum: Mapping[str, Any], name: str) -> float | None:
-    metric = stratum["metrics"].get(name)
-    return None if metric is None else metric["value"]
-
-
-def compare_designs(
-    random_split_report: Mapping[str, Any], site_aware_report: Mapping[str, Any]
-) -> str:
-    """Random-split (k-fold) against site-aware (leave-one-center-out) estimates, side by side.
-
-    Args:
-        random_split_report: :func:`metrics_report` of pooled out-of-fold predictions from a
-            random (or stratified) k-fold split.
-        site_aware_report: :func:`metrics_report` of predictions where each center was held out
-            in turn.
-
-    Returns:
-        A title line; a table (metric, random split [CI], site-aware [CI], difference random −
-        site-aware) over all slides, then AUC per center present in both; then one line reading
-        the AUC gap (the balanced-accuracy gap when AUC is undefined) as the optimism of a
-        random split about a new hospital.
-    """
-    header = f"{'':<22}{'random split [CI]':<24}{'site-aware [CI]':<24}{'difference':>10}"
-    title = (
-        "random split (k-fold) vs site-aware (leave-one-center-out); "
-        "difference = random split − site-aware"
-    )
-    lines = [title, header, "-" * len(header)]
-
-    def row(title: str, a: Mapping[str, Any], b: Mapping[str, Any], name: str) -> None:
-        va, vb = _value(a, name), _value(b, name)
-        diff = "—" if va is None or vb is None else f"{va - vb:+.3f}"
-        ma, mb = a["metrics"].get(name), b["metrics"].get(name)
-        lines.append(f"{title:<22}{_with_ci(ma):<24}{_with_ci(mb):<24}{diff:>10}")
-
-    overall_a, overall_b = random_split_report["overall"], site_aware_report["overall"]
-    for name, title in _TABLE_METRICS:
-        if name in overall_a["metrics"] or name in overall_b["metrics"]:
-            row(title, overall_a, overall_b, name)
-    shared = [c for c in random_split_report["centers"] if c in site_aware_report["centers"]]
-    for center in shared:
-        row(
-            f"AUC, center {center}",
-            random_split_report["centers"][center],
-            site_aware_report["centers"][center],
-            "auc",
-        )
-    lines.append("")
-    lines.append(_reading(overall_a, overall_b))
-    return "\n".join(lines)
-
-
-def _reading(random_split: Mapping[str, Any], site_aware: Mapping[str, Any]) -> str:
-    for name, title in (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy")):
-        a, b = _value(random_split, name), _value(site_aware, name)
-        if a is None or b is None:
-            continue
-        gap = a - b
-        if abs(gap) < 0.005:
-            return f"Reading: the two designs agree on {title} within 0.005 ({a:.3f} vs {b:.3f})."
-        verb = "overestimates" if gap > 0 else "underestimates"
-        return (
-            f"Reading: the random split {verb} {title} at a new hospital by {abs(gap):.2f} "
-            f"({a:.3f} random split vs {b:.3f} site-aware)."
-        )
-    return "Reading: no metric is defined in both designs; nothing to compare."

@@ -20,6 +20,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from histoguard.core._verdict import verdict
 from histoguard.report._readings import (
     RI_THRESHOLDS,
     RI_VERDICTS,
@@ -27,7 +28,6 @@ from histoguard.report._readings import (
     clustering_reading,
     ri_reading,
     site_probe_reading,
-    verdict,
 )
 from histoguard.robustness._result import (
     AdversarialSection,

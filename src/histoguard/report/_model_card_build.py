@@ -371,7 +371,7 @@ def build_model_card(
     Raises:
         ConfigError: ``run_dir`` is not a train output, or an optional input is unusable.
     """
-    from histoguard.report._readings import MIN_CI_SLIDES
+    from histoguard.core._verdict import MIN_CI_SLIDES
 
     run = Path(run_dir)
     check_run_dir(run)

@@ -12,9 +12,16 @@ Pure functions of numbers, so every reading on the audit page is testable withou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-Format = Callable[[float], str]
+from histoguard.core._verdict import (
+    AUC_THRESHOLDS,
+    CHANCE_VERDICTS,
+    MIN_CI_SLIDES,
+    Format,
+    level_text,
+    verdict,
+)
 
 #: Robustness-index thresholds (center signal strong / visible / weak) and their verdicts.
 RI_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -53,57 +60,10 @@ SITE_PROBE_VERDICTS = (
 CLUSTERING_BOUNDS = (-1.5, 1.5)
 
 
-def verdict(
-    value: float,
-    ci: Sequence[float] | None,
-    thresholds: Sequence[float],
-    verdicts: Sequence[str],
-    *,
-    fmt: Format = "{:.2f}".format,
-    confidence: float = 0.95,
-) -> str:
-    """The verdict for ``value``, or why there is none.
-
-    Args:
-        value: the measurement.
-        ci: its confidence interval ``(low, high)``, or None when there is none (the verdict
-            then rests on the value alone).
-        thresholds: ascending; band ``i`` is ``thresholds[i-1] < value <= thresholds[i]``.
-        verdicts: one per band, ``len(thresholds) + 1``, lowest band first.
-        fmt: how numbers are written.
-        confidence: coverage of ``ci``, for the text.
-
-    Returns:
-        ``verdicts[band]``, or ``"inconclusive: the 95 % CI [a, b] spans the threshold t"``
-        when the interval reaches across a threshold (the one nearest the value is named).
-
-    Raises:
-        ValueError: ``verdicts`` does not have one entry per band.
-    """
-    if len(verdicts) != len(thresholds) + 1:
-        raise ValueError(f"need {len(thresholds) + 1} verdicts, got {len(verdicts)}")
-    if ci is not None and None not in ci:
-        low, high = sorted(float(c) for c in ci)
-        spanned = [t for t in thresholds if low < t < high]
-        if spanned:
-            nearest = min(spanned, key=lambda t: abs(t - value))
-            return (
-                f"inconclusive: the {_level(confidence)} CI [{fmt(low)}, {fmt(high)}] spans the "
-                f"threshold {fmt(nearest)}"
-            )
-    band = sum(value > t for t in thresholds)
-    return verdicts[band]
-
-
 def _interval(ci: Sequence[float] | None, fmt: Format, confidence: float = 0.95) -> str:
     if ci is None or None in ci:
         return ""
-    return f" ({_level(confidence)} CI {fmt(ci[0])} to {fmt(ci[1])})"
-
-
-def _level(confidence: float) -> str:
-    """``0.95`` as ``"95 %"``."""
-    return f"{confidence * 100:g} %"
+    return f" ({level_text(confidence)} CI {fmt(ci[0])} to {fmt(ci[1])})"
 
 
 def k_rule(k: int, k_selection: str, knn_accuracy: float | None = None) -> str:
@@ -289,13 +249,6 @@ def comparison_reading(
     return "; ".join(parts) + "."
 
 
-#: Fewest slides a bootstrap interval of the model card may rest on: below it the percentile
-#: bootstrap covers far less than its nominal 95 % (a handful of distinct resamples), so the
-#: reading says "too few slides" instead of a verdict. No such minimum existed elsewhere.
-MIN_CI_SLIDES = 10
-#: The model card's thresholds per metric (chance for AUC; balanced accuracy takes 1 / C).
-AUC_THRESHOLDS = (0.5,)
-CHANCE_VERDICTS = ("no better than chance", "better than chance")
 #: ECE above this reads as miscalibrated (a tenth of the confidence scale).
 ECE_THRESHOLDS = (0.1,)
 ECE_VERDICTS = ("calibrated within 0.1", "miscalibrated: ECE above 0.1")
