@@ -1,11 +1,20 @@
-"""What the OpenSlide and tiffslide back-ends share: tiffslide mirrors OpenSlide's API."""
+"""What the OpenSlide and tiffslide back-ends share: tiffslide mirrors OpenSlide's API, and both
+read plain tiled TIFF levels through :class:`~histoguard.slide._tiff_tiles.TiffTiles`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Collection, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from histoguard.slide._reader import SlideReader
+from histoguard.slide._tiff_tiles import NotNative, TiffTiles
+
+#: Serialises the one-time search for a slide's tiled pages (clones made from several threads).
+_TILES_LOCK = threading.Lock()
 
 
 def positive_float(value: object) -> float | None:
@@ -26,7 +35,72 @@ class OpenSlideLikeReader(SlideReader):
     _prefix: ClassVar[str]
     _handle: Any
 
+    #: Read plain tiled TIFF levels by decoding their tiles directly (same pixels as the
+    #: back-end's own read, which the tests check); False reads every region through the
+    #: back-end library, e.g. to compare the two.
+    native_tiles: bool = True
+    _tiles: TiffTiles | None = None
+    _tiles_searched: bool = False
+    _fd: int | None = None
+
+    # --- what each back-end says about its own reads --------------------------------------
+
+    def _native_compressions(self) -> Collection[int] | None:
+        """TIFF compressions whose direct decoding equals this back-end's (None: any)."""
+        return None
+
+    def _native_origin(self, x: int, y: int, level: int) -> tuple[int, int] | None:
+        """Where the back-end's read of level-0 ``(x, y)`` starts in whole pixels of ``level``,
+        or None when it does not start on a whole pixel (the back-end interpolates)."""
+        raise NotImplementedError
+
+    def _read_backend(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        """The region read through the back-end library."""
+        raise NotImplementedError
+
+    # --- the shared read ------------------------------------------------------------------
+
+    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+        tiles = self._native() if self.native_tiles else None
+        origin = None
+        if tiles is not None and tiles.has_level(level):
+            origin = self._native_origin(x, y, level)
+        if tiles is not None and origin is not None:
+            if self._fd is None:
+                self._fd = tiles.open_fd()
+            try:
+                return tiles.read(self._fd, level, origin[0], origin[1], width, height)
+            except NotNative:
+                pass  # a missing or damaged tile: the back-end reads it (or raises) as before
+        return self._read_backend(x, y, width, height, level)
+
+    def _native(self) -> TiffTiles | None:
+        """This slide's tiled TIFF levels, searched once and shared with clones."""
+        if not self._tiles_searched:
+            with _TILES_LOCK:
+                if not self._tiles_searched:
+                    accepted = self._native_compressions()
+                    if accepted is None or accepted:
+                        self._tiles = TiffTiles.open(
+                            self.path, self.level_dimensions, compressions=accepted
+                        )
+                    self._tiles_searched = True
+        return self._tiles
+
+    def clone(self) -> SlideReader:
+        """A reader with its own handles that shares this one's decoded TIFF tiles."""
+        tiles = self._native() if self.native_tiles else None
+        twin = super().clone()
+        assert isinstance(twin, OpenSlideLikeReader)
+        twin.native_tiles = self.native_tiles
+        if self.native_tiles:
+            twin._tiles, twin._tiles_searched = tiles, True
+        return twin
+
     def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._handle.close()
 
     def _standard(self, key: str) -> Any:

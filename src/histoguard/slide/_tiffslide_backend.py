@@ -36,7 +36,13 @@ class TiffSlideReader(OpenSlideLikeReader):
     def read_associated_image(self, name: str) -> np.ndarray:
         return np.asarray(self._handle.associated_images[name].convert("RGB"))
 
-    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+    def _native_origin(self, x: int, y: int, level: int) -> tuple[int, int] | None:
+        # tiffslide never interpolates: it cuts at int(x / downsample), from the same pages and
+        # through the same tifffile decoders, so every compression tifffile reads is a plain copy.
+        left, top = self._handle._read_region_loc_transform((x, y), level)
+        return int(left), int(top)
+
+    def _read_backend(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         region = np.array(self._handle.read_region((x, y), level, (width, height), as_array=True))
         if region.ndim == 2:
             region = np.repeat(region[..., None], 3, axis=2)
