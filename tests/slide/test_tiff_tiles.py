@@ -132,6 +132,7 @@ def test_concurrent_readers_wait_for_a_tile_being_decoded(known_slide: Path) -> 
         tiles = slide._native()
         assert tiles is not None and tiles.decoded == 4  # not 16
         assert all(np.array_equal(o, out[0]) for o in out)
+        assert all(clone._lib is None for clone in clones)  # cutting tiles needs no library
         for clone in clones:
             clone.close()
 

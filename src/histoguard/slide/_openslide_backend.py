@@ -37,11 +37,11 @@ class OpenSlideReader(OpenSlideLikeReader):
     _prefix = "openslide"
     _cache: Any = None
 
-    def _open(self) -> None:
+    def _open_library(self) -> Any:
         import openslide
 
         try:
-            self._handle = openslide.OpenSlide(str(self.path))
+            handle = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as error:
             raise UnsupportedFormatError(
                 self.path, "OpenSlide does not recognise this file", "Try backend='tiffslide'"
@@ -51,7 +51,8 @@ class OpenSlideReader(OpenSlideLikeReader):
                 self.path, f"OpenSlide cannot open it ({error})", "Re-export or re-scan the slide"
             ) from error
         if self._cache is not None:
-            self._handle.set_cache(self._cache)
+            handle.set_cache(self._cache)
+        return handle
 
     def clone(self) -> SlideReader:
         """A reader with its own handle that shares this one's decoded-tile cache.
@@ -66,8 +67,7 @@ class OpenSlideReader(OpenSlideLikeReader):
             self._handle.set_cache(self._cache)
         twin = super().clone()
         assert isinstance(twin, OpenSlideReader)
-        twin._cache = self._cache
-        twin._handle.set_cache(self._cache)
+        twin._cache = self._cache  # set on the twin's handle when it opens one
         return twin
 
     def read_associated_image(self, name: str) -> np.ndarray:
@@ -79,7 +79,7 @@ class OpenSlideReader(OpenSlideLikeReader):
     def _native_origin(self, x: int, y: int, level: int) -> tuple[int, int] | None:
         # OpenSlide places the region at x / downsample in pixels of the level and interpolates
         # (cairo, bilinear) when that is not a whole pixel: only whole pixels are a plain copy.
-        downsample = self._handle.level_downsamples[level]
+        downsample = self.level_downsamples[level]  # OpenSlide's own values, as floats
         left, top = x / downsample, y / downsample
         if left.is_integer() and top.is_integer():
             return int(left), int(top)

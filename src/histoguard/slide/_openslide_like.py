@@ -29,11 +29,16 @@ def positive_float(value: object) -> float | None:
 
 
 class OpenSlideLikeReader(SlideReader):
-    """Metadata of a handle with OpenSlide's interface, whose standard keys use ``_prefix``."""
+    """Metadata of a handle with OpenSlide's interface, whose standard keys use ``_prefix``.
+
+    The library handle opens with the reader; a clone (one per decoding thread) opens its own
+    only when it first needs the library, so clones that only cut tiles cost a file descriptor.
+    """
 
     #: Namespace of the standard property keys (``"openslide"`` -> ``openslide.mpp-x``).
     _prefix: ClassVar[str]
-    _handle: Any
+    _lib: Any = None
+    _levels: tuple[tuple[tuple[int, int], ...], tuple[float, ...]] | None = None
 
     #: Read plain tiled TIFF levels by decoding their tiles directly (same pixels as the
     #: back-end's own read, which the tests check); False reads every region through the
@@ -43,7 +48,20 @@ class OpenSlideLikeReader(SlideReader):
     _tiles_searched: bool = False
     _fd: int | None = None
 
-    # --- what each back-end says about its own reads --------------------------------------
+    # --- what each back-end provides ------------------------------------------------------
+
+    def _open_library(self) -> Any:
+        """Open the library's handle; raise a :class:`SlideError` subclass on failure."""
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        self._lib = self._open_library()
+
+    @property
+    def _handle(self) -> Any:
+        if self._lib is None:
+            self._lib = self._open_library()
+        return self._lib
 
     def _native_compressions(self) -> Collection[int] | None:
         """TIFF compressions whose direct decoding equals this back-end's (None: any)."""
@@ -88,10 +106,12 @@ class OpenSlideLikeReader(SlideReader):
         return self._tiles
 
     def clone(self) -> SlideReader:
-        """A reader with its own handles that shares this one's decoded TIFF tiles."""
+        """A reader of the same slide for another thread: its own file descriptor and (opened
+        when first needed) library handle; this one's decoded TIFF tiles and levels, shared."""
         tiles = self._native() if self.native_tiles else None
-        twin = super().clone()
-        assert isinstance(twin, OpenSlideLikeReader)
+        twin = object.__new__(type(self))
+        twin.path, twin.mpp_override, twin._is_open = self.path, self.mpp_override, True
+        twin._levels = (self.level_dimensions, self.level_downsamples)
         twin.native_tiles = self.native_tiles
         if self.native_tiles:
             twin._tiles, twin._tiles_searched = tiles, True
@@ -101,18 +121,27 @@ class OpenSlideLikeReader(SlideReader):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._handle.close()
+        if self._lib is not None:
+            self._lib.close()
+            self._lib = None
 
     def _standard(self, key: str) -> Any:
         return self._handle.properties.get(f"{self._prefix}.{key}")
 
+    def _level_geometry(self) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+        if self._levels is None:  # fixed for the file: kept, and handed to clones
+            dimensions = tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
+            downsamples = tuple(float(ds) for ds in self._handle.level_downsamples)
+            self._levels = (dimensions, downsamples)
+        return self._levels
+
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._handle.level_dimensions)
+        return self._level_geometry()[0]
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(ds) for ds in self._handle.level_downsamples)
+        return self._level_geometry()[1]
 
     @property
     def properties(self) -> Mapping[str, str]:
