@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,17 @@ from histoguard.slide._openslide_like import OpenSlideLikeReader
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, rgba_to_rgb
 from histoguard.slide._registry import register_backend
+from histoguard.slide._tiff_tiles import APERIO_JP2K_RGB, JPEG
 
 #: Decoded-tile cache shared by a reader and its clones, in bytes (OpenSlide's own is 32 MiB).
 SHARED_CACHE_BYTES = 128 * 1024 * 1024
+
+#: OpenSlide formats whose levels are TIFF pages, read tile for tile as stored.
+_TIFF_PAGE_VENDORS = frozenset({"aperio", "generic-tiff"})
+#: Compressions whose direct decoding was checked equal to OpenSlide's (real SVS: JPEG and
+#: Aperio's RGB JPEG2000; generated generic TIFF: YCbCr JPEG). Aperio's YCbCr JPEG2000 (33003)
+#: is converted to RGB by OpenSlide's own code and stays with OpenSlide.
+_NATIVE_COMPRESSIONS = frozenset({JPEG, APERIO_JP2K_RGB})
 
 
 @register_backend(
@@ -28,11 +37,11 @@ class OpenSlideReader(OpenSlideLikeReader):
     _prefix = "openslide"
     _cache: Any = None
 
-    def _open(self) -> None:
+    def _open_library(self) -> Any:
         import openslide
 
         try:
-            self._handle = openslide.OpenSlide(str(self.path))
+            handle = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError as error:
             raise UnsupportedFormatError(
                 self.path, "OpenSlide does not recognise this file", "Try backend='tiffslide'"
@@ -42,7 +51,8 @@ class OpenSlideReader(OpenSlideLikeReader):
                 self.path, f"OpenSlide cannot open it ({error})", "Re-export or re-scan the slide"
             ) from error
         if self._cache is not None:
-            self._handle.set_cache(self._cache)
+            handle.set_cache(self._cache)
+        return handle
 
     def clone(self) -> SlideReader:
         """A reader with its own handle that shares this one's decoded-tile cache.
@@ -57,12 +67,23 @@ class OpenSlideReader(OpenSlideLikeReader):
             self._handle.set_cache(self._cache)
         twin = super().clone()
         assert isinstance(twin, OpenSlideReader)
-        twin._cache = self._cache
-        twin._handle.set_cache(self._cache)
+        twin._cache = self._cache  # set on the twin's handle when it opens one
         return twin
 
     def read_associated_image(self, name: str) -> np.ndarray:
         return rgba_to_rgb(np.asarray(self._handle.associated_images[name].convert("RGBA")))
 
-    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+    def _native_compressions(self) -> Collection[int] | None:
+        return _NATIVE_COMPRESSIONS if self.vendor in _TIFF_PAGE_VENDORS else ()
+
+    def _native_origin(self, x: int, y: int, level: int) -> tuple[int, int] | None:
+        # OpenSlide places the region at x / downsample in pixels of the level and interpolates
+        # (cairo, bilinear) when that is not a whole pixel: only whole pixels are a plain copy.
+        downsample = self.level_downsamples[level]  # OpenSlide's own values, as floats
+        left, top = x / downsample, y / downsample
+        if left.is_integer() and top.is_integer():
+            return int(left), int(top)
+        return None
+
+    def _read_backend(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         return rgba_to_rgb(np.asarray(self._handle.read_region((x, y), level, (width, height))))

@@ -23,11 +23,11 @@ class TiffSlideReader(OpenSlideLikeReader):
 
     _prefix = "tiffslide"
 
-    def _open(self) -> None:
+    def _open_library(self) -> Any:
         import tiffslide
 
         try:
-            self._handle = tiffslide.TiffSlide(str(self.path))
+            return tiffslide.TiffSlide(str(self.path))
         except Exception as error:  # tifffile raises several unrelated types on bad files
             raise CorruptSlideError(
                 self.path, f"tiffslide cannot open it ({error})", "Re-export or re-scan the slide"
@@ -36,7 +36,14 @@ class TiffSlideReader(OpenSlideLikeReader):
     def read_associated_image(self, name: str) -> np.ndarray:
         return np.asarray(self._handle.associated_images[name].convert("RGB"))
 
-    def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
+    def _native_origin(self, x: int, y: int, level: int) -> tuple[int, int] | None:
+        # tiffslide never interpolates: it cuts at int(x / downsample), from the same pages and
+        # through the same tifffile decoders, so every compression tifffile reads is a plain copy.
+        # (tiffslide's _read_region_loc_transform, without opening a handle for it)
+        downsample = self.level_downsamples[level]
+        return int(x / downsample), int(y / downsample)
+
+    def _read_backend(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         region = np.array(self._handle.read_region((x, y), level, (width, height), as_array=True))
         if region.ndim == 2:
             region = np.repeat(region[..., None], 3, axis=2)

@@ -6,6 +6,9 @@ level's pixel grid lines up with the tiles (level 0, or integer downsamples), ne
 a row are read as one region and cut, so each source tile is decoded once. Where it does not (a
 level with downsample 2.0005), OpenSlide places regions with sub-pixel interpolation, so a larger
 read cut into pieces would not equal a per-tile read: such tiles are read one by one.
+On plain tiled TIFF levels the back-ends cut regions from directly decoded source tiles
+(:mod:`histoguard.slide._tiff_tiles`), whose cache the clones share: there each source tile is
+decoded once whichever thread or band needs it.
 
 Partial tiles at the right and bottom edges (``edge="pad"``) read past the slide. Back-ends
 differ there - OpenSlide returns transparent pixels, tiffslide black ones, others may return a
