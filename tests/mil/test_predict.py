@@ -85,12 +85,40 @@ def test_checkpoint_records_provenance_and_predict_draws_nothing(tmp_path: Path)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "predictions.csv",
         "predictions.json",
+        "tiles.csv",
     ]
     assert result.attention is not None and result.attention.shape == (N_TILES,)
     np.testing.assert_array_equal(result.coords, grid_coords())
     assert result.tile_size0 == 512 and result.feature_file == file
     assert result.warnings == ()
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_tile_scores_join_to_tile_names_in_one_line(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    model = save_tiny_model(tmp_path / "model")
+    names = [f"img_{i:02d}.png" for i in range(N_TILES)]
+    index = np.stack([np.arange(N_TILES), np.zeros(N_TILES)], axis=1).astype(np.int64)
+    folder_file = tmp_path / "P1.h5"
+    write_feature_file(folder_file, features(1), index, PROVENANCE, tile_names=names)
+    slide_file = histoguard_file(tmp_path / "s1.h5", patch_size_level0=512)
+    results = predict(model, [folder_file, slide_file], tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "tiles.csv", keep_default_na=False)
+    assert len(table) == 2 * N_TILES
+    # A user's own table of tile names joins in one line.
+    mine = pd.DataFrame({"tile": names, "pathologist": ["x"] * N_TILES})
+    joined = table.merge(mine, on="tile")
+    assert len(joined) == N_TILES and set(joined["slide"]) == {"P1"}
+    by_name = joined.set_index("tile")
+    attention = results[0].attention
+    assert attention is not None
+    np.testing.assert_allclose(by_name.loc[names, "attention"], attention, rtol=1e-5)
+    assert by_name.loc[names[int(np.argmax(attention))], "attention_rank"] == 1
+    assert sorted(by_name["attention_rank"]) == list(range(1, N_TILES + 1))
+    slide_rows = table[table["slide"] == "s1"]
+    np.testing.assert_array_equal(slide_rows[["x", "y"]].to_numpy(), grid_coords())
+    assert (slide_rows["tile"] == "").all()
+    assert {"tile_p_normal", "tile_p_tumour", "tile_entropy"} <= set(table.columns)
 
 
 @pytest.mark.parametrize(

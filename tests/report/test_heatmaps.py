@@ -305,7 +305,34 @@ def test_a_slide_that_cannot_be_reopened_is_a_warning_not_a_white_map(tmp_path: 
     assert str(gone) in warning and "cannot reopen the slide" in warning
 
 
-def test_tile_folder_features_say_there_is_no_slide_to_draw_on(tmp_path: Path) -> None:
+def test_tile_folders_get_galleries_of_the_most_and_least_attended_tiles(tmp_path: Path) -> None:
+    folder = tmp_path / "P001"
+    folder.mkdir()
+    names = [f"t{i}.png" for i in range(6)]
+    for i, name in enumerate(names):
+        # Tile i is a flat grey of brightness 40 * i, so a gallery cell shows which tile it is.
+        Image.fromarray(np.full((50, 70, 3), 40 * i, np.uint8)).save(folder / name)
+    attention = np.array([0.05, 0.3, 0.1, 0.4, 0.05, 0.1])
+    prediction = SlidePrediction(
+        slide="P001", probabilities={"normal": 0.4, "tumour": 0.6}, predicted="tumour",
+        attention=attention, coords=np.zeros((6, 2), np.int64), slide_path=folder,
+        tile_names=tuple(names),
+    )  # fmt: skip
+    drawn = write_prediction_heatmaps([prediction], tmp_path / "maps", top_k=2)
+    assert drawn.warnings == ()
+    assert set(drawn.paths["P001"]) == {"top_tiles", "least_attended"}
+    top = np.asarray(Image.open(drawn.paths["P001"]["top_tiles"]))
+    least = np.asarray(Image.open(drawn.paths["P001"]["least_attended"]))
+    side = 160  # GALLERY_TILE_PX, cells 4 px apart
+    assert top.shape[:2] == least.shape[:2] == (4 + side + 4, 4 + 2 * (side + 4))
+    # Bottom-right pixel of each cell (below the rank label): tile 3 then tile 1 are the most
+    # attended; the least attended are tiles 4 and 0 (equal attention, the later row first).
+    cells = [(4 + side - 1, 4 + side - 1), (4 + side - 1, 8 + 2 * side - 1)]
+    assert [int(top[y, x, 0]) for y, x in cells] == [120, 40]
+    assert sorted(int(least[y, x, 0]) for y, x in cells) == [0, 160]
+
+
+def test_a_tile_folder_without_names_gets_no_gallery(tmp_path: Path) -> None:
     folder = tmp_path / "P001"
     folder.mkdir()
     prediction = SlidePrediction(
@@ -315,7 +342,7 @@ def test_tile_folder_features_say_there_is_no_slide_to_draw_on(tmp_path: Path) -
     drawn = write_prediction_heatmaps([prediction], tmp_path / "maps")
     assert drawn.paths == {}
     (warning,) = drawn.warnings
-    assert "tile folder" in warning and str(folder) in warning and "histoguard tile" in warning
+    assert "does not name its tiles" in warning
 
 
 def test_prediction_title_names_the_slide_class_and_probability(tmp_path: Path) -> None:

@@ -228,9 +228,11 @@ def predict(
 ) -> None:
     """Predict slides and say which predictions to trust: OUT/predictions.csv and .json (the
     decision, class or review with its reason, prediction set, calibrated probabilities,
-    out-of-distribution p-value, uncertainty) and heatmaps of attention and tile uncertainty
-    (PNG overlays, top-tile gallery, QuPath GeoJSON measurement map). Refuses features from
-    another encoder or scale than the model's unless --force."""
+    out-of-distribution p-value, uncertainty), OUT/tiles.csv (one row per tile: name or
+    coordinates, attention and its rank, tile entropy and probabilities) and heatmaps of
+    attention and tile uncertainty (PNG overlays, top-tile gallery, QuPath GeoJSON measurement
+    map; for tile folders galleries of the most and least attended tiles). Refuses features
+    from another encoder or scale than the model's unless --force."""
     from histoguard.core._tables import read_slide_centers
     from histoguard.mil import predict as run_prediction
 
@@ -243,7 +245,7 @@ def predict(
         typer.echo(f"{r.slide}: {r.summary()}")
         for warning in r.warnings:
             typer.echo(f"  warning: {warning}", err=True)
-    typer.echo(f"predictions: {out / 'predictions.csv'} and predictions.json")
+    typer.echo(f"predictions: {out / 'predictions.csv'}, predictions.json and tiles.csv")
     if not no_heatmaps:
         from histoguard.report import write_prediction_heatmaps
 

@@ -28,7 +28,7 @@ from histoguard.mil._bags import (
 from histoguard.mil._base import MILModel
 from histoguard.mil._ensemble import load_models
 from histoguard.mil._harmonized import harmonized_members, use_center
-from histoguard.mil._prediction import SlidePrediction, write_predictions
+from histoguard.mil._prediction import SlidePrediction, write_predictions, write_tile_scores
 from histoguard.mil._provenance import check_provenance, read_provenance
 from histoguard.mil._trust import TRUST_NAME, apply_trust, load_trust
 from histoguard.uncertainty import (
@@ -195,7 +195,9 @@ def predict(
 
     Writes ``out_dir/predictions.csv`` and ``predictions.json`` (the same fields: decision and
     reason, prediction set, gate p-value, calibrated and raw probabilities, uncertainty) and
-    nothing else; draw attention and tile uncertainty with
+    ``tiles.csv`` (one row per tile: name or coordinates, attention and its rank, tile entropy
+    and probabilities; see :func:`~histoguard.mil._prediction.write_tile_scores`) and nothing
+    else; draw attention and tile uncertainty with
     :func:`histoguard.report.write_prediction_heatmaps`. Each feature file's provenance
     (encoder, weights SHA-256, mpp, tile size) is checked against what the model was trained
     on; a field either side lacks is a warning, not an error.
@@ -325,7 +327,9 @@ def predict(
                 uncertainty=part.measures,
                 tile_uncertainty=part.tiles,
                 tile_probabilities=part.tile_probs,
+                tile_names=data.tile_names,
             )
         )
     write_predictions(results, labels, out, trust=trust, reading=reading, model=Path(model))
+    write_tile_scores(results, labels, out)
     return results

@@ -20,6 +20,8 @@ from histoguard.mil._trust import REVIEW, Trust, TrustReading
 
 PREDICTIONS_NAME = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
+#: One row per tile of every predicted slide (attention, rank, uncertainty, probabilities).
+TILE_SCORES_NAME = "tiles.csv"
 _FORMAT = "histoguard.predictions"
 _VERSION = 1
 #: The slide-level uncertainty columns, in order (nats, except variance and members).
@@ -59,6 +61,8 @@ class SlidePrediction:
             entropy, nats, when the model gives attention).
         tile_uncertainty: ``(N,)`` per-tile predictive entropy in nats (each tile as a one-tile
             bag, over the ensemble members; at most ln C), or None.
+        tile_names: ``N`` tile image names (a tile folder's files, in row order), or None for
+            tiles of a slide (which have coordinates instead).
         tile_probabilities: ``(N, C)`` each tile's class probabilities as a one-tile bag (mean
             over the ensemble members, before calibration; columns in the model's class
             order), or None.
@@ -82,6 +86,7 @@ class SlidePrediction:
     uncertainty: Mapping[str, float] = field(default_factory=dict)
     tile_uncertainty: np.ndarray | None = None
     tile_probabilities: np.ndarray | None = None
+    tile_names: tuple[str, ...] | None = None
 
     def summary(self, *, brief: bool = False) -> str:
         """The decision and its evidence in one line, for the console and for map titles.
@@ -123,6 +128,50 @@ class SlidePrediction:
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def write_tile_scores(results: Sequence[SlidePrediction], labels: Sequence[str], out: Path) -> Path:
+    """Write ``tiles.csv``: one row per tile of every slide (atomically), for joining to tile
+    names or coordinates in one line (``pd.read_csv("tiles.csv").merge(...)``).
+
+    Columns: ``slide, tile`` (the tile image's file name for tile folders, empty for slides),
+    ``x, y`` (level-0 pixels of the tile's top-left corner; for tile folders the row index and
+    0), ``attention`` (the model's weight, empty for models without attention),
+    ``attention_rank`` (1 = most attended in its slide), ``tile_entropy`` (nats, each tile as a
+    one-tile bag, when computed) and ``tile_p_<class>``.
+
+    Returns:
+        The file written.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["slide", "tile", "x", "y", "attention", "attention_rank", "tile_entropy",
+                     *(f"tile_p_{label}" for label in labels)])  # fmt: skip
+    for r in results:
+        n = 0 if r.coords is None else len(r.coords)
+        attention = None if r.attention is None else np.asarray(r.attention, dtype=np.float64)
+        rank = None
+        if attention is not None and len(attention) == n:
+            rank = np.empty(n, dtype=np.int64)
+            rank[np.argsort(-attention, kind="stable")] = np.arange(1, n + 1)
+        for i in range(n):
+            name = r.tile_names[i] if r.tile_names is not None and i < len(r.tile_names) else ""
+            x, y = (int(v) for v in r.coords[i]) if r.coords is not None else (i, 0)
+            entropy = r.tile_uncertainty
+            probs = r.tile_probabilities
+            writer.writerow(
+                [
+                    r.slide, name, x, y,
+                    "" if attention is None or rank is None else f"{attention[i]:.6g}",
+                    "" if rank is None else int(rank[i]),
+                    "" if entropy is None or len(entropy) != n else f"{float(entropy[i]):.6g}",
+                    *(("",) * len(labels) if probs is None or len(probs) != n
+                      else (f"{float(v):.6f}" for v in probs[i])),
+                ]
+            )  # fmt: skip
+    path = out / TILE_SCORES_NAME
+    write_bytes_atomic(path, buffer.getvalue().encode())
+    return path
 
 
 def write_predictions(

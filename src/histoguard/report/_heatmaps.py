@@ -422,6 +422,49 @@ def _tile_uncertainty(
     return entropy, []
 
 
+#: Side in pixels of a tile in a tile folder's galleries.
+GALLERY_TILE_PX = 160
+
+
+def _tile_folder_galleries(
+    prediction: SlidePrediction, out: Path, top_k: int
+) -> tuple[dict[str, Path], list[str]]:
+    """A tile folder has no slide to draw a map on: the ``top_k`` most and least attended tiles
+    as two galleries (``<slide>.top_tiles.png``, ``<slide>.least_attended.png``), each tile
+    labelled with its rank and attention, read from the folder by the feature file's names."""
+    from histoguard.errors import SlideError
+    from histoguard.slide import TileFolder
+
+    source = prediction.feature_file or prediction.slide
+    scores = np.asarray(prediction.attention, dtype=np.float64)
+    names = prediction.tile_names
+    if names is None or len(names) != len(scores):
+        return {}, [f"{source}: no gallery: the feature file does not name its tiles; "
+                    "extract the tile folder with histoguard"]  # fmt: skip
+    try:
+        folder = TileFolder.open(Path(prediction.slide_path or ""))
+    except SlideError as error:
+        return {}, [f"{source}: no gallery: {error}"]
+    position = {name: i for i, name in enumerate(folder.names)}
+    k = min(top_k, len(scores))
+    order = np.argsort(-scores, kind="stable")
+    written: dict[str, Path] = {}
+    problems: list[str] = []
+    for key, rows in (("top_tiles", order[:k]), ("least_attended", order[::-1][:k])):
+        missing = [names[r] for r in rows if names[r] not in position]
+        tiles, failures = folder.read(
+            [position[names[r]] for r in rows if names[r] in position], GALLERY_TILE_PX
+        )
+        if missing or failures or not len(tiles):
+            problems.append(f"{source}: {key} gallery not drawn: {len(missing) + len(failures)} "
+                            f"of its tiles are missing or unreadable in {folder.path}")  # fmt: skip
+            continue
+        path = out / f"{prediction.slide}.{key}.png"
+        write_bytes_atomic(path, _png_bytes(top_tiles_gallery(tiles, scores[rows], columns=8)))
+        written[key] = path
+    return written, problems
+
+
 def _draw_prediction(
     prediction: SlidePrediction, out: Path, top_k: int
 ) -> tuple[dict[str, Path], list[str]]:
@@ -435,10 +478,7 @@ def _draw_prediction(
     if prediction.coords is None:
         return {}, [f"{source}: no heatmap: the feature file has no tile coordinates"]
     if prediction.slide_path is not None and Path(prediction.slide_path).is_dir():
-        return {}, [
-            f"{source}: no heatmap: its tiles came from the tile folder {prediction.slide_path}, "
-            "which has no slide to draw on; tile slides with `histoguard tile` for heatmaps"
-        ]
+        return _tile_folder_galleries(prediction, out, top_k)
     if prediction.tile_size0 is None:
         return {}, [
             f"{source}: no heatmap: the feature file does not say how large its tiles are in "
