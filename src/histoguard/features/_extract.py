@@ -402,6 +402,19 @@ def extract_slide(
         **_view_attrs(config),
     }
     names = [tile_names[i] for i in np.flatnonzero(read_ok)] if tile_names else None
+    if not read_ok.any():
+        # A slide without a single usable tile is a failure, never an empty "done" bag that
+        # training and prediction would trip over later.
+        why = (
+            f"all {n_tiles} tiles failed to decode (first: {errors[0]})"
+            if n_tiles
+            else "no tissue tiles: the tiling found nothing to extract"
+        )
+        return SlideResult(
+            slide=slide, status="failed", n_unreadable=n_tiles, flagged=bool(n_tiles),
+            message=f"{slide}: {why}; check the slide and the tiling settings",
+            seconds=time.perf_counter() - started,
+        )  # fmt: skip
     kept, stored_views = features[read_ok], None
     if config.views and config.views_mode == "mean":
         kept = (kept + view_features[:, read_ok].sum(axis=0)) / np.float32(config.views + 1)
