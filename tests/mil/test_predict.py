@@ -211,3 +211,48 @@ def test_cli_predict_refuses_other_features_unless_forced(tmp_path: Path) -> Non
     # No slide recorded: the map of tiles is written, no overlay, and the output says why.
     assert (tmp_path / "out" / "s1.attention.geojson").is_file()
     assert "cannot reopen the slide" in forced.output
+
+
+def test_an_empty_bag_fails_its_slide_and_the_batch_goes_on(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    model = save_tiny_model(tmp_path / "model")
+    good = histoguard_file(tmp_path / "s1.h5", patch_size_level0=512)
+    empty = tmp_path / "empty.h5"
+    write_feature_file(empty, np.zeros((0, IN_DIM), np.float32), np.zeros((0, 2), np.int64),
+                       PROVENANCE)  # fmt: skip
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(b"not hdf5")
+    args = ["predict", str(empty), str(good), str(broken), "--model", str(model),
+            "--out", str(tmp_path / "out"), "--no-heatmaps"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "empty: failed" in result.output and "broken: failed" in result.output
+    assert "Traceback" not in result.output
+    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
+    by_slide = {line.split(",")[0]: line.split(",") for line in rows[1:]}
+    assert set(by_slide) == {"s1", "empty", "broken"}
+    assert by_slide["s1"][1] != "failed"
+    assert by_slide["empty"][1] == "failed" and "empty bag" in by_slide["empty"][2]
+    document = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert {e["slide"] for e in document["failed"]} == {"empty", "broken"}
+    assert [s["slide"] for s in document["slides"]] == ["s1"]
+
+
+def test_training_refuses_empty_bags_and_names_them(tmp_path: Path) -> None:
+    from histoguard.errors import CohortError
+    from histoguard.mil import load_cohort
+    from histoguard.mil._bags import load_bags
+
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    histoguard_file(features_dir / "s1.h5")
+    write_feature_file(features_dir / "s2.h5", np.zeros((0, IN_DIM), np.float32),
+                       np.zeros((0, 2), np.int64), PROVENANCE)  # fmt: skip
+    table = tmp_path / "cohort.csv"
+    table.write_text("slide_id,patient_id,label\ns1,p1,normal\ns2,p2,tumour\n")
+    cohort = load_cohort(table, require_files=False)
+    with pytest.raises(CohortError, match=r"1 slide\(s\) have no tiles \(empty bags\): s2"):
+        load_bags(cohort, features_dir)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histoguard.errors import CohortError
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort
@@ -31,16 +32,31 @@ class Bag:
 
 
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
-    """Read every slide's feature file once (``features_dir/<slide_id>.h5``)."""
+    """Read every slide's feature file once (``features_dir/<slide_id>.h5``).
+
+    Raises:
+        CohortError: feature files without a tile (empty bags), all named with the fix.
+        OutputError: a feature file cannot be read.
+    """
     bags = {}
+    empty = []
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
+        if len(data.features) == 0:
+            empty.append(row.slide_id)
+            continue
         bags[row.slide_id] = Bag(
             row.slide_id,
             torch.from_numpy(data.features.copy()),
             data.coords,
             data.attrs,
             center=row.center,
+        )
+    if empty:
+        raise CohortError(
+            f"{features_dir}: {len(empty)} slide(s) have no tiles (empty bags): "
+            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; re-extract them or "
+            "remove them from the cohort table"
         )
     return bags
 

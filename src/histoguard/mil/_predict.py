@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoguard.errors import ConfigError, ModelMismatchError, SlideError
+from histoguard.errors import ConfigError, ModelMismatchError, OutputError, SlideError
 from histoguard.features import FeatureFile, read_feature_file
 from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import (
@@ -225,13 +225,15 @@ def predict(
             and the uncertainty measures stay those of the plain features.
 
     Returns:
-        One :class:`SlidePrediction` per feature file, in order.
+        One :class:`SlidePrediction` per feature file that could be predicted, in order. A file
+        that cannot be read or holds no tiles is left out with a warning and written to
+        ``predictions.csv`` as decision ``failed`` with the reason (``predictions.json``:
+        ``failed``), so one bad slide never stops the batch.
 
     Raises:
         FileNotFoundError: ``model`` holds no model.
         ModelMismatchError: a file's features come from another encoder, weights, mpp or tile
             size than the model's (unless ``force``), or the calibration's classes differ.
-        OutputError: a feature file cannot be read.
         ConfigError: an unreadable ``trust.json``; ``tta`` for a file without stored views.
     """
     out = Path(out_dir)
@@ -247,8 +249,22 @@ def predict(
     slide_of = {Path(s).stem: Path(s) for s in slides}
     center_of = dict(centers or {})
     read = []
+    failed: dict[str, str] = {}
     for path in map(Path, feature_files):
-        data = read_feature_file(path, views=tta)
+        # One unreadable or empty file fails its own slide, never the batch.
+        try:
+            data = read_feature_file(path, views=tta)
+        except OutputError as error:
+            failed[path.stem] = str(error)
+            logger.warning("%s", error)
+            continue
+        if len(data.features) == 0:
+            failed[path.stem] = (
+                f"{path}: no tiles (an empty bag: the slide had no usable tile); re-extract it "
+                "or leave it out"
+            )
+            logger.warning("%s", failed[path.stem])
+            continue
         if tta and data.views is None:
             raise ConfigError(
                 f"{path}: --tta needs augmented views in the feature file, and it has none; "
@@ -330,6 +346,8 @@ def predict(
                 tile_names=data.tile_names,
             )
         )
-    write_predictions(results, labels, out, trust=trust, reading=reading, model=Path(model))
+    write_predictions(
+        results, labels, out, trust=trust, reading=reading, model=Path(model), failed=failed
+    )
     write_tile_scores(results, labels, out)
     return results

@@ -182,13 +182,17 @@ def write_predictions(
     trust: Trust | None,
     reading: TrustReading | None,
     model: Path,
+    failed: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``predictions.csv`` and ``predictions.json`` into ``out`` (atomically).
 
     CSV columns: ``slide, decision, reason, predicted, prediction_set`` (classes joined by
     ``|``), ``ood_p_value``, ``p_<class>`` (calibrated), ``raw_p_<class>``, then
-    :data:`UNCERTAINTY_COLUMNS`; empty cells where a value does not exist.
+    :data:`UNCERTAINTY_COLUMNS`; empty cells where a value does not exist. Each slide of
+    ``failed`` (slide -> why) is a row with decision ``failed`` and the reason, and is listed
+    under ``failed`` in the JSON.
     """
+    failed = dict(failed or {})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -208,6 +212,10 @@ def write_predictions(
                 *(_number(r.uncertainty.get(name)) for name in UNCERTAINTY_COLUMNS),
             ]
         )  # fmt: skip
+    for slide, why in failed.items():
+        writer.writerow(
+            [slide, "failed", why] + [""] * (3 + 2 * len(labels) + len(UNCERTAINTY_COLUMNS))
+        )
     write_bytes_atomic(out / PREDICTIONS_NAME, buffer.getvalue().encode())
     drift = None
     if reading is not None and reading.drift is not None:
@@ -224,6 +232,7 @@ def write_predictions(
         },
         "batch_drift": drift,
         "notes": [] if reading is None else list(reading.notes),
+        "failed": [{"slide": slide, "reason": why} for slide, why in failed.items()],
         "slides": [
             {
                 "slide": r.slide, "decision": r.decision, "reason": r.reason,
