@@ -81,6 +81,15 @@ def test_a_folder_of_tiles_is_one_slide(tmp_path: Path) -> None:
     )
     features = read_feature_file(tmp_path / "out" / "patient7.h5")
     assert features.tile_names == tuple(f"t{i}.png" for i in range(5))
+    # The resizing is said and recorded: hg-handcrafted takes 224 px, these are 100 px.
+    assert features.attrs["source_tile_sizes"] == "100x100 px: 5"
+    assert features.attrs["resize"] == "bilinear antialiased, center-crop"
+    assert result.note.startswith("a tile folder is one bag: its 6 images are one slide")
+    assert "resized to 224x224 px (bilinear antialiased, center-crop) from 100x100 px: 5" in (
+        result.note
+    )
+    summary = (tmp_path / "out" / "extraction_summary.csv").read_text()
+    assert summary.splitlines()[0].endswith(",note") and "resized to 224x224" in summary
 
 
 def test_bad_inputs_do_not_stop_the_batch(known_slide: Path, tmp_path: Path) -> None:

@@ -229,7 +229,8 @@ def test_an_empty_bag_fails_its_slide_and_the_batch_goes_on(tmp_path: Path) -> N
             "--out", str(tmp_path / "out"), "--no-heatmaps"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert "empty: failed" in result.output and "broken: failed" in result.output
+    assert "error:" in result.output and "empty bag" in result.output
+    assert str(broken) in result.output and "2 of 3 slides failed" in result.output
     assert "Traceback" not in result.output
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     by_slide = {line.split(",")[0]: line.split(",") for line in rows[1:]}

@@ -263,6 +263,8 @@ def _print_report(report: BatchReport) -> None:
                 f"first error: {result.message}",
                 err=True,
             )
+        if result.note:
+            typer.echo(f"  NOTE    {result.slide.name}: {result.note}")
 
 
 def main() -> None:

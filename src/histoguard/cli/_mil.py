@@ -256,7 +256,7 @@ def predict(
         typer.echo(f"heatmaps: {n_files} files for {len(drawn.paths)} slides in {out}")
     failed = json.loads((out / "predictions.json").read_text())["failed"]
     for entry in failed:
-        typer.echo(f"{entry['slide']}: failed: {entry['reason']}", err=True)
+        typer.echo(f"histoguard predict: error: {entry['reason']}", err=True)
     if failed:
         typer.echo(f"{len(failed)} of {len(results) + len(failed)} slides failed (decision "
                    f"'failed' in {out / 'predictions.csv'})", err=True)  # fmt: skip

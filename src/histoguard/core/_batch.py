@@ -23,7 +23,8 @@ ProgressCallback = Callable[[int, int], None]
 SlideJob = Callable[[Path, ProgressCallback], "SlideResult"]
 
 SUMMARY_COLUMNS = (
-    "slide", "status", "flagged", "n_tiles", "n_unreadable", "seconds", "output", "message"
+    "slide", "status", "flagged", "n_tiles", "n_unreadable", "seconds", "output", "message",
+    "note",
 )  # fmt: skip
 
 
@@ -41,6 +42,8 @@ class SlideResult:
         flagged: True when the slide is damaged in places (some tiles unreadable).
         message: the error for failed slides, the first decode error for flagged ones.
         seconds: wall time spent on this slide.
+        note: what was done to the input that the user should know (e.g. tile images resized
+            from another size), empty when nothing.
     """
 
     slide: Path
@@ -51,6 +54,7 @@ class SlideResult:
     flagged: bool = False
     message: str = ""
     seconds: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
     for r in results:
         writer.writerow(
             [r.slide, r.status, r.flagged, r.n_tiles, r.n_unreadable, f"{r.seconds:.2f}",
-             r.output or "", r.message]
+             r.output or "", r.message, r.note]
         )  # fmt: skip
     write_bytes_atomic(path, buffer.getvalue().encode())
 

@@ -305,13 +305,45 @@ def feature_path(out_dir: Path, slide: Path) -> Path:
 _CARRIED_TILE_ATTRS = ("slide_sha256", "vendor", "objective_power")
 
 
+def _image_sizes(folder: TileFolder) -> dict[tuple[int, int], int]:
+    """How many of the folder's images have each ``(width, height)``, read from the image
+    headers (nothing is decoded); an unreadable header is left to the decode to report."""
+    from PIL import Image
+
+    counts: dict[tuple[int, int], int] = {}
+    for name in folder.names:
+        try:
+            with Image.open(folder.path / name) as image:
+                size = (int(image.width), int(image.height))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        counts[size] = counts.get(size, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def _folder_note(attrs: dict[str, Any], n_tiles: int, size: int) -> str:
+    """What happened to a tile folder's images, for the user: one bag, and any resizing."""
+    note = f"a tile folder is one bag: its {n_tiles} images are one slide"
+    sizes = str(attrs.get("source_tile_sizes", ""))
+    others = [part for part in sizes.split("; ") if part and not part.startswith(f"{size}x{size} ")]
+    if others:
+        note += (f"; resized to {size}x{size} px ({attrs.get('resize', '')}) from "
+                 f"{'; '.join(others)} tiles")  # fmt: skip
+    return note
+
+
 def _plan(
     slide: Path, out_dir: Path, config: ExtractionConfig, encoder: EncoderInfo
 ) -> tuple[_TileSource, dict[str, Any]]:
     """The slide's tiles (reusing or making tiling output) and their provenance attributes."""
     if slide.is_dir() and slide.suffix.lower() != ".mrxs":
         folder = TileFolder.open(slide)
-        return _FolderTiles(folder, encoder), {"tile_size": encoder.input_size}
+        sizes = _image_sizes(folder)
+        return _FolderTiles(folder, encoder), {
+            "tile_size": encoder.input_size,
+            "source_tile_sizes": "; ".join(f"{w}x{h} px: {n}" for (w, h), n in sizes.items()),
+            "resize": encoder.resize.describe(),
+        }
     tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
     tile_file = output_paths(tiles_dir, slide)["h5"]
     if config.tiles_dir is None and finished_output(tiles_dir, slide, config.tiling) is None:
@@ -423,6 +455,11 @@ def extract_slide(
     write_feature_file(
         out_path, kept, source.coords[read_ok], attrs, tile_names=names, views=stored_views
     )
+    folder_note = (
+        _folder_note(tile_attrs, n_tiles, encoder.info.input_size)
+        if "source_tile_sizes" in tile_attrs
+        else ""
+    )
     return SlideResult(
         slide=slide,
         status="done",
@@ -432,4 +469,5 @@ def extract_slide(
         flagged=bool(errors),
         message=errors[0] if errors else "",
         seconds=time.perf_counter() - started,
+        note=folder_note,
     )
