@@ -3,6 +3,7 @@ known tissue and a prediction made by ``histoguard predict``."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -41,8 +42,10 @@ def test_slide_list_has_the_decision_and_flags(client: TestClient, served: Serve
     assert prediction["ood_p_value"] == pytest.approx(written["ood_p_value"])
     if written["decision"] == "review":
         assert f"review: {written['reason']}" in prediction["flags"]
+    # predict's tiles.csv gives each tile's class probabilities: the probability layer too.
     assert set(prediction["layers"]) == {
         "attention",
+        "probability",
         "uncertainty",
         "set_size",
         "abstention",
@@ -93,8 +96,8 @@ def test_edge_tiles_are_cropped_and_coarse_levels_shrink(client: TestClient) -> 
 
 def test_layer_tiles_paint_the_scored_tiles_only(client: TestClient) -> None:
     legends = client.get("/slides/case1/layers").json()["layers"]
-    assert [layer["name"] for layer in legends] == ["attention", "uncertainty", "set_size",
-                                                    "abstention", "ood"]  # fmt: skip
+    assert [layer["name"] for layer in legends] == ["attention", "probability", "uncertainty",
+                                                    "set_size", "abstention", "ood"]  # fmt: skip
     for legend in legends:
         assert len(legend["colors"]) == 16 and legend["title"] and len(legend["captions"]) == 3
         dzi = client.get(f"/slides/case1/layers/{legend['name']}.dzi")
@@ -122,6 +125,11 @@ def test_click_gives_the_tile_scores(client: TestClient, served: Served) -> None
     assert info["index"] == 5 and (info["x"], info["y"]) == tuple(map(float, served.coords[5]))
     assert 1 <= info["attention_rank"] <= len(served.coords)
     assert 0 <= info["entropy_nats"] <= np.log(2) + 1e-6
+    # The tile's class probabilities are predict's own (tiles.csv, same tile).
+    rows = list(csv.DictReader((served.predictions / "tiles.csv").open()))
+    assert info["probabilities"] == {
+        c: pytest.approx(float(rows[5][f"tile_p_{c}"]), abs=1e-6) for c in info["probabilities"]
+    }
     assert client.get("/slides/case1/tile?x=10&y=10").status_code == 404  # glass, no tile
 
 

@@ -32,7 +32,7 @@ BAD_URLS = (
     "/slides/case1_files/1e9/0_0.jpeg",
     "/slides/case1_files/12/0_0",
     "/slides/case1/layers/nothing.dzi",
-    "/slides/case1/layers/probability.dzi",  # predict's files have no tile probabilities
+    "/slides/case1/layers/nosuch.dzi",  # no such layer
     "/slides/case1/layers/attention_files/13/0_0.png",
     "/slides/case1/layers/attention_files/0/5_5.png",
     "/slides/case1/tile?x=-1&y=5",

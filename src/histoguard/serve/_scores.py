@@ -9,6 +9,7 @@ each tile's class probabilities). Nothing here computes a score.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -254,6 +255,35 @@ def _tiles_of_geojson(path: Path) -> tuple[np.ndarray, float, dict[str, np.ndarr
     return np.stack(corners), float(np.median(sides)), values
 
 
+def _tile_table(directory: Path, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per slide, the ``(N, 2)`` tile corners and ``(N, C)`` tile class probabilities of
+    predict's ``tiles.csv`` (empty without one; an unreadable one is logged and left out)."""
+    path = directory / "tiles.csv"
+    rows: dict[str, tuple[list[tuple[float, float]], list[list[float]]]] = {}
+    try:
+        with inside(directory, path).open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                corners, probs = rows.setdefault(row["slide"], ([], []))
+                corners.append((float(row["x"]), float(row["y"])))
+                probs.append([float(row[f"tile_p_{c}"] or "nan") for c in classes])
+    except FileNotFoundError:
+        return {}
+    except (RequestError, OSError, ValueError, KeyError) as error:
+        logger.warning("%s: tile probabilities not read (%s)", path, error)
+        return {}
+    return {s: (np.asarray(c, float), np.asarray(p, float)) for s, (c, p) in rows.items()}
+
+
+def _matching(table: tuple[np.ndarray, np.ndarray] | None, coords: np.ndarray) -> np.ndarray | None:
+    """The table's probabilities when its tiles are the map's, in the same order; else None."""
+    if table is None or len(table[0]) != len(coords) or not len(coords):
+        return None
+    corners, probabilities = table
+    if not np.allclose(corners, coords) or not np.isfinite(probabilities).any():
+        return None
+    return probabilities
+
+
 def load_predictions(directory: Path, slide_ids: set[str]) -> dict[str, SlideScores]:
     """The scores of a ``histoguard predict`` output folder, for the slides being served.
 
@@ -276,6 +306,7 @@ def load_predictions(directory: Path, slide_ids: set[str]) -> dict[str, SlideSco
         ) from None
     trust = document.get("trust") or {}
     ood_alpha = None if trust.get("ood_alpha") is None else float(trust["ood_alpha"])
+    tile_table = _tile_table(directory, classes)
     scores = {}
     for row in rows:
         slide = str(row.get("slide", ""))
@@ -290,7 +321,8 @@ def load_predictions(directory: Path, slide_ids: set[str]) -> dict[str, SlideSco
         scores[slide] = SlideScores(
             slide=slide, classes=tuple(classes), coords=coords, tile_size0=size0,
             attention=values.get("attention"), uncertainty=values.get(UNCERTAINTY_MEASUREMENT),
-            probabilities=None, verdict=row, ood_alpha=ood_alpha, source="predictions",
+            probabilities=_matching(tile_table.get(slide), coords), verdict=row,
+            ood_alpha=ood_alpha, source="predictions",
             geojson=geojson if len(coords) else None,
         )  # fmt: skip
     return scores
