@@ -31,7 +31,8 @@ def od_to_rgb(od: np.ndarray, io: float = DEFAULT_IO) -> np.ndarray:
 
 def stained(od: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
     """``(..., 3)`` OD -> ``(...)`` bool: pixels with OD >= ``beta`` in every channel."""
-    mask: np.ndarray = np.all(od >= beta, axis=-1)
+    # Three comparisons rather than np.all over the short last axis, which is ~10x slower.
+    mask: np.ndarray = (od[..., 0] >= beta) & (od[..., 1] >= beta) & (od[..., 2] >= beta)
     return mask
 
 
