@@ -162,7 +162,8 @@ class MacenkoNormalizer:
         inverse = np.linalg.pinv(stains)  # (B, 3, 2), float64
         # The per-pixel passes run in float32, the per-tile statistics above in float64: on real
         # tiles 1 output value in ~300,000 then differs from an all-float64 run, by 1/255.
-        concentrations = od @ inverse.astype(np.float32)
+        # (B, 2, P): each stain's concentrations contiguous, for the percentile partitions.
+        concentrations = np.swapaxes(inverse, 1, 2).astype(np.float32) @ np.swapaxes(od, 1, 2)
         over = mask if self.percentile_over == "stained" else None
         max_c = np.where(ok[:, None], _max_concentrations(concentrations, over), 1.0)
         # Fallback tiles were decomposed with the reference's own stains: leave their scale.
@@ -232,7 +233,11 @@ def _estimate_stains(
     n_stained = mask.sum(axis=1)
     # Each tile's stained pixels alone, in float64: no masked (B, P, 3) float64 temporaries,
     # which fall out of cache, and nothing to mask out of the statistics afterwards.
-    pixels = [tile[keep].astype(np.float64) for tile, keep in zip(od, mask, strict=True)]
+    # np.compress: ~4x faster than boolean indexing of the (P, 3) rows.
+    pixels = [
+        np.compress(keep, tile, axis=0).astype(np.float64)
+        for tile, keep in zip(od, mask, strict=True)
+    ]
     moments = np.stack([p.T @ p for p in pixels]) if pixels else np.zeros((0, 3, 3))
     sums = np.stack([p.T @ np.ones(len(p)) for p in pixels]) if pixels else np.zeros((0, 3))
     count = np.maximum(n_stained, 1).astype(np.float64)
@@ -269,37 +274,49 @@ def _estimate_stains(
 
 
 def _concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
-    """Least-squares H and E concentrations: ``(B, P, 3)`` OD, ``(B, 2, 3)`` -> ``(B, P, 2)``."""
+    """Least-squares H and E concentrations, float64: ``(B, P, 3)`` OD, ``(B, 2, 3)`` stains ->
+    ``(B, 2, P)``."""
     inverse = np.linalg.pinv(stains.astype(np.float64))  # (B, 3, 2)
-    out: np.ndarray = od.astype(np.float64) @ inverse
+    out: np.ndarray = np.swapaxes(inverse, 1, 2) @ np.swapaxes(od.astype(np.float64), 1, 2)
     return out
 
 
 def _max_concentrations(concentrations: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """``(B, 2)`` 99th percentile of each stain's concentration over the masked pixels (every
-    pixel when ``mask`` is None); 0 where a tile has none."""
+    pixel when ``mask`` is None); 0 where a tile has none.
+
+    Args:
+        concentrations: ``(B, 2, P)`` H and E concentrations of each tile's pixels.
+        mask: ``(B, P)`` pixels to take the percentile over, or None for all.
+    """
     out = np.zeros((len(concentrations), 2))
     for b, tile in enumerate(concentrations):
-        values = tile if mask is None else tile[mask[b]]
         for k in range(2):
-            out[b, k] = _percentiles(values[:, k], (_CONCENTRATION_PERCENTILE,))[0]
+            values = tile[k] if mask is None else np.compress(mask[b], tile[k])
+            out[b, k] = _percentiles(values, (_CONCENTRATION_PERCENTILE,))[0]
     return out
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
-    """q-th percentiles (numpy's linear method) of ``(n,)`` values, one partition for all q;
-    zeros if ``values`` is empty or a result is not finite."""
+    """q-th percentiles (numpy's linear method) of ``(n,)`` finite or infinite values; zeros if
+    ``values`` is empty or a result is not finite.
+
+    One partition per q at the lower order statistic; the next one is the minimum of what lies
+    above it (a partition at two positions measured 3x slower than at one).
+    """
     last = len(values) - 1
+    out = np.zeros(len(qs))
     if last < 0:
-        return np.zeros(len(qs))
-    position = np.asarray(qs, dtype=np.float64) / 100.0 * last
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, last)
-    ordered = np.partition(values, np.unique(np.concatenate([below, above])))
-    lo, hi = ordered[below], ordered[above]
-    with np.errstate(invalid="ignore"):  # inf - inf: not finite, replaced below
-        result = lo + (hi - lo) * (position - below)
-    out: np.ndarray = np.where(np.isfinite(result), result, 0.0)
+        return out
+    for i, q in enumerate(qs):
+        position = q / 100.0 * last
+        below = int(np.floor(position))
+        ordered = np.partition(values, below)
+        lo = float(ordered[below])  # float64 arithmetic below, whatever the input's dtype
+        hi = float(ordered[below + 1 :].min()) if below < last else lo
+        with np.errstate(invalid="ignore"):  # inf - inf: not finite, replaced below
+            result = lo + (hi - lo) * (position - below)
+        out[i] = result if np.isfinite(result) else 0.0
     return out
 
 
