@@ -9,6 +9,7 @@ and the like took 1 to 5 s of CPU at import before they were made lazy.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -36,8 +37,6 @@ HEAVY = (
 #: Rooms that define torch modules at import (models, encoders) or import those that do.
 TORCH_ROOMS = (
     "histoguard.encoders",
-    "histoguard.features",
-    "histoguard.harmonize",
     "histoguard.mil",
     "histoguard.robustness",
 )
@@ -50,6 +49,8 @@ TORCH_FREE_ROOMS = (
     "histoguard.slide",
     "histoguard.stain",
     "histoguard.augment",
+    "histoguard.features",
+    "histoguard.harmonize",
     "histoguard.uncertainty",
     "histoguard.report",
     "histoguard.serve",
@@ -142,3 +143,10 @@ def test_blame_names_the_innermost_histoguard_module() -> None:
     assert _who_imported(tree, "scipy") == "histoguard.slide._tissue"
     assert _who_imported(tree, "histoguard.errors") == "histoguard.slide._tissue"
     assert _who_imported(tree, "torch") == "?"
+
+
+@pytest.mark.parametrize("room", [*TORCH_FREE_ROOMS, *TORCH_ROOMS])
+def test_lazy_names_are_listed_by_dir(room: str) -> None:
+    """Names a room imports on first use are in its ``__all__`` and in ``dir()`` alike."""
+    module = importlib.import_module(room)
+    assert set(getattr(module, "__all__", ())) <= set(dir(module))
