@@ -29,12 +29,11 @@ globally (references belong to one run).
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
-from skimage.color import rgb_from_hed
 
 from histoguard.augment._registry import (
     PerturbationFunction,
@@ -75,8 +74,17 @@ D4_PERTURBATIONS: tuple[str, ...] = (
 #: Blend fractions of a stain transfer at severities 1..5.
 STAIN_TRANSFER_LEVELS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
 
-#: Ruifrok & Johnston H, E and DAB optical-density directions (rows; R, G, B), unit length.
-_HED_STAINS = rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
+
+@functools.cache
+def _hed_stains() -> np.ndarray:
+    """Ruifrok & Johnston H, E and DAB optical-density directions (rows; R, G, B), unit length.
+
+    From scikit-image, imported on first use so that importing the room stays fast.
+    """
+    from skimage.color import rgb_from_hed
+
+    stains: np.ndarray = rgb_from_hed / np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
+    return stains
 
 
 def apply_perturbation(name: str, tiles: np.ndarray, severity: int, seed: int = 0) -> np.ndarray:
@@ -158,8 +166,9 @@ def _hed_jitter(tiles: np.ndarray, sigma: float, rng: np.random.Generator) -> np
     shift = sigma * rng.uniform(-1.0, 1.0, size=(len(tiles), 1, 1, 3))
     # Concentrations along unit stain directions, in natural-log OD units, without clipping, so
     # that scale 1 and shift 0 give the tile back exactly.
-    concentrations = rgb_to_od(tiles) @ np.linalg.inv(_HED_STAINS)
-    return od_to_rgb((concentrations * scale + shift) @ _HED_STAINS)
+    stains = _hed_stains()
+    concentrations = rgb_to_od(tiles) @ np.linalg.inv(stains)
+    return od_to_rgb((concentrations * scale + shift) @ stains)
 
 
 @register_perturbation(
@@ -169,6 +178,8 @@ def _hed_jitter(tiles: np.ndarray, sigma: float, rng: np.random.Generator) -> np
     description="isotropic Gaussian blur (defocus), borders mirrored",
 )
 def _blur(tiles: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter  # scipy loads on first use
+
     blurred = gaussian_filter(tiles.astype(np.float32), sigma=(0, sigma, sigma, 0), mode="mirror")
     return _to_uint8(blurred)
 

@@ -1,13 +1,43 @@
-"""Feature extraction: tiles through an encoder into per-slide feature files."""
+"""Feature extraction: tiles through an encoder into per-slide feature files.
 
-from histoguard.features._extract import ExtractionConfig, extract_slide
+The feature-file readers and writers import without torch; the extraction itself
+(:class:`ExtractionConfig`, :func:`extract_slide`, :func:`extract_features`) needs the encoders
+and torch, and is imported on first use, so that reading feature files (``histoguard.harmonize``,
+``histoguard harmonize``) stays fast.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from histoguard.features._feature_file import (
     FeatureFile,
     feature_file_done,
     read_feature_file,
     write_feature_file,
 )
-from histoguard.features._run import extract_features
+
+if TYPE_CHECKING:
+    from histoguard.features._extract import ExtractionConfig, extract_slide
+    from histoguard.features._run import extract_features
+
+#: Names imported on first use: they bring in the encoders and torch (~1.3 s of CPU).
+_LAZY = {
+    "ExtractionConfig": "histoguard.features._extract",
+    "extract_slide": "histoguard.features._extract",
+    "extract_features": "histoguard.features._run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ExtractionConfig",

@@ -27,7 +27,6 @@ import numpy as np
 import numpy.typing as npt
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
-from scipy.stats import rankdata
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.report._overlay import _BACKGROUND_RGB, Colormap, paint_tiles
@@ -47,6 +46,8 @@ def rank_normalise(scores: ArrayLike) -> npt.NDArray[np.float64]:
 
     A single finite score maps to 1; non-finite scores stay NaN and are left out of the ranking.
     """
+    from scipy.stats import rankdata  # ~1 s of import: on first use, not with histoguard
+
     s = np.asarray(scores, dtype=np.float64)
     out = np.full(s.shape, np.nan)
     finite = np.isfinite(s)

@@ -11,10 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
-from skimage.measure import approximate_polygon, find_contours
-from skimage.morphology import disk
 
 from histoguard.errors import ConfigError
 from histoguard.slide._reader import resize
@@ -153,6 +149,10 @@ class TissueMask:
         Returns:
             One :class:`Polygon` per component, oriented as documented there.
         """
+        # scipy and scikit-image load on first use: `import histoguard` stays fast.
+        from scipy import ndimage as ndi
+        from skimage.measure import approximate_polygon, find_contours
+
         labels, _ = ndi.label(self.mask, structure=_EIGHT)
         polys: list[Polygon] = []
         for k, box in enumerate(ndi.find_objects(labels), start=1):
@@ -225,6 +225,9 @@ def detect_tissue(
         ValueError: if thumbnail is not (H, W, 3) uint8, or downsample or mpp is not a positive
             finite number.
     """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
     _check_rgb(thumbnail)
     for name, value in (("downsample", downsample), ("mpp", mpp)):
         if not (math.isfinite(value) and value > 0):
@@ -271,6 +274,9 @@ def _check_rgb(rgb: NDArray[np.generic]) -> None:
 
 def _ink(rgb: NDArray[np.uint8], p: TissueParams, um_px: float) -> BoolArray:
     """Pen strokes: :func:`pen_mask` cleaned by a majority vote, grown over their halo."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
     size = 2 * _radius(p.closing_radius_um, um_px) + 1
     ink = pen_mask(rgb)
     # The vote keeps strokes whose ink is patchy over tissue, and drops specks (blood, nuclei).
@@ -293,6 +299,8 @@ def _radius(um: float, um_px: float) -> int:
 
 def _morph(mask: BoolArray, radius: int, op: Callable[..., BoolArray]) -> BoolArray:
     """Binary closing or opening with a disk; edge padding keeps tissue at the border intact."""
+    from skimage.morphology import disk
+
     if radius < 1:
         return mask
     out: BoolArray = op(np.pad(mask, radius, mode="edge"), disk(radius))

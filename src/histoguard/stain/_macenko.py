@@ -8,8 +8,10 @@ haematoxylin and eosin vectors, then per-pixel concentrations by least squares. 
 are rescaled so their 99th percentile matches the reference's and recombined with the
 reference's stain vectors.
 
-Everything is numpy, vectorised over a batch of tiles (in chunks that bound memory), and
-deterministic: eigenvector signs are fixed, no randomness.
+Everything is numpy and deterministic (eigenvector signs are fixed, no randomness). A batch is
+processed in chunks of about five 224² tiles that stay in cache: one OD conversion and one
+eigen-decomposition per chunk, per-tile statistics (second moments, percentiles by partition)
+in float64 over each tile's stained pixels, the per-pixel passes in float32.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ DEFAULT_MIN_STAINED_FRACTION = 0.01
 _MAX_STAIN_COSINE = 0.99
 # Stain OD vectors are physically non-negative; allow this much estimation noise below zero.
 _MIN_STAIN_COMPONENT = -0.1
-# Pixels per chunk: bounds the float64 working arrays to roughly 100 MB.
-_CHUNK_PIXELS = 1 << 21
+# Pixels per chunk: about five 224² tiles, so that the float64 working arrays (~6 MB) stay in
+# cache; 41 such tiles per chunk (2²¹ pixels) measured 1.5-2x slower per tile.
+_CHUNK_PIXELS = 1 << 18
 _CONCENTRATION_PERCENTILE = 99.0
 
 
@@ -115,8 +118,8 @@ class MacenkoNormalizer:
                 f"stained at OD >= {beta}); use an H&E image with plenty of tissue"
             )
         concentrations = _concentrations(od, stains)
-        over = mask if percentile_over == "stained" else np.ones_like(mask)
-        max_c = _max_concentrations(concentrations, over)[0]
+        max_c = _max_concentrations(concentrations, mask if percentile_over == "stained" else None)
+        max_c = max_c[0]
         return cls(
             stain_matrix=_frozen(stains[0]),
             max_concentrations=_frozen(max_c),
@@ -156,14 +159,19 @@ class MacenkoNormalizer:
             od, mask, self.alpha, self.min_stained_fraction, centred=self.centred
         )
         stains = np.where(ok[:, None, None], stains, self.stain_matrix)
-        concentrations = _concentrations(od, stains)
-        over = mask if self.percentile_over == "stained" else np.ones_like(mask)
+        inverse = np.linalg.pinv(stains)  # (B, 3, 2), float64
+        # The per-pixel passes run in float32, the per-tile statistics above in float64: on real
+        # tiles 1 output value in ~300,000 then differs from an all-float64 run, by 1/255.
+        # (B, 2, P): each stain's concentrations contiguous, for the percentile partitions.
+        concentrations = np.swapaxes(inverse, 1, 2).astype(np.float32) @ np.swapaxes(od, 1, 2)
+        over = mask if self.percentile_over == "stained" else None
         max_c = np.where(ok[:, None], _max_concentrations(concentrations, over), 1.0)
         # Fallback tiles were decomposed with the reference's own stains: leave their scale.
         reference_c = np.where(ok[:, None], self.max_concentrations, 1.0)
         scale = reference_c / np.maximum(max_c, 1e-6)
-        normalised_od = (concentrations * scale[:, None, :]) @ self.stain_matrix
-        return od_to_rgb(normalised_od, self.io).reshape(tiles.shape)
+        # OD -> concentrations -> rescaled -> reference stains, as one (3, 3) matrix per tile.
+        mixing = (inverse * scale[:, None, :]) @ self.stain_matrix
+        return od_to_rgb(od @ mixing.astype(np.float32), self.io).reshape(tiles.shape)
 
 
 def fit_torchstain_macenko(reference: np.ndarray) -> MacenkoNormalizer:
@@ -223,27 +231,36 @@ def _estimate_stains(
         rows hold finite placeholders.
     """
     n_stained = mask.sum(axis=1)
-    weighted = np.where(mask[..., None], od, 0.0).astype(np.float64)
+    # Each tile's stained pixels alone, in float64: no masked (B, P, 3) float64 temporaries,
+    # which fall out of cache, and nothing to mask out of the statistics afterwards.
+    # np.compress: ~4x faster than boolean indexing of the (P, 3) rows.
+    pixels = [
+        np.compress(keep, tile, axis=0).astype(np.float64)
+        for tile, keep in zip(od, mask, strict=True)
+    ]
+    moments = np.stack([p.T @ p for p in pixels]) if pixels else np.zeros((0, 3, 3))
+    sums = np.stack([p.T @ np.ones(len(p)) for p in pixels]) if pixels else np.zeros((0, 3))
+    count = np.maximum(n_stained, 1).astype(np.float64)
     # Uncentred second moment: the stain plane passes through the origin of OD space.
-    moments = weighted.transpose(0, 2, 1) @ weighted / np.maximum(n_stained, 1)[:, None, None]
+    moments /= count[:, None, None]
     if centred:
-        mean = weighted.sum(axis=1) / np.maximum(n_stained, 1)[:, None]
+        mean = sums / count[:, None]
         moments = moments - mean[:, :, None] * mean[:, None, :]
     _, vectors = np.linalg.eigh(moments)  # ascending eigenvalues
     first, second = vectors[:, :, 2], vectors[:, :, 1]
     # Orient the main direction along the mean stained OD so every stained pixel projects
     # positively on it; angles then stay inside (-pi/2, pi/2), away from arctan2's wrap-around.
-    mean_od = weighted.sum(axis=1)
-    first *= np.where(np.einsum("bc,bc->b", mean_od, first) < 0, -1.0, 1.0)[:, None]
-    angles = np.arctan2(weighted @ second[:, :, None], weighted @ first[:, :, None])[..., 0]
-    low = _masked_percentile(angles, mask, alpha)
-    high = _masked_percentile(angles, mask, 100.0 - alpha)
+    first *= np.where(np.einsum("bc,bc->b", sums, first) < 0, -1.0, 1.0)[:, None]
+    extremes = np.zeros((len(pixels), 2))
+    for b, tile in enumerate(pixels):
+        plane = tile @ np.stack([first[b], second[b]], axis=1)
+        extremes[b] = _percentiles(np.arctan2(plane[:, 1], plane[:, 0]), (alpha, 100.0 - alpha))
 
     def direction(angle: np.ndarray) -> np.ndarray:
         vector: np.ndarray = np.cos(angle)[:, None] * first + np.sin(angle)[:, None] * second
         return vector
 
-    v_low, v_high = direction(low), direction(high)
+    v_low, v_high = direction(extremes[:, 0]), direction(extremes[:, 1])
     # Haematoxylin absorbs red more than eosin does: the vector with larger red OD is H.
     h_first = (v_low[:, 0] >= v_high[:, 0])[:, None]
     stains = np.stack([np.where(h_first, v_low, v_high), np.where(h_first, v_high, v_low)], 1)
@@ -257,35 +274,49 @@ def _estimate_stains(
 
 
 def _concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
-    """Least-squares H and E concentrations: ``(B, P, 3)`` OD, ``(B, 2, 3)`` -> ``(B, P, 2)``."""
+    """Least-squares H and E concentrations, float64: ``(B, P, 3)`` OD, ``(B, 2, 3)`` stains ->
+    ``(B, 2, P)``."""
     inverse = np.linalg.pinv(stains.astype(np.float64))  # (B, 3, 2)
-    out: np.ndarray = od.astype(np.float64) @ inverse
+    out: np.ndarray = np.swapaxes(inverse, 1, 2) @ np.swapaxes(od.astype(np.float64), 1, 2)
     return out
 
 
-def _max_concentrations(concentrations: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(B, 2)`` 99th percentile of each stain's concentration over the stained pixels."""
-    return np.stack(
-        [
-            _masked_percentile(concentrations[..., k], mask, _CONCENTRATION_PERCENTILE)
-            for k in range(2)
-        ],
-        axis=1,
-    )
+def _max_concentrations(concentrations: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``(B, 2)`` 99th percentile of each stain's concentration over the masked pixels (every
+    pixel when ``mask`` is None); 0 where a tile has none.
+
+    Args:
+        concentrations: ``(B, 2, P)`` H and E concentrations of each tile's pixels.
+        mask: ``(B, P)`` pixels to take the percentile over, or None for all.
+    """
+    out = np.zeros((len(concentrations), 2))
+    for b, tile in enumerate(concentrations):
+        for k in range(2):
+            values = tile[k] if mask is None else np.compress(mask[b], tile[k])
+            out[b, k] = _percentiles(values, (_CONCENTRATION_PERCENTILE,))[0]
+    return out
 
 
-def _masked_percentile(values: np.ndarray, mask: np.ndarray, q: float) -> np.ndarray:
-    """``(B,)`` q-th percentile (numpy's linear method) of each row's masked values; 0 if none."""
-    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
-    last = np.maximum(mask.sum(axis=1) - 1, 0)
-    position = q / 100.0 * last
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, last)
-    lo = np.take_along_axis(ordered, below[:, None], axis=1)[:, 0]
-    hi = np.take_along_axis(ordered, above[:, None], axis=1)[:, 0]
-    with np.errstate(invalid="ignore"):  # rows with nothing masked: inf - inf, replaced below
-        result = lo + (hi - lo) * (position - below)
-    out: np.ndarray = np.where(mask.any(axis=1) & np.isfinite(result), result, 0.0)
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """q-th percentiles (numpy's linear method) of ``(n,)`` finite or infinite values; zeros if
+    ``values`` is empty or a result is not finite.
+
+    One partition per q at the lower order statistic; the next one is the minimum of what lies
+    above it (a partition at two positions measured 3x slower than at one).
+    """
+    last = len(values) - 1
+    out = np.zeros(len(qs))
+    if last < 0:
+        return out
+    for i, q in enumerate(qs):
+        position = q / 100.0 * last
+        below = int(np.floor(position))
+        ordered = np.partition(values, below)
+        lo = float(ordered[below])  # float64 arithmetic below, whatever the input's dtype
+        hi = float(ordered[below + 1 :].min()) if below < last else lo
+        with np.errstate(invalid="ignore"):  # inf - inf: not finite, replaced below
+            result = lo + (hi - lo) * (position - below)
+        out[i] = result if np.isfinite(result) else 0.0
     return out
 
 

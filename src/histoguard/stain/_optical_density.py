@@ -24,14 +24,21 @@ def rgb_to_od(rgb: np.ndarray, io: float = DEFAULT_IO) -> np.ndarray:
 
 def od_to_rgb(od: np.ndarray, io: float = DEFAULT_IO) -> np.ndarray:
     """``(..., 3)`` optical density -> ``(..., 3)`` uint8 RGB, rounded and clipped to 0-255."""
-    rgb = np.float32(io) * np.exp(-od.astype(np.float32)) - 1.0
-    out: np.ndarray = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    # In place on one float32 buffer: the same operations as io * exp(-od) - 1, fewer passes.
+    rgb = np.negative(od, dtype=np.float32)
+    np.exp(rgb, out=rgb)
+    rgb *= np.float32(io)
+    rgb -= np.float32(1.0)
+    np.rint(rgb, out=rgb)
+    np.clip(rgb, 0, 255, out=rgb)
+    out: np.ndarray = rgb.astype(np.uint8)
     return out
 
 
 def stained(od: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
     """``(..., 3)`` OD -> ``(...)`` bool: pixels with OD >= ``beta`` in every channel."""
-    mask: np.ndarray = np.all(od >= beta, axis=-1)
+    # Three comparisons rather than np.all over the short last axis, which is ~10x slower.
+    mask: np.ndarray = (od[..., 0] >= beta) & (od[..., 1] >= beta) & (od[..., 2] >= beta)
     return mask
 
 

@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, silhouette_score
 from threadpoolctl import threadpool_limits
 
 from histoguard.errors import AuditDataError, ConfigError
@@ -220,6 +218,10 @@ def cluster_by_silhouette(
         ``(K, labels)``: the chosen K and the ``(n,)`` cluster of each point; ties go to the
         smaller K.
     """
+    # scikit-learn loads on first use, not with the room.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
     sample = np.sort(
         rng.choice(len(points), size=min(len(points), SILHOUETTE_SAMPLE), replace=False)
     )
@@ -248,6 +250,8 @@ def _score_subset(
     config: ClusteringConfig,
     rng: np.random.Generator,
 ) -> SubsetScore:
+    from sklearn.metrics import adjusted_rand_score
+
     ks, ari_class, ari_center = [], [], []
     for _ in range(config.n_repeats):
         rows = balanced_cells(

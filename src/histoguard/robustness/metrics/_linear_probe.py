@@ -14,16 +14,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
 from threadpoolctl import threadpool_limits
 
 from histoguard.errors import AuditDataError
+
+if TYPE_CHECKING:  # scikit-learn loads on first use, not with the room
+    from sklearn.linear_model import LogisticRegression
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -102,6 +103,8 @@ class LinearProbe:
             raise AuditDataError(
                 f"need one label per embedding, got {y.shape} labels for {x.shape[0]} embeddings"
             )
+        from sklearn.metrics import balanced_accuracy_score
+
         return float(balanced_accuracy_score(y, self.predict(x)))
 
     def as_torch(self) -> LinearProbeModule:
@@ -267,6 +270,8 @@ def _grid_scores(
     max_iter: int,
 ) -> list[float]:
     """Validation balanced accuracy for each ``C`` of an ascending grid."""
+    from sklearn.metrics import balanced_accuracy_score
+
     # Warm starts along an ascending grid: each fit begins at the previous, more regularised
     # solution, which cuts the L-BFGS iterations several-fold.
     model = _logistic(grid[0], max_iter, warm_start=True)
@@ -278,6 +283,8 @@ def _grid_scores(
 
 
 def _logistic(c: float, max_iter: int, *, warm_start: bool = False) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(
         C=c, solver="lbfgs", class_weight="balanced", max_iter=max_iter, warm_start=warm_start
     )
@@ -286,6 +293,8 @@ def _logistic(c: float, max_iter: int, *, warm_start: bool = False) -> LogisticR
 def _fit(model: LogisticRegression, x: FloatArray, y: npt.NDArray[np.str_]) -> LogisticRegression:
     # Weakly regularised fits on separable data may stop at max_iter; the arg-max is settled
     # long before the weights are, so the warning is noise for a probe.
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(x, y)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from histoguard.errors import AuditDataError
 
@@ -60,6 +59,8 @@ def mean_confidence_interval(
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None
+    from scipy import stats  # ~1 s of import: on first use, not with the room
+
     half = stats.t.ppf(0.5 + confidence / 2, df=v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
     return float(v.mean() - half), float(v.mean() + half)
 

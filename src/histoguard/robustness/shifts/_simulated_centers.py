@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from histoguard.errors import AuditDataError
 from histoguard.robustness.data._containers import TileDataset, read_tile
@@ -130,6 +129,8 @@ class StainProfile:
     def _scan(self, tiles: np.ndarray) -> np.ndarray:
         image: np.ndarray = tiles.astype(np.float32) / 255.0
         if self.blur_sigma > 0:
+            from scipy.ndimage import gaussian_filter  # scipy loads on first use
+
             image = gaussian_filter(image, sigma=(0, self.blur_sigma, self.blur_sigma, 0))
         image = np.clip(image * self.brightness, 0.0, 1.0) ** self.gamma
         out: np.ndarray = np.rint(image * 255.0).astype(np.uint8)

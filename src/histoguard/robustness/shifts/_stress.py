@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score
 
 from histoguard.augment._registry import PERTURBATIONS
 from histoguard.encoders import Encoder
@@ -292,6 +291,8 @@ def _stress(
 ) -> StressResult:
     """The shared run: ``classify`` maps all ``(N, D)`` tile embeddings to one prediction per
     entry of ``labels`` (tiles, or slides)."""
+    from sklearn.metrics import balanced_accuracy_score  # scikit-learn loads on first use
+
     selected = config.selected()
     embeddings = _embed(encoder, tiles, config)
     predictions = _predict(classify, embeddings, len(labels))
@@ -423,6 +424,8 @@ def _run(
     config: StressConfig,
 ) -> PerturbationOutcome:
     """One perturbation at each of its severities."""
+    from sklearn.metrics import balanced_accuracy_score
+
     accuracy, drift, flips = [], [], []
     for severity in severities:
         perturbed = _embed(encoder, tiles, config, info, severity)
