@@ -8,6 +8,8 @@
     │   ├── SlideTooLargeError      the dimensions exceed the configured pixel limit
     │   ├── MissingMppError         no usable microns-per-pixel in the metadata
     │   └── RegionReadError         one region failed to decode (the rest may be fine)
+    ├── NotNative                   internal: a region the direct TIFF-tile path does not
+    │                               serve; the back-end reads it instead (never reaches a user)
     ├── NoSlidesError               the inputs of a batch hold no slide at all
     ├── TilingError                 the tiling request cannot be met for this slide
     ├── OutputError                 an output file is incomplete or not what was written
@@ -90,6 +92,12 @@ class MissingMppError(SlideError):
 
 class RegionReadError(SlideError):
     """A region of an otherwise readable slide failed to decode."""
+
+
+class NotNative(HistoguardError):
+    """A region (or tile) is not on the direct TIFF-tile path: a tile is missing, does not
+    decode there, or has an unexpected shape. Caught inside the slide readers, which then read
+    the region through the back-end (whose own errors are what a user sees)."""
 
 
 class NoSlidesError(HistoguardError):
@@ -324,6 +332,7 @@ __all__ = [
     "MissingMppError",
     "ModelMismatchError",
     "NoSlidesError",
+    "NotNative",
     "OutputError",
     "RegionReadError",
     "RequestError",

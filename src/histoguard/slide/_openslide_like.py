@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from histoguard.errors import NotNative
 from histoguard.slide._reader import SlideReader
-from histoguard.slide._tiff_tiles import NotNative, TiffTiles
+from histoguard.slide._tiff_tiles import TiffTiles
 
 #: Serialises the one-time search for a slide's tiled pages (clones made from several threads).
 _TILES_LOCK = threading.Lock()

@@ -31,16 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from histoguard.errors import NotNative
+
 #: Decoded tiles kept per slide (shared by a reader and its clones), in bytes: about 340 tiles of
 #: 256 x 256 RGB, enough for the rows of source tiles a banded tile read walks through.
 CACHE_BYTES = 64 * 1024 * 1024
 
 #: TIFF compression codes: JPEG, and Aperio's JPEG2000 (YCbCr 33003, RGB 33005).
 JPEG, APERIO_JP2K_YCBCR, APERIO_JP2K_RGB = 7, 33003, 33005
-
-
-class NotNative(Exception):
-    """This region (or tile) is not on the plain path; the back-end must read it itself."""
 
 
 @dataclass(frozen=True)
