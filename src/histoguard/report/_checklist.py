@@ -110,7 +110,7 @@ _ITEMS = (
           "robustness, trust.gate_false_alarms", _robustness),
     _Item("TRIPOD+AI", "17", "Ethics approval and consent", "", None),
     _Item("TRIPOD+AI", "18a", "Funding", "", None),
-    _Item("TRIPOD+AI", "18e", "Availability of the code and the model",
+    _Item("TRIPOD+AI", "18f", "Availability of the code and the model",
           "provenance.software, provenance.feature_files", _hashes),
     _Item("TRIPOD+AI", "20b", "Characteristics of the slides per partition",
           "leak_check.splits", _always),
