@@ -311,7 +311,10 @@ def _mean_loss(
 
 
 def _cached_mean_loss(
-    model: MILModel, cache: BagCache, rows: Sequence[int], labels: torch.Tensor,
+    model: MILModel,
+    cache: BagCache,
+    rows: Sequence[int],
+    labels: torch.Tensor,
     weights: torch.Tensor | None,
 ) -> float:
     """:func:`_mean_loss` over standardised bags ``rows`` of ``cache`` (the same values)."""
