@@ -121,6 +121,14 @@ def train(
             help="Bags averaged into one optimiser step (default 1; 8 with a contrastive loss)."
         ),
     ] = None,
+    pad_batches: Annotated[
+        bool | None,
+        typer.Option(
+            "--pad-batches",
+            help="Run each step's --bags-per-step bags as one zero-padded batch (one forward "
+            "and backward pass; the batch loss is the class-weighted mean).",
+        ),
+    ] = None,
     model_kwargs: Annotated[
         str | None, typer.Option(help="Model settings as JSON, e.g. '{\"hidden_dim\": 256}'.")
     ] = None,
@@ -145,6 +153,7 @@ def train(
         ood_alpha=ood_alpha, harmonize=harmonize, adversarial_weight=adversarial_weight,
         adversarial_unlabelled=adversarial_unlabelled, contrastive_weight=contrastive_weight,
         contrastive_temperature=contrastive_temperature, bags_per_step=bags_per_step,
+        pad_batches=pad_batches,
     )  # fmt: skip
     result = run_training(settings, log=typer.echo, progress=not quiet)
     typer.echo(result.table)

@@ -25,7 +25,10 @@ class ABMIL(MILModel):
         n_classes: number of bag classes C.
         hidden_dim: size of the instance embedding.
         attention_dim: hidden size of the gated attention.
-        dropout: dropout after the embedding and inside the attention.
+        dropout: dropout after the embedding (and inside the attention unless
+            ``attention_dropout`` is given).
+        attention_dropout: dropout on the gated attention's hidden layer; None = ``dropout``
+            (every model saved before this setting). torchmil's ABMIL has none (0.0).
     """
 
     def __init__(
@@ -36,12 +39,17 @@ class ABMIL(MILModel):
         hidden_dim: int = 128,
         attention_dim: int = 64,
         dropout: float = 0.1,
+        attention_dropout: float | None = None,
     ) -> None:
+        # Saved configs name attention_dropout only when it is set, so older ones read the same.
+        extra = {} if attention_dropout is None else {"attention_dropout": attention_dropout}
         super().__init__(
-            in_dim, n_classes, hidden_dim=hidden_dim, attention_dim=attention_dim, dropout=dropout
-        )
+            in_dim, n_classes, hidden_dim=hidden_dim, attention_dim=attention_dim,
+            dropout=dropout, **extra,
+        )  # fmt: skip
         self.embed = embedding(in_dim, hidden_dim, dropout)
-        self.attention = GatedAttention(hidden_dim, attention_dim, 1, dropout)
+        gate_dropout = dropout if attention_dropout is None else attention_dropout
+        self.attention = GatedAttention(hidden_dim, attention_dim, 1, gate_dropout)
         self.head = nn.Linear(hidden_dim, n_classes)
         self.embedding_dim = hidden_dim
 

@@ -104,6 +104,12 @@ class MILModel(torch.nn.Module, ABC):
         self.feature_mean.copy_(features.mean(dim=0))
         self.feature_scale.copy_(features.std(dim=0).clamp(min=1e-6))
 
+    def standardize(self, features: Tensor) -> Tensor:
+        """``(features - feature_mean) / feature_scale`` for features ``(..., D)``: what
+        :meth:`forward` applies first. A training cache applies it once per bag
+        (:meth:`forward_standardized`) instead of at every step; the values are identical."""
+        return (features - self.feature_mean) / self.feature_scale
+
     def forward(self, features: Tensor, mask: Tensor) -> MILOutput:
         """Score a padded batch of bags.
 
@@ -115,9 +121,23 @@ class MILModel(torch.nn.Module, ABC):
             ValueError: see :func:`check_bags`.
         """
         check_bags(features, mask, self.in_dim)
-        features = (features - self.feature_mean) / self.feature_scale
-        # Zeroed once here so that even NaN padding cannot reach a product with a 0 weight.
-        features = torch.where(mask[:, :, None], features, torch.zeros_like(features))
+        return self._forward_masked(self.standardize(features), mask)
+
+    def forward_standardized(self, features: Tensor, mask: Tensor) -> MILOutput:
+        """:meth:`forward` for features already passed through :meth:`standardize` (shapes as
+        in :meth:`forward`); the training loop's bag cache standardises each bag once.
+
+        Raises:
+            ValueError: see :func:`check_bags`.
+        """
+        check_bags(features, mask, self.in_dim)
+        return self._forward_masked(features, mask)
+
+    def _forward_masked(self, features: Tensor, mask: Tensor) -> MILOutput:
+        # Padding is zeroed once here so that even NaN padding cannot reach a product with a
+        # 0 weight; a batch without padding (every single bag) skips the pass over its input.
+        if not bool(mask.all()):
+            features = torch.where(mask[:, :, None], features, torch.zeros_like(features))
         return self._forward(features, mask)
 
     @abstractmethod

@@ -94,6 +94,6 @@ _FIELD_KINDS: dict[str, type] = {
     "drift_alpha": float, "harmonize": str, "harmonize_parametric": bool,
     "harmonize_tiles": int, "harmonize_min_slides": int, "adversarial_weight": float,
     "adversarial_unlabelled": bool, "contrastive_weight": float,
-    "contrastive_temperature": float, "bags_per_step": int,
+    "contrastive_temperature": float, "bags_per_step": int, "pad_batches": bool,
 }  # fmt: skip
 _OPTIONAL = frozenset({"max_instances"})

@@ -26,7 +26,7 @@ import torch
 from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
 from histoguard.errors import ConfigError
 from histoguard.harmonize import FIT_TILES_PER_SLIDE, MIN_NEW_CENTER_SLIDES
-from histoguard.mil._bags import Bag, bag_batch, load_bags, predict_bags
+from histoguard.mil._bags import Bag, BagCache, bag_batch, load_bags, predict_bags
 from histoguard.mil._base import MILModel, class_balanced_weights
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
@@ -116,6 +116,11 @@ class TrainConfig:
             ``contrastive_weight > 0`` a value of 1 (which leaves the loss nothing to contrast)
             is raised to :data:`CONTRASTIVE_BAGS_PER_STEP`. Memory grows with it: every bag's
             graph is kept until the step's backward pass.
+        pad_batches: run a step's ``bags_per_step`` bags through the model as one zero-padded
+            batch ``(B, N_max, D)`` with its mask (one forward and backward pass instead of B)
+            and take :meth:`~MILModel.compute_loss` of the batch, whose class weights make it
+            a weighted mean over the bags (one bag per step: the unweighted loss of that bag,
+            as without this option). False: every bag alone, losses averaged.
     """
 
     cohort: Path
@@ -155,6 +160,7 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     bags_per_step: int = 1
+    pad_batches: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in _SPLIT_MAKERS:
@@ -304,6 +310,23 @@ def _mean_loss(
     return total / max(1, len(bags))
 
 
+def _cached_mean_loss(
+    model: MILModel,
+    cache: BagCache,
+    rows: Sequence[int],
+    labels: torch.Tensor,
+    weights: torch.Tensor | None,
+) -> float:
+    """:func:`_mean_loss` over standardised bags ``rows`` of ``cache`` (the same values)."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for row, label in zip(rows, labels, strict=True):
+            output = model.forward_standardized(*cache.batch(row, None, None))
+            total += float(model.compute_loss(output, label.view(1), class_weights=weights))
+    return total / max(1, len(rows))
+
+
 def train_split(
     split: Split,
     cohort: Cohort,
@@ -336,6 +359,11 @@ def train_split(
         config.model, in_dim=in_dim, n_classes=len(cohort.labels), **config.model_kwargs
     )
     model.fit_feature_scaling(torch.cat([bags[s].features for s in train_ids]))
+    # Training and validation bags, standardised once; rows 0.. are the training bags in order.
+    cached = list(dict.fromkeys([*train_ids, *val_ids]))
+    cache = BagCache([bags[s] for s in cached], model)
+    row_of = {slide_id: row for row, slide_id in enumerate(cached)}
+    val_rows = [row_of[s] for s in val_ids]
     robust = RobustObjective(
         model, split, cohort,
         adversarial_weight=config.adversarial_weight,
@@ -357,14 +385,24 @@ def train_split(
         running = 0.0
         for step, start in enumerate(range(0, len(order), step_size)):
             chunk = order[start : start + step_size]
-            outputs, losses = [], []
-            for index in chunk:
-                features, mask = bag_batch(bags[train_ids[index]], generator, config.max_instances)
-                output = model(features, mask)
-                losses.append(
-                    model.compute_loss(output, train_labels[index].view(1), class_weights=weights)
-                )
-                outputs.append(output)
+            if config.pad_batches:
+                batch = cache.padded(chunk, generator, config.max_instances)
+                outputs = [model.forward_standardized(*batch)]
+                losses = [
+                    model.compute_loss(outputs[0], train_labels[chunk], class_weights=weights)
+                ]
+            else:
+                outputs, losses = [], []
+                for index in chunk:
+                    output = model.forward_standardized(
+                        *cache.batch(index, generator, config.max_instances)
+                    )
+                    losses.append(
+                        model.compute_loss(
+                            output, train_labels[index].view(1), class_weights=weights
+                        )
+                    )
+                    outputs.append(output)
             targets = robust.draw_targets(len(chunk), generator)
             target_outputs = [
                 model(*bag_batch(bags[s], generator, config.max_instances)) for s in targets
@@ -381,8 +419,11 @@ def train_split(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            running += sum(float(bag_loss.detach()) for bag_loss in losses)
-        val_loss = _mean_loss(model, [bags[s] for s in val_ids], val_labels, weights)
+            if config.pad_batches:
+                running += float(losses[0].detach()) * len(chunk)
+            else:
+                running += sum(float(bag_loss.detach()) for bag_loss in losses)
+        val_loss = _cached_mean_loss(model, cache, val_rows, val_labels, weights)
         logger.info(
             "%s epoch %d/%d: train loss %.4f, validation loss %.4f",
             split.name, epoch + 1, config.epochs, running / len(train_ids), val_loss,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from histoguard.mil._base import MILModel, MILOutput
+from histoguard.mil._nystrom import NystromLayer
 from histoguard.mil._registry import register_model
 
 
@@ -59,18 +61,25 @@ class _PPEG(nn.Module):
 
 @register_model(
     "transmil",
-    description="Compact TransMIL: class token, two self-attention layers, PPEG",
+    description="Compact TransMIL: class token, two self-attention layers (exact or Nyström), PPEG",
     citation=(
         "Shao et al. 2021, TransMIL: Transformer based Correlated Multiple Instance Learning "
         "for Whole Slide Image Classification, NeurIPS"
     ),
 )
 class TransMIL(MILModel):
-    """TransMIL with exact multi-head attention (``torch.nn.MultiheadAttention``) instead of
-    Nyström attention, and padded tokens excluded through ``key_padding_mask``.
+    """TransMIL: class token, two pre-norm attention layers with PPEG between them.
+
+    ``attention="exact"`` (the default, and what every model saved before the option loads
+    as) uses exact multi-head attention (``torch.nn.MultiheadAttention``, dropout on the
+    attention weights), cost quadratic in the bag size. ``attention="nystrom"`` uses Nyström
+    attention as the original TransMIL does (:mod:`histoguard.mil._nystrom`: ``n_landmarks``
+    landmarks, an iterative pseudo-inverse, a depthwise value convolution, dropout after the
+    output projection), cost linear in the bag size. Padded tokens never reach either.
 
     ``attention`` is the class token's attention to the instances in the last layer, averaged
-    over heads and renormalised over the real instances (its weight on itself removed).
+    over heads and renormalised over the real instances (its weight on itself removed; for
+    Nyström the approximation's few negative entries are set to 0 first).
     ``embedding`` is the normalised class token the head reads, ``(B, hidden_dim)``.
 
     Args:
@@ -78,7 +87,15 @@ class TransMIL(MILModel):
         n_classes: number of bag classes C.
         hidden_dim: token size (divisible by ``n_heads``).
         n_heads: attention heads per layer.
-        dropout: dropout on the attention weights.
+        dropout: dropout on the attention weights (exact) or after the attention's output
+            projection (Nyström).
+        attention: ``"exact"`` or ``"nystrom"``.
+        n_landmarks: Nyström landmarks (None: ``hidden_dim // 2``, as in the original).
+        pinv_iterations: Nyström pseudo-inverse iterations (6, as in the original).
+
+    Raises:
+        ValueError: ``hidden_dim`` not divisible by ``n_heads``, an unknown ``attention``, or
+            Nyström settings below 1.
     """
 
     #: PPEG's convolutions see the instances' order: reordering a bag changes its output.
@@ -92,15 +109,38 @@ class TransMIL(MILModel):
         hidden_dim: int = 128,
         n_heads: int = 4,
         dropout: float = 0.1,
+        attention: Literal["exact", "nystrom"] = "exact",
+        n_landmarks: int | None = None,
+        pinv_iterations: int = 6,
     ) -> None:
         if hidden_dim % n_heads:
             raise ValueError(f"hidden_dim {hidden_dim} is not divisible by n_heads {n_heads}")
-        super().__init__(in_dim, n_classes, hidden_dim=hidden_dim, n_heads=n_heads, dropout=dropout)
+        if attention not in ("exact", "nystrom"):
+            raise ValueError(f"attention must be 'exact' or 'nystrom', got {attention!r}")
+        settings: dict[str, object] = {}
+        if attention == "nystrom":  # exact models keep the config they always had
+            landmarks = hidden_dim // 2 if n_landmarks is None else n_landmarks
+            settings = {
+                "attention": attention, "n_landmarks": landmarks,
+                "pinv_iterations": pinv_iterations,
+            }  # fmt: skip
+        super().__init__(
+            in_dim, n_classes, hidden_dim=hidden_dim, n_heads=n_heads, dropout=dropout, **settings
+        )
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_dim))
-        self.layer1 = _AttentionLayer(hidden_dim, n_heads, dropout)
-        self.ppeg = _PPEG(hidden_dim)
-        self.layer2 = _AttentionLayer(hidden_dim, n_heads, dropout)
+        self.nystrom = attention == "nystrom"
+        self.layer1: nn.Module
+        self.layer2: nn.Module
+        if self.nystrom:
+            nystrom = (hidden_dim, n_heads, settings["n_landmarks"], pinv_iterations, dropout)
+            self.layer1 = NystromLayer(*nystrom)  # type: ignore[arg-type]
+            self.ppeg = _PPEG(hidden_dim)
+            self.layer2 = NystromLayer(*nystrom)  # type: ignore[arg-type]
+        else:
+            self.layer1 = _AttentionLayer(hidden_dim, n_heads, dropout)
+            self.ppeg = _PPEG(hidden_dim)
+            self.layer2 = _AttentionLayer(hidden_dim, n_heads, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.head = nn.Linear(hidden_dim, n_classes)
         self.embedding_dim = hidden_dim
@@ -109,10 +149,15 @@ class TransMIL(MILModel):
         batch = features.shape[0]
         keep = torch.cat([mask.new_ones(batch, 1), mask], dim=1)  # (B, 1 + N), cls kept
         tokens = torch.cat([self.cls_token.expand(batch, -1, -1), self.embed(features)], dim=1)
-        tokens, _ = self.layer1(tokens, ~keep)
+        # Exact layers take the padding (True = ignore), Nyström layers the real tokens.
+        side = keep if self.nystrom else ~keep
+        tokens, _ = self.layer1(tokens, side)
         tokens = torch.cat([tokens[:, :1], self.ppeg(tokens[:, 1:], mask)], dim=1)
-        tokens, weights = self.layer2(tokens, ~keep)
-        cls_to_instances = torch.where(mask, weights[:, 0, 1:], weights.new_zeros(()))
+        tokens, weights = self.layer2(tokens, side)
+        cls_row = weights if self.nystrom else weights[:, 0]  # (B, 1 + N)
+        cls_to_instances = torch.where(mask, cls_row[:, 1:], weights.new_zeros(()))
+        if self.nystrom:
+            cls_to_instances = cls_to_instances.clamp_min(0)
         # The clamp only matters in training, where attention dropout may zero a whole row.
         attention = cls_to_instances / cls_to_instances.sum(dim=1, keepdim=True).clamp_min(1e-12)
         pooled = self.norm(tokens[:, 0])
