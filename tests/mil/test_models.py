@@ -264,3 +264,20 @@ def test_topk_embedding_reproduces_the_bag_logits() -> None:
     per_class = output.embedding.view(3, 3, -1)  # (B, C, H)
     logits = torch.einsum("bch,ch->bc", per_class, last.weight) + last.bias
     torch.testing.assert_close(logits, output.logits, atol=1e-5, rtol=0)
+
+
+def test_class_weights_act_on_a_batch_of_one_bag() -> None:
+    """``F.cross_entropy(weight=w)`` on one bag divides the weight back out; the loss must
+    scale with the bag's class weight, and a batch's loss is the mean of its bags' terms."""
+    from histoguard.mil._base import weighted_cross_entropy
+
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-0.4, 0.9]])
+    labels = torch.tensor([0, 1, 1])
+    weights = torch.tensor([3.0, 0.5])
+    plain = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    for i in range(3):
+        one = weighted_cross_entropy(logits[i : i + 1], labels[i : i + 1], weights)
+        assert float(one) == pytest.approx(float(weights[labels[i]] * plain[i]))
+    batch = weighted_cross_entropy(logits, labels, weights)
+    assert float(batch) == pytest.approx(float((weights[labels] * plain).mean()))
+    assert float(weighted_cross_entropy(logits, labels)) == pytest.approx(float(plain.mean()))

@@ -46,6 +46,28 @@ def class_balanced_weights(labels: Tensor, n_classes: int) -> Tensor:
     return counts.sum() / (len(counts) * counts.clamp(min=1))
 
 
+def weighted_cross_entropy(
+    logits: Tensor, labels: Tensor, class_weights: Tensor | None = None
+) -> Tensor:
+    """Mean over the ``B`` bags of ``w[y_i] * CE_i``: each bag's cross-entropy scaled by its
+    class's weight, **not** normalised by the batch's weight sum.
+
+    ``F.cross_entropy(..., weight=w)`` divides by ``Σ w[y_i]``, which for the one bag of a
+    batch-1 step cancels the weight exactly: class weighting would do nothing. With weights that
+    average 1 over the training bags (:func:`class_balanced_weights`), this mean is the
+    class-balanced risk whatever the batch size.
+
+    Args:
+        logits: ``(B, C)``.
+        labels: ``(B,)`` int64 in ``[0, C)``.
+        class_weights: ``(C,)`` float, or None for the plain mean.
+    """
+    per_bag = F.cross_entropy(logits, labels, reduction="none")
+    if class_weights is not None:
+        per_bag = per_bag * class_weights.to(per_bag.dtype)[labels]
+    return per_bag.mean()
+
+
 def check_bags(features: Tensor, mask: Tensor, in_dim: int) -> None:
     """Validate a padded batch: ``features: (B, N, D)`` float, ``mask: (B, N)`` bool.
 
@@ -159,12 +181,14 @@ class MILModel(torch.nn.Module, ABC):
         Args:
             output: this model's forward output for the batch.
             labels: ``(B,)`` int64 bag labels in ``[0, C)``.
-            class_weights: ``(C,)`` float weights for the cross-entropy terms, or None.
+            class_weights: ``(C,)`` float weights for the cross-entropy terms, or None (see
+                :func:`weighted_cross_entropy`: each bag's term is scaled by its class weight,
+                so the weights act at any batch size, batch 1 included).
 
         Returns:
             A scalar tensor.
         """
-        bag_loss = F.cross_entropy(output.logits, labels, weight=class_weights)
+        bag_loss = weighted_cross_entropy(output.logits, labels, class_weights)
         aux = self.auxiliary_loss(output, labels, class_weights=class_weights)
         if aux is None:
             return bag_loss

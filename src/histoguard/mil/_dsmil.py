@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from histoguard.mil._base import MILModel, MILOutput
+from histoguard.mil._base import MILModel, MILOutput, weighted_cross_entropy
 from histoguard.mil._layers import embedding, masked_max, masked_softmax, select_class
 from histoguard.mil._registry import register_model
 
@@ -93,4 +92,4 @@ class DSMIL(MILModel):
     def auxiliary_loss(
         self, output: MILOutput, labels: Tensor, *, class_weights: Tensor | None
     ) -> Tensor | None:
-        return F.cross_entropy(output.extra["max_instance_logits"], labels, weight=class_weights)
+        return weighted_cross_entropy(output.extra["max_instance_logits"], labels, class_weights)
