@@ -6,8 +6,9 @@ and torch, and is imported on first use, so that reading feature files (``histog
 ``histoguard harmonize``) stays fast.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from histoguard.core._lazy import lazy_attributes
 from histoguard.features._feature_file import (
     FeatureFile,
     feature_file_done,
@@ -27,18 +28,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 __all__ = [
     "ExtractionConfig",
     "FeatureFile",
@@ -48,3 +37,5 @@ __all__ = [
     "read_feature_file",
     "write_feature_file",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

@@ -6,8 +6,9 @@ report (``model_card.json`` + ``report.html``) and the overlay layers the slide 
 This is the only room that draws. It reads results (or their JSON) and never runs a model.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from histoguard.core._lazy import lazy_attributes
 from histoguard.report._heatmaps import (
     PredictionHeatmaps,
     attention_geojson,
@@ -42,18 +43,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 __all__ = [
     "LAYER_NAMES",
     "LayerStyle",
@@ -76,3 +65,5 @@ __all__ = [
     "write_reliability_diagram",
     "write_report",
 ]
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
