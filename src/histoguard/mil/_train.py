@@ -118,9 +118,9 @@ class TrainConfig:
             graph is kept until the step's backward pass.
         pad_batches: run a step's ``bags_per_step`` bags through the model as one zero-padded
             batch ``(B, N_max, D)`` with its mask (one forward and backward pass instead of B)
-            and take :meth:`~MILModel.compute_loss` of the batch, whose class weights make it
-            a weighted mean over the bags (one bag per step: the unweighted loss of that bag,
-            as without this option). False: every bag alone, losses averaged.
+            and take :meth:`~MILModel.compute_loss` of the batch: the mean of the bags'
+            class-weighted terms, as without this option. False: every bag alone, losses
+            averaged.
     """
 
     cohort: Path
