@@ -16,6 +16,7 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._ranking import descending_ranks
 from histoguard.mil._trust import REVIEW, Trust, TrustReading
 
 PREDICTIONS_NAME = "predictions.csv"
@@ -152,8 +153,7 @@ def write_tile_scores(results: Sequence[SlidePrediction], labels: Sequence[str],
         attention = None if r.attention is None else np.asarray(r.attention, dtype=np.float64)
         rank = None
         if attention is not None and len(attention) == n:
-            rank = np.empty(n, dtype=np.int64)
-            rank[np.argsort(-attention, kind="stable")] = np.arange(1, n + 1)
+            rank = descending_ranks(attention)
         for i in range(n):
             name = r.tile_names[i] if r.tile_names is not None and i < len(r.tile_names) else ""
             x, y = (int(v) for v in r.coords[i]) if r.coords is not None else (i, 0)

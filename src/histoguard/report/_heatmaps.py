@@ -447,11 +447,10 @@ def _tile_folder_galleries(
     except SlideError as error:
         return {}, [f"{source}: no gallery: {error}"]
     position = {name: i for i, name in enumerate(folder.names)}
-    k = min(top_k, len(scores))
-    order = np.argsort(-scores, kind="stable")
     written: dict[str, Path] = {}
     problems: list[str] = []
-    for key, rows in (("top_tiles", order[:k]), ("least_attended", order[::-1][:k])):
+    chosen = (top_tile_indices(scores, top_k), top_tile_indices(-scores, top_k))
+    for key, rows in zip(("top_tiles", "least_attended"), chosen, strict=True):
         missing = [names[r] for r in rows if names[r] not in position]
         tiles, failures = folder.read(
             [position[names[r]] for r in rows if names[r] in position], GALLERY_TILE_PX

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histoguard.core._ranking import descending_ranks
 from histoguard.errors import ConfigError, RequestError
 from histoguard.report._heatmaps import UNCERTAINTY_MEASUREMENT, rank_normalise
 from histoguard.report._tile_layers import LAYER_NAMES, LayerName, LayerStyle, layer_style
@@ -130,15 +131,12 @@ class SlideScores:
         return None if ood is None else np.full(n, float(ood))
 
     def attention_rank(self) -> np.ndarray | None:
-        """``(N,)`` 1 for the tile with the highest attention, N for the lowest (NaN: none)."""
+        """``(N,)`` 1 for the tile with the highest attention, N for the lowest (non-finite
+        last): :func:`~histoguard.core._ranking.descending_ranks`."""
         if self.attention is None:
             return None
         if self._rank is None:
-            s = np.where(np.isfinite(self.attention), self.attention, -np.inf)
-            order = np.argsort(-s, kind="stable")
-            rank = np.empty(len(s))
-            rank[order] = np.arange(1, len(s) + 1)
-            object.__setattr__(self, "_rank", rank)
+            object.__setattr__(self, "_rank", descending_ranks(self.attention))
         return self._rank
 
     def tile_at(self, x: float, y: float) -> int:
@@ -258,7 +256,7 @@ def _tiles_of_geojson(path: Path) -> tuple[np.ndarray, float, dict[str, np.ndarr
 def _tile_table(directory: Path, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per slide, the ``(N, 2)`` tile corners and ``(N, C)`` tile class probabilities of
     predict's ``tiles.csv`` (empty without one; an unreadable one is logged and left out)."""
-    path = directory / "tiles.csv"
+    path = directory / "tiles.csv"  # mil's TILE_SCORES_NAME; importing mil would load torch
     rows: dict[str, tuple[list[tuple[float, float]], list[list[float]]]] = {}
     try:
         with inside(directory, path).open(newline="", encoding="utf-8") as handle:
@@ -294,7 +292,7 @@ def load_predictions(directory: Path, slide_ids: set[str]) -> dict[str, SlideSco
     Raises:
         ConfigError: no readable ``predictions.json`` in ``directory``.
     """
-    path = directory / "predictions.json"
+    path = directory / "predictions.json"  # mil's PREDICTIONS_JSON (see tiles.csv above)
     try:
         document = json.loads(inside(directory, path).read_text(encoding="utf-8"))
         classes = [str(c) for c in document["classes"]]
