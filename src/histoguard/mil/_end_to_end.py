@@ -40,6 +40,7 @@ from histoguard.mil._end_to_end_step import (
     calibrate_batchnorm,
     train_step,
 )
+from histoguard.mil._ensemble import fold_dir_name
 from histoguard.mil._metrics import format_table, metrics_report
 from histoguard.mil._registry import build_model
 from histoguard.mil._splits import Split, get_or_create_splits, given_split, kfold_splits
@@ -428,7 +429,7 @@ def train_end_to_end(
         "weights_sha256": sha256_file(weights),
         "tile_size": encoder.info.input_size,
     }
-    model_dir = out / f"fold_{index}"
+    model_dir = out / fold_dir_name(index)
     save_model(model.cpu(), model_dir, labels=cohort.labels, provenance=provenance)
     report, table = _evaluate(out, encoder, model, folders, cohort, split, config)
     say(f"{split.name}: trained on {len(split.train)}, tested on {len(split.test)} slides "

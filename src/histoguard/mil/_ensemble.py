@@ -6,6 +6,7 @@ probabilities; attention averaged).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,21 @@ from torch import Tensor
 from histoguard.errors import ConfigError, ModelMismatchError
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._checkpoint import load_model
+
+_FOLD_DIR = re.compile(r"^fold_(\d+)(?:-seed\d+)?$")
+
+
+def fold_dir_name(split: int, seed: int = 0) -> str:
+    """The folder ``train`` saves split ``split``'s model in: ``fold_<split>``, and
+    ``fold_<split>-seed<seed>`` for the extra seeds of that split."""
+    return f"fold_{split}" if seed == 0 else f"fold_{split}-seed{seed}"
+
+
+def split_index(folder: Path) -> int | None:
+    """The split (index into ``splits.json``) whose model a :func:`fold_dir_name` folder holds,
+    or None for a folder not named that way."""
+    match = _FOLD_DIR.match(folder.name)
+    return None if match is None else int(match.group(1))
 
 
 def model_dirs(model: Path) -> list[Path]:

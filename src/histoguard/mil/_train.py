@@ -31,7 +31,7 @@ from histoguard.mil._base import MILModel, class_balanced_weights
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
-from histoguard.mil._ensemble import FoldEnsemble
+from histoguard.mil._ensemble import FoldEnsemble, fold_dir_name
 from histoguard.mil._harmonized import HarmonizedModel
 from histoguard.mil._harmonized_training import check_harmonize_cohort, split_harmonizer
 from histoguard.mil._metrics import format_table, metrics_report
@@ -533,7 +533,7 @@ def train(
                 )  # fmt: skip
                 if harmonizer is not None:
                     model = HarmonizedModel(model, harmonizer).eval()
-                fold_dir = out / (f"fold_{i}" if j == 0 else f"fold_{i}-seed{j}")
+                fold_dir = out / fold_dir_name(i, j)
                 save_model(model, fold_dir, labels=cohort.labels, provenance=provenance)
                 fitter.fit_and_save(model, fold_dir, split=split)
                 fold_dirs.append(fold_dir)

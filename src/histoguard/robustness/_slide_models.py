@@ -12,7 +12,6 @@ would. Without ``splits.json`` nothing can be proven: the audit then says so.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,8 @@ from typing import Any
 
 from histoguard.errors import AuditDataError, CohortError, ModelMismatchError
 from histoguard.mil import MILModel
-from histoguard.mil._ensemble import ENSEMBLE_RULE, FoldEnsemble, load_models
+from histoguard.mil._ensemble import ENSEMBLE_RULE, FoldEnsemble, load_models, split_index
 from histoguard.mil._splits import read_splits_file
-
-_FOLD_DIR = re.compile(r"^fold_(\d+)(?:-seed\d+)?$")
 
 #: How the audit chooses the model for each slide, as ``audit.json`` records it.
 HELD_OUT_RULE = (
@@ -162,9 +159,9 @@ def _seen_slides(splits_file: Path, folders: Sequence[Path]) -> tuple[frozenset[
         raise AuditDataError(f"{error} (needed to know which slides each model saw)") from None
     seen = []
     for folder in folders:
-        match = _FOLD_DIR.match(folder.name)
-        if match is None or int(match.group(1)) >= len(splits):
+        index = split_index(folder)
+        if index is None or index >= len(splits):
             return None
-        split = splits[int(match.group(1))]
+        split = splits[index]
         seen.append(frozenset((*split.train, *split.val, *split.calibration)))
     return tuple(seen)
