@@ -263,7 +263,10 @@ def predict(
             typer.echo(f"  warning: {warning}", err=True)
         n_files = sum(len(paths) for paths in drawn.paths.values())
         typer.echo(f"heatmaps: {n_files} files for {len(drawn.paths)} slides in {out}")
-    failed = json.loads((out / "predictions.json").read_text())["failed"]
+    from histoguard.mil._prediction import PREDICTIONS_JSON
+
+    # predict lists the slides it could not read in its JSON; the CLI reports them from there.
+    failed = json.loads((out / PREDICTIONS_JSON).read_text())["failed"]
     for entry in failed:
         typer.echo(f"histoguard predict: error: {entry['reason']}", err=True)
     if failed:

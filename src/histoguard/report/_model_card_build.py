@@ -175,12 +175,13 @@ def _feature_records(cohort: Cohort, features: Path) -> list[FeatureFileRecord]:
     """Each slide's feature file: its SHA-256 and what it (or its tile file) records."""
     import h5py
 
-    from histoguard.core._weights import sha256_file
+    from histoguard.core._hdf5 import plain
+    from histoguard.core._weights import file_sha256
 
     def attrs_of(path: Path) -> dict[str, Any]:
         try:
             with h5py.File(path, "r") as h5:
-                return {k: (v.item() if hasattr(v, "item") else v) for k, v in h5.attrs.items()}
+                return {k: plain(v) for k, v in h5.attrs.items()}
         except OSError:
             return {}
 
@@ -197,7 +198,7 @@ def _feature_records(cohort: Cohort, features: Path) -> list[FeatureFileRecord]:
             FeatureFileRecord(
                 slide_id=row.slide_id,
                 center=row.center or "",
-                file_sha256=sha256_file(path) if path.is_file() else None,
+                file_sha256=file_sha256(path) if path.is_file() else None,
                 content_sha256=str(attrs["content_sha256"]) if "content_sha256" in attrs else None,
                 slide_sha256=str(slide_sha) if slide_sha else None,
                 slide_path=str(attrs["slide_path"]) if attrs.get("slide_path") else None,
@@ -209,7 +210,7 @@ def _feature_records(cohort: Cohort, features: Path) -> list[FeatureFileRecord]:
 
 
 def _provenance(run_dir: Path, config: Mapping[str, Any], cohort: Cohort) -> Provenance:
-    from histoguard.core._weights import sha256_file
+    from histoguard.core._weights import file_sha256
 
     model = read_json(run_dir / "fold_0" / "model.json") if (run_dir / "fold_0").is_dir() else {}
     recorded = model.get("provenance") or {}
@@ -217,7 +218,7 @@ def _provenance(run_dir: Path, config: Mapping[str, Any], cohort: Cohort) -> Pro
     records = _feature_records(cohort, Path(config["features"]))
     return Provenance(
         cohort_table=str(table),
-        cohort_sha256=sha256_file(table) if table.is_file() else None,
+        cohort_sha256=file_sha256(table) if table.is_file() else None,
         n_slides=len(cohort.rows),
         n_patients=len({r.patient_id for r in cohort.rows}),
         slides_per_center=dict(sorted(Counter(r.center or "" for r in cohort.rows).items())),
