@@ -40,3 +40,16 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
     alive.write_bytes(b"")
     assert remove_stale_temporaries(tmp_path) == 1
     assert not dead.exists() and alive.exists()
+
+
+def test_stale_cleanup_for_one_slide_leaves_a_longer_named_slide_alone(tmp_path: Path) -> None:
+    # Cleaning slide S1 must not delete S10's temporaries (the old prefix glob did).
+    s1 = tmp_path / ".S1.h5.tmp-999999999-abcd1234"
+    s10 = tmp_path / ".S10.h5.tmp-999999999-abcd1234"
+    s1.write_bytes(b"")
+    s10.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path, prefix="S1") == 1
+    assert not s1.exists()
+    assert s10.exists()
+    assert remove_stale_temporaries(tmp_path, names={"other.h5"}) == 0
+    assert s10.exists()

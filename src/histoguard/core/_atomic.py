@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +98,31 @@ def write_json_atomic(
     write_bytes_atomic(final, (json.dumps(value, indent=2, default=default) + "\n").encode())
 
 
-def remove_stale_temporaries(directory: Path, prefix: str = "") -> int:
+def remove_stale_temporaries(
+    directory: Path, prefix: str = "", *, names: Collection[str] | None = None
+) -> int:
     """Delete temporaries left in ``directory`` by processes that no longer run.
+
+    The temporary of ``FINAL`` is ``.FINAL.tmp-PID-HEX``; the final name is parsed back out of
+    it, never matched by a glob prefix (so cleaning slide ``S1`` leaves ``S10``'s alone).
 
     Args:
         directory: output folder to clean.
-        prefix: only consider temporaries of files whose name starts with this.
+        prefix: only consider temporaries whose final name is exactly ``prefix`` or starts
+            with ``prefix + "."`` (a slide stem followed by its output suffix).
+        names: if given, only consider temporaries of exactly these final file names.
 
     Returns:
         The number of files removed.
     """
     removed = 0
-    for tmp in directory.glob(f".{prefix}*{_TMP_MARK}*"):
-        pid_text = tmp.name.rsplit(_TMP_MARK, 1)[1].split("-", 1)[0]
+    for tmp in directory.glob(f".*{_TMP_MARK}*"):
+        final_name, _, owner = tmp.name[1:].rpartition(_TMP_MARK)
+        if names is not None and final_name not in names:
+            continue
+        if prefix and not (final_name == prefix or final_name.startswith(prefix + ".")):
+            continue
+        pid_text = owner.split("-", 1)[0]
         pid = int(pid_text) if pid_text.isdigit() else None
         if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
             continue  # another live writer (or this one) owns it
