@@ -254,3 +254,20 @@ def test_fingerprint_ignores_row_order_but_not_content() -> None:
     assert Cohort.from_rows([b, a]).fingerprint() == first
     moved = CohortRow(slide_id="s2", label="b", patient_id="p1")
     assert Cohort.from_rows([a, moved]).fingerprint() != first
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "/abs", "c:x", "a\\b"])
+def test_slide_id_that_is_not_a_file_name_never_reads_outside(tmp_path: Path, bad: str) -> None:
+    features = tmp_path / "features"
+    features.mkdir()
+    (tmp_path / "x.h5").write_bytes(b"x")
+    (features / "s2.h5").write_bytes(b"x")
+    table = write_csv(tmp_path / "c.csv", f'slide_id,label\n"{bad}",a\ns2,b')
+    with pytest.raises(CohortError, match=r"row 2: slide_id .* is not a plain file name"):
+        load_cohort(table, features_dir=features)
+
+
+def test_label_nan_is_a_missing_value_not_a_class(tmp_path: Path) -> None:
+    table = write_csv(tmp_path / "c.csv", "slide_id,label\ns1,a\ns2,b\ns3,nan")
+    with pytest.raises(CohortError, match=r"row 4 \(slide 's3'\): label 'nan' marks a missing"):
+        load_cohort(table)

@@ -37,6 +37,33 @@ def read_delimited(
     return lines[0][1], [(i, cells) for i, cells in lines[1:] if any(cells)]
 
 
+#: Cell values spreadsheets and pandas write for "no value"; never a class name.
+MISSING_MARKERS = frozenset({"nan", "na", "n/a", "null", "none", "<na>"})
+
+
+def slide_id_problem(slide_id: str) -> str | None:
+    """Why ``slide_id`` cannot become a file name, or None when it can.
+
+    Tables name files by slide id (``<folder>/<slide_id>.h5``); an id with a path separator,
+    ``..``, a drive or an absolute path would read or write outside the given folder.
+    """
+    if not slide_id:
+        return "empty slide_id"
+    if (
+        "/" in slide_id
+        or "\\" in slide_id
+        or ":" in slide_id
+        or "\x00" in slide_id
+        or slide_id in (".", "..")
+        or slide_id.startswith("..")
+    ):
+        return (
+            f"slide_id {slide_id!r} is not a plain file name (no '/', '\\', ':', '..'); "
+            "rename the slide"
+        )
+    return None
+
+
 def read_slide_centers(path: Path) -> dict[str, str]:
     """``slide_id -> center`` from a table with ``slide_id`` and ``center`` columns (a cohort
     table will do); rows with an empty center are left out.

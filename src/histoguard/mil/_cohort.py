@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from histoguard.core._tables import read_delimited
+from histoguard.core._tables import MISSING_MARKERS, read_delimited, slide_id_problem
 from histoguard.errors import CohortError
 
 #: Values the ``split`` column may hold.
@@ -218,7 +218,10 @@ def load_cohort(
         raw_patient = cell.get("patient_id", slide_id) if "patient_id" in header else slide_id
         raw_path = cell.get("path", "")
         path: Path | None = None
-        if features_dir is not None and slide_id:
+        bad_id = slide_id_problem(slide_id) if slide_id else None
+        if bad_id is not None:
+            problems.append(f"{name}: {bad_id}")
+        elif features_dir is not None and slide_id:
             path = features_dir / f"{slide_id}.h5"
         elif raw_path:
             path = Path(raw_path) if Path(raw_path).is_absolute() else table.parent / raw_path
@@ -266,6 +269,8 @@ def _row_problems(
             first_row[row.slide_id] = name
         if not row.label:
             problems.append(f"{where}: empty label")
+        elif row.label.lower() in MISSING_MARKERS:
+            problems.append(f"{where}: label {row.label!r} marks a missing value, not a class")
         elif allowed is not None and row.label not in allowed:
             problems.append(f"{where}: label {row.label!r} is not one of {list(allowed)}")
         if not row.patient_id:
