@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from histoguard.core._batch import BatchReport
 
 from histoguard._version import __version__
+from histoguard.cli._bounds import finite, writable_out_dir
 from histoguard.errors import ConfigError, HistoguardError, UnknownNameError
 
 #: Exit codes of ``histoguard``.
@@ -136,12 +137,27 @@ MppOverride = Annotated[
         help="Micrometres per level-0 pixel, for slides whose metadata lacks it "
         "(typically 0.25 at 40x, 0.5 at 20x).",
         min=0.0,
+        max=1000.0,
+        callback=finite,
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-TargetMpp = Annotated[float, typer.Option(help="Target resolution of the tiles, µm/px.", min=0.0)]
-TileSize = Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=1)]
+OutDir = Annotated[
+    Path,
+    typer.Option(
+        "--out", "-o", help="Output folder (must be writable).", callback=writable_out_dir
+    ),
+]
+TargetMpp = Annotated[
+    float,
+    typer.Option(
+        help="Target resolution of the tiles, µm/px.",
+        min=0.0,
+        max=1000.0,
+        callback=finite,
+    ),
+]
+TileSize = Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=8, max=8192)]
 MinTissue = Annotated[
     float, typer.Option(help="Keep tiles whose tissue coverage is at least this.", min=0, max=1)
 ]

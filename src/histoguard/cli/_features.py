@@ -90,13 +90,18 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of the augmented views.", min=0)] = 0,
     batch_size: Annotated[int, typer.Option(help="Tiles per encoder call.", min=1)] = 64,
     readers: Annotated[
-        int, typer.Option(help="Reader processes per slide (0: read in the main process).", min=0)
+        int,
+        typer.Option(
+            help="Reader processes per slide (0: read in the main process).", min=0, max=64
+        ),
     ] = 2,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, ...")] = "cpu",
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Run on a local Dask cluster of N worker processes (one slide per task)."
+            help="Run on a local Dask cluster of N worker processes (one slide per task).",
+            min=1,
+            max=256,
         ),
     ] = None,
     scheduler: Annotated[
@@ -116,8 +121,11 @@ def extract(
     any slide failed or the inputs hold no slide. A folder whose sub-folders hold tile images
     is one slide per sub-folder, named after it.
     """
+    from histoguard.core._device import check_device
     from histoguard.features import ExtractionConfig, extract_features
     from histoguard.slide import TilingConfig
+
+    check_device(device)  # before any slide is tiled: cuda on a CPU-only torch is refused here
 
     config = ExtractionConfig(
         encoder=encoder,

@@ -14,6 +14,7 @@ from histoguard.cli._app import (
     RegistryHelpCommand,
     app,
 )
+from histoguard.cli._bounds import finite
 
 
 @app.command(cls=RegistryHelpCommand)
@@ -44,10 +45,13 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs per split.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="AdamW learning rate.", min=0, max=10, callback=finite),
+    ] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
     max_instances: Annotated[
-        int | None, typer.Option(help="Subsample bags to at most this many tiles per step.")
+        int | None, typer.Option(help="Subsample bags to at most this many tiles per step.", min=1)
     ] = None,
     class_balanced: Annotated[
         bool | None,
@@ -58,7 +62,9 @@ def train(
     threshold: Annotated[
         float | None, typer.Option(help="Decision threshold for sensitivity/specificity.")
     ] = None,
-    n_boot: Annotated[int | None, typer.Option(help="Bootstrap resamples for CIs.")] = None,
+    n_boot: Annotated[
+        int | None, typer.Option(help="Bootstrap resamples for CIs.", min=1, max=100000)
+    ] = None,
     seeds: Annotated[
         int | None, typer.Option(help="Models per split with seeds seed, seed+1, ... (ensemble).")
     ] = None,

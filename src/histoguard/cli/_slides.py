@@ -38,9 +38,12 @@ def tile(
     edge: EdgeMode = "pad",
     mpp_override: MppOverride = None,
     backend: Backend = None,
-    threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="Decoding threads per slide.", min=1, max=64)] = 2,
     thumbnail_size: Annotated[
-        int, typer.Option(help="Longest side (px) of the tissue-detection thumbnail.", min=64)
+        int,
+        typer.Option(
+            help="Longest side (px) of the tissue-detection thumbnail.", min=64, max=16384
+        ),
     ] = 2048,
     quiet: Quiet = False,
 ) -> None:

@@ -1,0 +1,86 @@
+"""Bad command-line arguments end in a message and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from histoguard.cli import app
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        (["--mpp", "inf"], "1000"),
+        (["--mpp", "nan"], "1000"),
+        (["--mpp", "1e300"], "1000"),
+        (["--mpp-override", "inf"], "1000"),
+        (["--tile-size", "1"], "8"),
+        (["--tile-size", "100000"], "8192"),
+        (["--tile-size", "2147483648"], "8192"),
+        (["--threads", "1000"], "64"),
+        (["--thumbnail-size", "1000000"], "16384"),
+    ],
+)
+def test_tile_numeric_bounds(tmp_path: Path, options: list[str], fix: str) -> None:
+    code, output = _run(["tile", str(tmp_path), "--out", str(tmp_path / "o"), *options])
+    assert code == 2
+    assert "Traceback" not in output
+    assert fix in output
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        (["--workers", "-1"], "greater than or equal to 1"),
+        (["--workers", "0"], "greater than or equal to 1"),
+        (["--readers", "1000"], "64"),
+        (["--device", "bogus"], "use cpu"),
+    ],
+)
+def test_extract_arguments(tmp_path: Path, options: list[str], fix: str) -> None:
+    code, output = _run(
+        ["extract", str(tmp_path), "--encoder", "x", "--out", str(tmp_path / "o"), *options]
+    )
+    assert code != 0
+    assert "Traceback" not in output
+    assert fix in output
+
+
+def test_extract_cuda_on_cpu_torch_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is available")
+    code, output = _run(
+        ["extract", str(tmp_path), "--encoder", "x", "--out", str(tmp_path), "--device", "cuda"]
+    )
+    assert code == 2
+    assert "--device cpu" in output
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [(["--lr", "nan"], "10"), (["--max-instances", "0"], "1"), (["--n-boot", "0"], "1")],
+)
+def test_train_numeric_bounds(tmp_path: Path, options: list[str], fix: str) -> None:
+    code, output = _run(["train", *options])
+    assert code == 2
+    assert "Traceback" not in output
+    assert fix in output
+
+
+def test_out_that_is_a_file_or_below_one(tmp_path: Path) -> None:
+    afile = tmp_path / "f"
+    afile.write_text("x")
+    for out in (afile, afile / "sub"):
+        code, output = _run(["tile", str(tmp_path), "--out", str(out)])
+        assert code == 2
+        assert "Traceback" not in output
+        assert "choose" in output
