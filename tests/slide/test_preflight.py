@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 from functools import cache
 from pathlib import Path
@@ -330,3 +331,11 @@ def test_real_tcga_pyramid(wsi_dir: Path) -> None:
 
 def test_real_truncated_slide(wsi_dir: Path) -> None:
     _raises(CorruptSlideError, wsi_dir / "broken" / "truncated.svs")
+
+
+def test_named_pipe_fails_fast_instead_of_blocking(tmp_path: Path) -> None:
+    """Issue 16: a FIFO given as a slide blocked open() forever; now it is refused at once."""
+    fifo = tmp_path / "pipe.svs"
+    os.mkfifo(fifo)
+    with pytest.raises(SlideNotFoundError, match="named pipe"):
+        preflight(fifo)

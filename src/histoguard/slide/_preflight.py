@@ -11,6 +11,7 @@ largest read is one page's tile-offset table, which must fit inside the file.
 from __future__ import annotations
 
 import enum
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,13 @@ def preflight(
         index = p.with_suffix(".mrxs")
         fix = f"For MIRAX pass the index file {index}" if index.is_file() else "Check the path"
         raise SlideNotFoundError(p, "is a directory, not a slide file", fix)
+    try:  # a FIFO or device would block open() or read() forever: take regular files only
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise SlideNotFoundError(p, f"cannot be opened ({e.strerror})", "Check the path") from e
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise SlideNotFoundError(p, f"is {kind}, not a slide file", "Give a regular slide file")
     try:
         f = p.open("rb")
     except OSError as e:
