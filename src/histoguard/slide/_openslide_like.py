@@ -3,6 +3,7 @@ read plain tiled TIFF levels through :class:`~histoguard.slide._tiff_tiles.TiffT
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Collection, Mapping
@@ -19,14 +20,28 @@ _TILES_LOCK = threading.Lock()
 
 
 def positive_float(value: object) -> float | None:
-    """``value`` as a positive float, or None when absent, unparsable or not positive."""
+    """``value`` as a positive, finite float, or None when absent, unparsable, not positive or
+    not finite (``inf``, ``nan``: metadata, not a measurement)."""
     if value is None or value == "":
         return None
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return number if number > 0 else None
+    return number if number > 0 and math.isfinite(number) else None
+
+
+#: Plausible scanning objective magnifications; outside this range (``0``, ``-1``, ``1e9``) the
+#: metadata's value is treated as unknown, as a missing one is.
+PLAUSIBLE_MAGNIFICATION_RANGE: tuple[float, float] = (1.0, 200.0)
+
+
+def plausible_magnification(value: object) -> float | None:
+    """``value`` as an objective magnification inside :data:`PLAUSIBLE_MAGNIFICATION_RANGE`,
+    or None when absent, unparsable or implausible."""
+    number = positive_float(value)
+    low, high = PLAUSIBLE_MAGNIFICATION_RANGE
+    return number if number is not None and low <= number <= high else None
 
 
 class OpenSlideLikeReader(SlideReader):
@@ -156,7 +171,7 @@ class OpenSlideLikeReader(SlideReader):
 
     @property
     def objective_power(self) -> float | None:
-        return positive_float(self._standard("objective-power"))
+        return plausible_magnification(self._standard("objective-power"))
 
     @property
     def vendor(self) -> str | None:

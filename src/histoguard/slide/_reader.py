@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from histoguard.core._image import composite_on_white
-from histoguard.errors import MissingMppError, RegionReadError, SlideError
+from histoguard.errors import CorruptSlideError, MissingMppError, RegionReadError, SlideError
 
 #: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
 #: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.
@@ -74,6 +74,11 @@ class SlideReader(ABC):
         self._is_open = False
         self._open()
         self._is_open = True
+        try:
+            self._check_geometry()
+        except SlideError:
+            self.close()
+            raise
 
     # --- what a back-end provides -------------------------------------------------------------
 
@@ -127,6 +132,39 @@ class SlideReader(ABC):
     @abstractmethod
     def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
         """Read a region; arguments already validated. Returns ``(height, width, 3)`` uint8."""
+
+    def _check_geometry(self) -> None:
+        """Refuse a pyramid no real slide has: an empty level, a level-0 downsample other than
+        1, or downsamples that are not finite or shrink from one level to the next.
+
+        Raises:
+            CorruptSlideError: naming the file, the level and the implausible value.
+        """
+        dimensions, downsamples = self.level_dimensions, self.level_downsamples
+        fix = "Re-copy or re-export the slide from its source"
+        if not dimensions or len(dimensions) != len(downsamples):
+            raise CorruptSlideError(
+                self.path,
+                f"the pyramid lists {len(dimensions)} level sizes but "
+                f"{len(downsamples)} downsamples",
+                fix,
+            )
+        previous = 1.0
+        for level, ((width, height), ds) in enumerate(zip(dimensions, downsamples, strict=True)):
+            if width <= 0 or height <= 0:
+                raise CorruptSlideError(
+                    self.path, f"level {level} declares {width} x {height} pixels", fix
+                )
+            wrong_base = level == 0 and not math.isclose(ds, 1.0, rel_tol=1e-3)
+            # 1% slack: vendors round level sizes, so consecutive downsamples may tie or wobble.
+            if not math.isfinite(ds) or wrong_base or ds < previous * 0.99:
+                raise CorruptSlideError(
+                    self.path,
+                    f"level {level} declares a downsample of {ds!r} (after {previous!r}); "
+                    "a pyramid starts at 1 and grows",
+                    fix,
+                )
+            previous = ds
 
     # --- the contract every caller uses -------------------------------------------------------
 
