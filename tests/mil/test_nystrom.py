@@ -91,8 +91,11 @@ def test_a_transmil_saved_before_the_option_loads_and_predicts_the_same() -> Non
     x = torch.randn(1, 20, 8, generator=torch.Generator().manual_seed(1))
     probs, attention = model.predict(x, torch.ones(1, 20, dtype=torch.bool))
     assert labels == ["a", "b"]
-    assert probs[0].tolist() == expected["probabilities"]
-    assert attention is not None and attention[0].tolist() == expected["attention"]
+    # Float32 kernels differ in the last bits across CPUs (vector width, BLAS path): compare
+    # to 1e-6, far below any change a different architecture or a lost weight would make.
+    torch.testing.assert_close(probs[0], torch.tensor(expected["probabilities"]), rtol=0, atol=1e-6)
+    assert attention is not None
+    torch.testing.assert_close(attention[0], torch.tensor(expected["attention"]), rtol=0, atol=1e-6)
     assert model.config() == json.loads((OLD_SAVE / "model.json").read_text())["model"]
 
 
