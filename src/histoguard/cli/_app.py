@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from histoguard.core._batch import BatchReport
 
 from histoguard._version import __version__
-from histoguard.cli._bounds import finite, writable_out_dir
+from histoguard.cli._bounds import writable_out_dir
 from histoguard.errors import ConfigError, HistoguardError, UnknownNameError
 
 #: Exit codes of ``histoguard``.
@@ -138,7 +138,6 @@ MppOverride = Annotated[
         "(typically 0.25 at 40x, 0.5 at 20x).",
         min=0.0,
         max=1000.0,
-        callback=finite,
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -154,7 +153,6 @@ TargetMpp = Annotated[
         help="Target resolution of the tiles, µm/px.",
         min=0.0,
         max=1000.0,
-        callback=finite,
     ),
 ]
 TileSize = Annotated[int, typer.Option(help="Tile side in pixels at --mpp.", min=8, max=8192)]

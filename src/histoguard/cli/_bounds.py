@@ -1,20 +1,13 @@
-"""Checks of command-line values made before any work starts: finite numbers and writable
-output folders. Each raises ``typer.BadParameter`` (exit 2, no traceback) naming the fix."""
+"""Checks of command-line values made before any work starts: writable output folders
+(numeric bounds, NaN and inf included, are click ranges on the options).
+Each raises ``typer.BadParameter`` (exit 2, no traceback) naming the fix."""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import typer
-
-
-def finite(value: float | None) -> float | None:
-    """``value`` unless it is NaN or infinite (click's FloatRange lets both through)."""
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number; give a finite value")
-    return value
 
 
 def writable_out_dir(value: Path | None) -> Path | None:

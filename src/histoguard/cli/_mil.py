@@ -14,7 +14,6 @@ from histoguard.cli._app import (
     RegistryHelpCommand,
     app,
 )
-from histoguard.cli._bounds import finite
 
 
 @app.command(cls=RegistryHelpCommand)
@@ -47,7 +46,7 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="AdamW learning rate.", min=0, max=10, callback=finite),
+        typer.Option(help="AdamW learning rate.", min=0, max=10),
     ] = None,
     weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
     max_instances: Annotated[

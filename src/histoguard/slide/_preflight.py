@@ -81,7 +81,7 @@ _SUPPORTED = (
     "TIFF/BigTIFF (.svs .tif .tiff .ndpi .scn .bif .qptiff .ome.tif), DICOM (.dcm), "
     "MIRAX (.mrxs), Hamamatsu VMS (.vms .vmu), Sakura (.svslide), PNG and JPEG"
 )
-_RECOPY = "Re-copy or re-export the slide from its source"
+RECOPY = "Re-copy or re-export the slide from its source"
 _TEXT_BYTES = frozenset(range(32, 127)) | {9, 10, 13}
 _MAX_TAGS = 65535  # the most a classic TIFF IFD can hold; caps hostile BigTIFF entry counts
 # Integer TIFF value types: SHORT, LONG, IFD, LONG8, IFD8.
@@ -129,7 +129,7 @@ def preflight(
     with f:
         size = p.stat().st_size
         if size == 0:
-            raise CorruptSlideError(p, "file is empty (0 bytes)", _RECOPY)
+            raise CorruptSlideError(p, "file is empty (0 bytes)", RECOPY)
         suffix = p.suffix.lower()
         if suffix == ".mrxs":
             return PreflightResult(path=p, kind=FileKind.MIRAX, size_bytes=size)
@@ -164,12 +164,12 @@ def _sniff(path: Path, head: bytes, suffix: str) -> FileKind:
         raise CorruptSlideError(path, problem + "; it is a Git LFS pointer", "Run `git lfs pull`")
     if all(b in _TEXT_BYTES for b in head):
         problem += "; it looks like text, not image data"
-    raise CorruptSlideError(path, problem, _RECOPY)
+    raise CorruptSlideError(path, problem, RECOPY)
 
 
 def _check_pixels(path: Path, what: str, width: int, height: int, max_pixels: int) -> None:
     if width == 0 or height == 0:
-        raise CorruptSlideError(path, f"{what} declares no image size (a side is 0)", _RECOPY)
+        raise CorruptSlideError(path, f"{what} declares no image size (a side is 0)", RECOPY)
     if width * height > max_pixels:
         raise SlideTooLargeError(
             path,
@@ -187,7 +187,7 @@ class _TiffWalker:
         self.big = head[2:4] in (b"+\0", b"\0+")
 
     def _corrupt(self, problem: str) -> CorruptSlideError:
-        return CorruptSlideError(self.path, problem, _RECOPY)
+        return CorruptSlideError(self.path, problem, RECOPY)
 
     def _read(self, offset: int, n: int, what: str) -> bytes:
         # Check against the file size first so a hostile offset or count never drives a big read.

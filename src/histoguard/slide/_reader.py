@@ -19,6 +19,7 @@ from PIL import Image
 
 from histoguard.core._image import composite_on_white
 from histoguard.errors import CorruptSlideError, MissingMppError, RegionReadError, SlideError
+from histoguard.slide._preflight import RECOPY
 
 #: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
 #: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.
@@ -141,7 +142,7 @@ class SlideReader(ABC):
             CorruptSlideError: naming the file, the level and the implausible value.
         """
         dimensions, downsamples = self.level_dimensions, self.level_downsamples
-        fix = "Re-copy or re-export the slide from its source"
+        fix = RECOPY
         if not dimensions or len(dimensions) != len(downsamples):
             raise CorruptSlideError(
                 self.path,
