@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -47,6 +48,10 @@ def test_extract_tiles_on_the_fly_and_records_provenance(known_slide: Path, tmp_
     assert attrs.get("vendor") == tiles.attrs.get("vendor")
     rerun = extract_features([known_slide], tmp_path, _config(readers=0), progress=False)
     assert [r.status for r in rerun.results] == ["skipped"]
+    # A resumed batch reports what the finished file holds, in the result and the summary.
+    assert rerun.results[0].n_tiles == 48
+    summary = pd.read_csv(tmp_path / "extraction_summary.csv")
+    assert summary["n_tiles"].tolist() == [48]
 
 
 def test_reader_processes_give_the_same_features(known_slide: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from histoguard.core._lazy import lazy_attributes
 from histoguard.features._feature_file import (
     FeatureFile,
     feature_file_done,
+    finished_feature_file,
     read_feature_file,
     write_feature_file,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "extract_features",
     "extract_slide",
     "feature_file_done",
+    "finished_feature_file",
     "read_feature_file",
     "write_feature_file",
 ]

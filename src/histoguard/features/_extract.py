@@ -29,7 +29,7 @@ from histoguard.core._batch import ProgressCallback, SlideResult
 from histoguard.core._device import check_device
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
 from histoguard.errors import ConfigError, OutputError
-from histoguard.features._feature_file import feature_file_done, write_feature_file
+from histoguard.features._feature_file import finished_feature_file, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
 from histoguard.slide._tile_folder import TileFolder
 from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
@@ -392,8 +392,15 @@ def extract_slide(
     weights_sha = _weights_digest(config.weights)
     key = config.result_key(weights_sha)
     expect = {"config_json": key, "slide_path": str(slide.resolve())}
-    if feature_file_done(out_path, expect=expect):
-        return SlideResult(slide=slide, status="skipped", output=out_path)
+    existing = finished_feature_file(out_path, expect=expect)
+    if existing is not None:
+        # A resumed batch reports what the finished file holds, not an empty row.
+        first_error = str(existing.attrs.get("first_read_error", ""))
+        return SlideResult(
+            slide=slide, status="skipped", output=out_path, n_tiles=len(existing.features),
+            n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
+            flagged=bool(first_error), message=first_error,
+        )  # fmt: skip
     encoder = encoder or load_encoder(
         config.encoder,
         weights=config.weights,

@@ -292,10 +292,11 @@ def read_feature_file(path: Path, *, views: bool = False) -> FeatureFile:
     )
 
 
-def feature_file_done(path: Path, *, expect: Mapping[str, Any]) -> bool:
-    """Whether ``path`` is a finished histoguard feature file made with the expected settings.
+def finished_feature_file(path: Path, *, expect: Mapping[str, Any]) -> FeatureFile | None:
+    """The feature file at ``path`` if it is finished histoguard output made with ``expect``.
 
-    Used to resume: a run skips a slide whose output passes this check.
+    Used to resume: a run skips a slide whose output passes this check, and reports what the
+    file holds (its tile count, unreadable tiles and first read error).
 
     Args:
         path: the feature file.
@@ -303,18 +304,26 @@ def feature_file_done(path: Path, *, expect: Mapping[str, Any]) -> bool:
             attribute must be absent (the writer leaves None out).
 
     Returns:
-        True iff the file exists, is a histoguard feature file whose checksum verifies, and
-        every ``expect`` item matches; False otherwise (never raises for a damaged file).
+        The file's content iff it exists, is a histoguard feature file whose checksum verifies,
+        and every ``expect`` item matches; None otherwise (never raises for a damaged file).
     """
     if not path.is_file():
-        return False
+        return None
     try:
         existing = read_feature_file(path)
     except OutputError:
-        return False
+        return None
     if existing.source_format != "histoguard":
-        return False
-    return all(_same(existing.attrs.get(key), value) for key, value in expect.items())
+        return None
+    if not all(_same(existing.attrs.get(key), value) for key, value in expect.items()):
+        return None
+    return existing
+
+
+def feature_file_done(path: Path, *, expect: Mapping[str, Any]) -> bool:
+    """Whether ``path`` is a finished histoguard feature file made with the expected settings
+    (:func:`finished_feature_file` is not None)."""
+    return finished_feature_file(path, expect=expect) is not None
 
 
 def _verified(
