@@ -342,26 +342,36 @@ def find_slides(inputs: Iterable[str | Path], *, tile_folders: bool = False) -> 
             one slide (the usual layout of pre-cut tiles: one folder per slide, named for it).
 
     Returns:
-        The slides, in input order. Paths that do not exist are kept so the batch reports them
-        as failed; an empty list means the inputs hold no slide (see :func:`require_slides`).
+        The slides, in input order, each once (a file given twice, or reached through two
+        inputs, is kept at its first place). Paths that do not exist, and folders named like a
+        slide file (``x.svs/``), are kept so the batch reports them as failed; an empty list
+        means the inputs hold no slide (see :func:`require_slides`).
     """
     slides: list[Path] = []
     for item in map(Path, inputs):
         if tile_folders and is_tile_folder(item):
             slides.append(item)
-        elif item.is_dir() and item.suffix.lower() != ".mrxs":
-            slides.extend(
-                sorted(
-                    p
-                    for p in item.iterdir()
-                    if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-                )
-            )
+        elif item.is_dir() and item.suffix.lower() not in SLIDE_EXTENSIONS:
+            slides.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS))
             if tile_folders:
                 slides.extend(tile_folders_in(item))
         else:
             slides.append(item)
-    return slides
+    return _unique(slides)
+
+
+def _unique(slides: list[Path]) -> list[Path]:
+    """``slides`` without repeats of one file (compared by resolved path), first place kept."""
+    seen: set[Path] = set()
+    unique = []
+    for slide in slides:
+        key = slide.resolve()
+        if key in seen:
+            logger.warning("%s: given more than once; processed once", slide)
+            continue
+        seen.add(key)
+        unique.append(slide)
+    return unique
 
 
 def require_slides(
