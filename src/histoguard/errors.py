@@ -22,6 +22,7 @@
     │   └── ImageTooLargeError      more pixels than the explicit limit
     ├── CohortError                 a cohort table, or a split drawn from it, is unusable
     ├── ModelMismatchError          features do not fit a trained model (encoder, scale, size)
+    ├── ModelFileError              a saved model folder is missing, malformed or not finite
     ├── RequestError                a request to the slide server asks for what does not exist
     │                               or is not allowed; `.status` is its HTTP status (4xx)
     ├── ConfigError (ValueError)    a configuration value or file is invalid
@@ -197,6 +198,11 @@ class ModelMismatchError(HistoguardError):
     """Features do not fit a trained model: another encoder, weights, scale or tile size."""
 
 
+class ModelFileError(HistoguardError):
+    """A saved MIL model folder is missing a file, or its ``model.json`` or weights are
+    malformed, out of bounds, inconsistent with each other or not finite."""
+
+
 class RequestError(HistoguardError):
     """A request to ``histoguard serve`` names a slide, layer, tile or file that does not exist
     or lies outside the served folders.
@@ -330,6 +336,7 @@ __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "MissingMppError",
+    "ModelFileError",
     "ModelMismatchError",
     "NoSlidesError",
     "NotNative",

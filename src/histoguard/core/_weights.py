@@ -122,7 +122,7 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
     raise WeightsError(f"{path}: not a recognised weights file (expected safetensors)")
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:
     """Validate a safetensors file's header against its size, without loading any tensor.
 
     Checks: the 8-byte little-endian header length N is > 1, fits in the file and is below
@@ -130,6 +130,9 @@ def check_safetensors(path: Path) -> None:
     every tensor has a known dtype, a shape of non-negative integers, and ``data_offsets``
     ``[begin, end]`` with ``end - begin`` equal to its byte size; the tensors tile the data
     section exactly (no gaps, no overlaps, nothing after the last one).
+
+    Returns:
+        Each tensor's shape, by name, as the header declares it (read before any allocation).
 
     Raises:
         WeightsError: naming the file and the first inconsistency found.
@@ -155,6 +158,7 @@ def check_safetensors(path: Path) -> None:
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: safetensors header is not a JSON object")
     _check_entries(path, header, data_size=size - 8 - header_len)
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
 
 def _starts_like_safetensors(path: Path, head: bytes) -> bool:

@@ -3,7 +3,6 @@ rebuilds it (no pickles) and records the training features' provenance."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from histoguard._version import __version__
 from histoguard.core._atomic import atomic_output, write_json_atomic
 from histoguard.mil._base import MILModel
 from histoguard.mil._harmonized import HarmonizedModel, save_harmonized, with_saved_harmonizer
+from histoguard.mil._model_file import check_against_weights, check_finite, read_description
 from histoguard.mil._registry import build_model
 
 
@@ -65,13 +65,23 @@ def load_model(directory: str | Path) -> tuple[MILModel, list[str]]:
     Checkpoints saved before provenance was recorded load the same way. A folder with a
     ``harmonizer/`` gives a :class:`~histoguard.mil._harmonized.HarmonizedModel`.
 
+    Nothing is allocated from ``model.json`` before it is bounded and matched against the
+    weights file's header (see :mod:`~histoguard.mil._model_file`).
+
     Returns:
         ``(model in eval mode, class names)``.
+
+    Raises:
+        ModelFileError: a file is missing, malformed, out of bounds, inconsistent with the
+            other, or holds non-finite weights (naming the file and the fix).
     """
     from histoguard.core._weights import load_state_dict
 
     directory = Path(directory)
-    description = json.loads((directory / "model.json").read_text())
+    description = read_description(directory)
+    check_against_weights(directory, description["model"])
     model = build_model(**description["model"])
-    model.load_state_dict(load_state_dict(directory / "model.safetensors"), strict=True)
+    state = load_state_dict(directory / "model.safetensors")
+    check_finite(directory / "model.safetensors", state)
+    model.load_state_dict(state, strict=True)
     return with_saved_harmonizer(model, directory).eval(), list(description["labels"])
