@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +121,20 @@ def load_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, torc
             )
         return _load_pickled(path)
     raise WeightsError(f"{path}: not a recognised weights file (expected safetensors)")
+
+
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor of ``state`` holding NaN or infinity, else None.
+
+    A network with such a weight outputs NaN for every input, which downstream code would then
+    read as a class; loaders refuse it.
+    """
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def check_safetensors(path: Path) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,8 @@ cards of Phikon and Phikon-v2 prescribe; the pooler, where a model has one, is n
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,13 @@ from histoguard.errors import EncoderError, UnsafeWeightsError, WeightsError
 
 #: Input side used when neither the processor nor the model config states one.
 DEFAULT_INPUT_SIZE = 224
+
+#: Layers a config may declare when the weights' names carry no layer numbers.
+_MAX_LAYERS_UNNAMED = 256
+#: Parameters a config may describe beyond those its weights hold, before any allocation.
+_SPARE_PARAMETERS = 16 * 1024 * 1024
+#: A numbered layer in a parameter name: ``encoder.layer.11.attention...``, ``layers.3.mlp...``.
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 #: Parameters a checkpoint may lack without harm: the CLS embedding never goes through them.
 _UNUSED_PREFIXES = ("pooler.",)
@@ -117,7 +126,8 @@ def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) ->
         EncoderError: ``transformers`` is not installed or cannot build the model.
     """
     directory = Path(directory)
-    use_safetensors = _check_weight_files(directory, allow_pickle=allow_pickle)
+    shapes = _check_weight_files(directory, allow_pickle=allow_pickle)
+    use_safetensors = shapes is not None
     try:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -125,6 +135,8 @@ def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) ->
         raise EncoderError(
             f"encoder {info.name!r} needs transformers: pip install histoguard[transformers]"
         ) from exc
+    if shapes is not None:
+        _check_config_size(directory, shapes)
     verbosity = hf_logging.get_verbosity()
     # transformers prints its own loading report; _check_loading below judges it instead.
     hf_logging.set_verbosity_error()
@@ -152,19 +164,23 @@ def load_hf_module(directory: Path, info: EncoderInfo, *, allow_pickle: bool) ->
     return HFClsEncoder(model.eval(), info)
 
 
-def _check_weight_files(directory: Path, *, allow_pickle: bool) -> bool:
+def _check_weight_files(
+    directory: Path, *, allow_pickle: bool
+) -> dict[str, tuple[int, ...]] | None:
     # Decide the weight format before transformers does, so a pickle-only directory is refused
-    # with histoguard's message and every safetensors header is validated first.
+    # with histoguard's message and every safetensors header is validated first. Returns the
+    # tensor shapes of all safetensors files, or None for pickled weights.
     if not (directory / "config.json").is_file():
         raise WeightsError(
             f"{directory}: not a saved-model directory (expected config.json and "
             "model.safetensors, as written by save_pretrained)"
         )
     safetensors = sorted(directory.glob("*.safetensors"))
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in safetensors:
-        check_safetensors(file)
+        shapes.update(check_safetensors(file))
     if safetensors:
-        return True
+        return shapes
     pickles = sorted(p for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if not pickles:
         raise WeightsError(f"{directory}: no weights file (expected model.safetensors)")
@@ -174,7 +190,48 @@ def _check_weight_files(directory: Path, *, allow_pickle: bool) -> bool:
             "run arbitrary code. Re-save the model with save_pretrained(safe_serialization=True) "
             "or, if you trust its source, pass --allow-pickle (Python: allow_pickle=True)"
         )
-    return False
+    return None
+
+
+def _check_config_size(directory: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a config.json that describes a larger network than its weights hold, before
+    transformers builds (and allocates) it.
+
+    The layer count is checked against the numbered layers in the weights' names (building a
+    million layers takes hours even without memory); the model is then built on PyTorch's
+    ``meta`` device, which records shapes only, and its parameter count compared with the
+    weights'. Up to :data:`_SPARE_PARAMETERS` (a pooler, a resized position embedding) may lack
+    weights; anything missing is then caught exactly by ``_check_loading``.
+
+    Raises:
+        WeightsError: naming the config value or the parameter counts.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    config_path = directory / "config.json"
+    layers = _read_json(config_path, required=True).get("num_hidden_layers")
+    stored = [int(m.group(1)) + 1 for key in shapes if (m := _LAYER_INDEX.search(key))]
+    limit = max(stored, default=_MAX_LAYERS_UNNAMED)
+    if isinstance(layers, int) and not 0 <= layers <= limit:
+        raise WeightsError(
+            f"{config_path}: num_hidden_layers = {layers}, but the weights hold {limit} layers; "
+            "use the config.json saved with these weights"
+        )
+    try:
+        config = AutoConfig.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
+        with torch.device("meta"):
+            probe = AutoModel.from_config(config)
+    except Exception as exc:  # ValueError, KeyError, TypeError...: all "config does not build"
+        raise WeightsError(f"{config_path}: transformers cannot build this config ({exc})") from exc
+    described = sum(p.numel() for p in probe.parameters())
+    held = sum(math.prod(shape) for shape in shapes.values())
+    if described > held + _SPARE_PARAMETERS:
+        raise WeightsError(
+            f"{config_path}: describes a network of {described:,} parameters but the weights hold "
+            f"{held:,}; use the config.json saved with these weights"
+        )
 
 
 def _check_loading(directory: Path, loading: dict[str, Any]) -> None:

@@ -239,6 +239,7 @@ def load_encoder(
         ConfigError: a ``device`` torch cannot use on this machine.
     """
     from histoguard.core._device import check_device
+    from histoguard.core._weights import first_non_finite
     from histoguard.errors import WeightsError
 
     check_device(device)
@@ -251,6 +252,13 @@ def load_encoder(
     if path is not None and not path.exists():
         raise WeightsError(f"{path}: no such weights file or directory")
     module = info.factory(path, allow_pickle=allow_pickle)
+    state = module.state_dict() if hasattr(module, "state_dict") else {}
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise WeightsError(
+            f"{path or name}: weight {bad!r} holds NaN or infinite values, so every embedding "
+            "would be NaN; re-export the weights from their source"
+        )
     # Adapters learn the real metadata (embed_dim, input size, normalisation) from the file.
     info = getattr(module, "encoder_info", None) or info
     return Encoder(info, module, device=device)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from histoguard.core._weights import check_safetensors
+from histoguard.core._weights import check_safetensors, first_non_finite
 from histoguard.errors import ModelFileError, UnknownNameError, WeightsError
 from histoguard.mil._registry import build_model
 
@@ -136,9 +136,9 @@ def check_finite(weights: Path, state: dict[str, torch.Tensor]) -> None:
     Raises:
         ModelFileError: naming the file and the first non-finite tensor.
     """
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFileError(
-                f"{weights}: tensor {name!r} holds NaN or infinite values; a model with them "
-                f"predicts NaN; {_RETRAIN}"
-            )
+    name = first_non_finite(state)
+    if name is not None:
+        raise ModelFileError(
+            f"{weights}: tensor {name!r} holds NaN or infinite values; a model with them "
+            f"predicts NaN; {_RETRAIN}"
+        )
