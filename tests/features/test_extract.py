@@ -125,13 +125,22 @@ def test_stain_normalisation_changes_the_tiles_not_the_layout(
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_dask_local_cluster_with_two_workers(known_slide: Path, tmp_path: Path) -> None:
+def test_dask_local_cluster_with_two_workers(
+    known_slide: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     slides = []
     for i in range(3):
         slides.append(tmp_path / f"s{i}.tiff")
         shutil.copy(known_slide, slides[-1])
-    report = extract_features(slides, tmp_path / "out", _config(), dask_workers=2, progress=False)
-    assert [r.status for r in report.results] == ["done"] * 3, report.results
+    broken = tmp_path / "broken.tiff"
+    broken.write_bytes(b"II*\0" + bytes(64))
+    report = extract_features(
+        [*slides, broken], tmp_path / "out", _config(), dask_workers=2, progress=False
+    )
+    assert [r.status for r in report.results] == ["done"] * 3 + ["failed"], report.results
+    assert str(broken) in report.results[-1].message
+    # An ordinary slide failure is a result: no worker traceback reaches the terminal.
+    assert "Traceback" not in capfd.readouterr().err
     local = extract_features([slides[0]], tmp_path / "local", _config(readers=0), progress=False)
     assert local.results[0].status == "done"
     a = read_feature_file(tmp_path / "out" / "s0.h5").features

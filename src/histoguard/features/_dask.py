@@ -31,6 +31,7 @@ from histoguard.core._batch import (
     write_summary,
 )
 from histoguard.encoders import Encoder, load_encoder
+from histoguard.errors import HistoguardError
 from histoguard.features._extract import ExtractionConfig, extract_slide
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,16 @@ def _worker_encoder(config: ExtractionConfig) -> Encoder:
 
 
 def _extract_task(slide: Path, out_dir: Path, config: ExtractionConfig) -> SlideResult:
-    # Dask worker processes are daemons and cannot start reader processes: read in threads.
-    return extract_slide(
-        slide, out_dir, replace(config, readers=0), encoder=_worker_encoder(config)
-    )
+    started = time.perf_counter()
+    try:
+        # Dask worker processes are daemons and cannot start reader processes: read in threads.
+        return extract_slide(
+            slide, out_dir, replace(config, readers=0), encoder=_worker_encoder(config)
+        )
+    except HistoguardError as error:
+        # An ordinary slide failure is a result, not a task error: Dask would print the
+        # worker's traceback and retry a slide that fails the same way again.
+        return failed_result(slide, error, started)
 
 
 @contextmanager
