@@ -3,6 +3,7 @@ the forward passes the uncertainty measures need (ensemble members, MC dropout, 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +36,20 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     """Read every slide's feature file once (``features_dir/<slide_id>.h5``).
 
     Raises:
-        CohortError: feature files without a tile (empty bags), all named with the fix.
+        CohortError: feature files that cannot make a bag, all listed with the fix: empty
+            bags, NaN or infinite features, or a feature length other than the cohort's
+            (most common) one.
         OutputError: a feature file cannot be read.
     """
     bags = {}
-    empty = []
+    problems: dict[str, list[str]] = {}
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
         if len(data.features) == 0:
-            empty.append(row.slide_id)
+            problems.setdefault("have no tiles (empty bags)", []).append(row.slide_id)
+            continue
+        if not np.isfinite(data.features).all():
+            problems.setdefault("hold NaN or infinite features", []).append(row.slide_id)
             continue
         bags[row.slide_id] = Bag(
             row.slide_id,
@@ -52,11 +58,22 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
             data.attrs,
             center=row.center,
         )
-    if empty:
+    dims = Counter(bag.features.shape[1] for bag in bags.values())
+    if len(dims) > 1:
+        common = dims.most_common(1)[0][0]
+        key = f"have another feature length than the {common} of most slides"
+        for slide_id in [i for i, bag in bags.items() if bag.features.shape[1] != common]:
+            problems.setdefault(key, []).append(
+                f"{slide_id} ({bags.pop(slide_id).features.shape[1]})"
+            )
+    if problems:
+        found = "; ".join(
+            f"{len(ids)} slide(s) {what}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
+            for what, ids in problems.items()
+        )
         raise CohortError(
-            f"{features_dir}: {len(empty)} slide(s) have no tiles (empty bags): "
-            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; re-extract them or "
-            "remove them from the cohort table"
+            f"{features_dir}: {found}; re-extract them with one encoder, or remove them from "
+            "the cohort table"
         )
     return bags
 
