@@ -169,6 +169,10 @@ def test_table_and_folder_mistakes_are_config_errors(tmp_path: Path) -> None:
     bad.write_text("slide_id,label\nA0,normal\n")
     with pytest.raises(ConfigError, match="center"):
         harmonize_feature_files(features, bad, tmp_path / "out")
+    escaping = tmp_path / "escaping.csv"
+    escaping.write_text("slide_id,center\nA0,a\n../x,b\n")
+    with pytest.raises(ConfigError, match="row 3: slide_id '../x' is not a plain file name"):
+        harmonize_feature_files(features, escaping, tmp_path / "out")
 
 
 def test_cli_harmonizes_reports_and_maps_errors(tmp_path: Path) -> None:

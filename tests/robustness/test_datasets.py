@@ -525,3 +525,16 @@ def test_feature_cohort_rejects_mixed_embedding_lengths(tmp_path: Path) -> None:
         load_feature_cohort(tmp_path / "features", table)
     with pytest.raises(AuditDataError, match="max_tiles_per_slide"):
         load_feature_cohort(tmp_path / "features", table, max_tiles_per_slide=0)
+
+
+def test_pathorob_ids_cannot_reach_outside_the_image_root(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    write_image(root / "s1" / "7.png", 1)
+    write_image(tmp_path / "secret" / "7.png", 2)  # what "../secret" would reach
+    table = write_table(
+        tmp_path / "pathorob.csv",
+        PATHOROB_HEADER,
+        [["ID", "s1", "7", "tumor", "RUMC"], ["ID", "../secret", "7", "normal", "UMCU"]],
+    )
+    with pytest.raises(AuditDataError, match=r"row 3 \(slide_id\).*not a plain file name"):
+        load_tile_table(table, image_root=root)

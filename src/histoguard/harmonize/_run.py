@@ -31,7 +31,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
-from histoguard.core._tables import read_delimited
+from histoguard.core._tables import read_delimited, slide_id_problem
 from histoguard.errors import ConfigError, OutputError, TooFewSlidesError
 from histoguard.features._feature_file import (
     WRITER_ATTRS,
@@ -229,6 +229,8 @@ def _read_cohort(path: Path, *, labels: bool) -> list[_Slide]:
         sid = cell["slide_id"]
         if not sid or not cell["center"]:
             problems.append(f"row {number}: empty slide_id or center")
+        elif bad_id := slide_id_problem(sid):
+            problems.append(f"row {number}: {bad_id}")
         elif sid in seen:
             problems.append(f"row {number}: slide {sid!r} listed twice")
         seen.add(sid)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoguard.core._tables import read_delimited
+from histoguard.core._tables import read_delimited, slide_id_problem
 from histoguard.errors import AuditDataError
 from histoguard.mil._cohort import format_problems
 from histoguard.robustness.data._containers import TileDataset
@@ -119,6 +119,16 @@ def _empty_cells(table: _Table, columns: Sequence[str]) -> list[str]:
         for number, row in zip(table.numbers, table.rows, strict=True)
         for column in columns
         if not row.get(column)
+    ]
+
+
+def _unsafe_names(table: _Table, columns: Sequence[str]) -> list[str]:
+    """One problem per cell of ``columns`` that cannot be a file name inside a folder."""
+    return [
+        f"row {number} ({column}): {problem}"
+        for number, row in zip(table.numbers, table.rows, strict=True)
+        for column in columns
+        if row.get(column) and (problem := slide_id_problem(row[column]))
     ]
 
 
@@ -238,6 +248,10 @@ def load_tile_table(table: Path, *, image_root: Path | None = None) -> TileDatas
     else:
         slides = data.values(slide_column)
     if columns["image"] == _PATCH_COLUMN:
+        # Slide ids and patch ids become folder and file names under image_root.
+        problems += _unsafe_names(
+            data, [columns["image"], *([slide_column] if slide_column else [])]
+        )
         paths, missing = _find_patches(images, slides if slide_column else None, root)
         where = f"{root}/<slide_id>/ or {root}"
     else:
