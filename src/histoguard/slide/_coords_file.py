@@ -86,9 +86,7 @@ def read_coords_file(path: Path) -> CoordsFile:
     for name, values in qc.items():
         if values.shape != (len(coords),):
             raise OutputError(f"{path}: {name} has shape {values.shape}, expected ({len(coords)},)")
-    return CoordsFile(
-        coords=coords, qc=qc, attrs=attrs, rejected=rejected, rejected_reason=reason
-    )
+    return CoordsFile(coords=coords, qc=qc, attrs=attrs, rejected=rejected, rejected_reason=reason)
 
 
 def _read_rejected(path: Path, h5: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -208,7 +208,8 @@ def tile_slide(
         _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size, overview)
 
         n_unreadable = int((~readable).sum())
-        n_constant, n_duplicate = int((reason == "constant").sum()), int((reason == "duplicate").sum())
+        n_constant = int((reason == "constant").sum())
+        n_duplicate = int((reason == "duplicate").sum())
         attrs: dict[str, Any] = {
             **spec.to_dict(),
             "slide_path": str(slide.resolve()),
@@ -243,7 +244,6 @@ def tile_slide(
             rejected=candidates[left_out],
             rejected_reason=reason[left_out].tolist(),
         )
-    integrity = _integrity_message(n_constant, n_duplicate)
     return SlideResult(
         slide=slide,
         status="done",
@@ -253,7 +253,7 @@ def tile_slide(
         n_constant=n_constant,
         n_duplicate=n_duplicate,
         flagged=bool(n_unreadable or n_constant or n_duplicate or thumbnail.first_error),
-        message="; ".join(m for m in (first_error, integrity) if m)
+        message=_flag_message(first_error, n_constant, n_duplicate)
         or ("" if keep.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
     )
@@ -276,8 +276,8 @@ def _rejections(scores: _TileScores, readable: np.ndarray, wanted: np.ndarray) -
     return reason
 
 
-def _integrity_message(n_constant: int, n_duplicate: int) -> str:
-    """What the integrity checks left out, for the summary; ``""`` when nothing."""
+def _flag_message(first_error: str, n_constant: int, n_duplicate: int) -> str:
+    """The first read error and what the integrity checks left out; ``""`` when neither."""
     parts = []
     if n_constant:
         parts.append(f"{n_constant} one-colour tiles on tissue (zero-filled or blank region)")
@@ -286,7 +286,8 @@ def _integrity_message(n_constant: int, n_duplicate: int) -> str:
             f"{n_duplicate} tiles whose pixels repeat another position's (tiles stored once "
             "and pointed to from several places)"
         )
-    return ("left out " + " and ".join(parts) + "; check the slide file") if parts else ""
+    integrity = ("left out " + " and ".join(parts) + "; check the slide file") if parts else ""
+    return "; ".join(m for m in (first_error, integrity) if m)
 
 
 def _write_pictures(
@@ -512,8 +513,8 @@ def _tile_one(
         n_unreadable=n_unreadable,
         n_constant=n_constant,
         n_duplicate=n_duplicate,
-        flagged=bool(existing.attrs.get("first_read_error") or n_unreadable or n_constant or n_duplicate),
-        message="; ".join(m for m in (first_error, _integrity_message(n_constant, n_duplicate)) if m),
+        flagged=bool(first_error or n_unreadable or n_constant or n_duplicate),
+        message=_flag_message(first_error, n_constant, n_duplicate),
     )
 
 
