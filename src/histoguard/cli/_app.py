@@ -273,8 +273,9 @@ def _print_report(report: BatchReport) -> None:
             typer.echo(f"  FAILED  {result.message}", err=True)
         elif result.flagged:
             typer.echo(
-                f"  FLAGGED {result.slide}: {result.n_unreadable} unreadable tiles left out; "
-                f"first error: {result.message}",
+                f"  FLAGGED {result.slide}: left out {result.n_unreadable} unreadable, "
+                f"{result.n_constant} one-colour, {result.n_duplicate} duplicated tiles; "
+                f"{result.message}",
                 err=True,
             )
         if result.note:

@@ -23,8 +23,8 @@ ProgressCallback = Callable[[int, int], None]
 SlideJob = Callable[[Path, ProgressCallback], "SlideResult"]
 
 SUMMARY_COLUMNS = (
-    "slide", "status", "flagged", "n_tiles", "n_unreadable", "seconds", "output", "message",
-    "note",
+    "slide", "status", "flagged", "n_tiles", "n_unreadable", "n_constant", "n_duplicate",
+    "seconds", "output", "message", "note",
 )  # fmt: skip
 
 
@@ -39,8 +39,14 @@ class SlideResult:
         output: the slide's main output file, None when failed.
         n_tiles: tiles in the output.
         n_unreadable: tiles that failed to decode and were left out.
-        flagged: True when the slide is damaged in places (some tiles unreadable).
-        message: the error for failed slides, the first decode error for flagged ones.
+        n_constant: tiles on tissue that decoded to one colour (a zero-filled or blank region)
+            and were left out.
+        n_duplicate: tiles on tissue whose pixels repeat another tile's exactly (positions
+            pointing at the same stored tile) and were left out.
+        flagged: True when the slide is damaged in places (some tiles unreadable, constant or
+            duplicated).
+        message: the error for failed slides; for flagged ones the first decode error and what
+            was left out.
         seconds: wall time spent on this slide.
         note: what was done to the input that the user should know (e.g. tile images resized
             from another size), empty when nothing.
@@ -51,6 +57,8 @@ class SlideResult:
     output: Path | None = None
     n_tiles: int = 0
     n_unreadable: int = 0
+    n_constant: int = 0
+    n_duplicate: int = 0
     flagged: bool = False
     message: str = ""
     seconds: float = 0.0
@@ -156,8 +164,8 @@ def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
     writer.writerow(SUMMARY_COLUMNS)
     for r in results:
         writer.writerow(
-            [r.slide, r.status, r.flagged, r.n_tiles, r.n_unreadable, f"{r.seconds:.2f}",
-             r.output or "", r.message, r.note]
+            [r.slide, r.status, r.flagged, r.n_tiles, r.n_unreadable, r.n_constant,
+             r.n_duplicate, f"{r.seconds:.2f}", r.output or "", r.message, r.note]
         )  # fmt: skip
     write_bytes_atomic(path, buffer.getvalue().encode())
 

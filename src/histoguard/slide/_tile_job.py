@@ -27,7 +27,7 @@ from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_co
 from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
 from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
-from histoguard.slide._qc import background_fraction, blur_score
+from histoguard.slide._qc import background_fraction, blur_score, is_constant, repeated, tile_digest
 from histoguard.slide._reader import SlideReader, Thumbnail
 from histoguard.slide._registry import BACKENDS
 from histoguard.slide._tile_folder import TILE_IMAGE_EXTENSIONS, is_tile_folder, tile_folders_in
@@ -199,12 +199,17 @@ def tile_slide(
         readable = ~np.isnan(scores.background_fraction)
         # Tiles from damaged thumbnail areas had no tissue check: their own pixels decide.
         looks_like_tissue = scores.background_fraction <= 1.0 - config.min_tissue_fraction
-        keep = readable & (~undetermined | looks_like_tissue)
+        wanted = ~undetermined | looks_like_tissue
+        reason = _rejections(scores, readable, wanted)
+        keep = wanted & (reason == "")
+        left_out = reason != ""
         first_error = thumbnail.first_error or scores.first_error
 
         _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size, overview)
 
         n_unreadable = int((~readable).sum())
+        n_constant = int((reason == "constant").sum())
+        n_duplicate = int((reason == "duplicate").sum())
         attrs: dict[str, Any] = {
             **spec.to_dict(),
             "slide_path": str(slide.resolve()),
@@ -218,6 +223,8 @@ def tile_slide(
             "level0_height": reader.dimensions[1],
             "tissue_area_fraction": tissue.area_fraction(),
             "n_unreadable_tiles": n_unreadable,
+            "n_constant_tiles": n_constant,
+            "n_duplicate_tiles": n_duplicate,
             "first_read_error": first_error,
             "histoguard_version": __version__,
             "edge": config.edge,
@@ -229,17 +236,58 @@ def tile_slide(
             "background_fraction": scores.background_fraction[keep],
             "blur_score": scores.blur_score[keep],
         }
-        write_coords_file(paths["h5"], candidates[keep], qc, attrs)
+        write_coords_file(
+            paths["h5"],
+            candidates[keep],
+            qc,
+            attrs,
+            rejected=candidates[left_out],
+            rejected_reason=reason[left_out].tolist(),
+        )
     return SlideResult(
         slide=slide,
         status="done",
         output=paths["h5"],
         n_tiles=int(keep.sum()),
         n_unreadable=n_unreadable,
-        flagged=bool(n_unreadable or thumbnail.first_error),
-        message=first_error or ("" if keep.any() else "no tiles on tissue at these settings"),
+        n_constant=n_constant,
+        n_duplicate=n_duplicate,
+        flagged=bool(n_unreadable or n_constant or n_duplicate or thumbnail.first_error),
+        message=_flag_message(first_error, n_constant, n_duplicate)
+        or ("" if keep.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
     )
+
+
+def _rejections(scores: _TileScores, readable: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``(N,)`` reason each candidate is left out (a :data:`REJECT_REASONS` name), ``""`` if not.
+
+    Unreadable tiles are all recorded. Constant and duplicate tiles only among those that would
+    be kept: identical glass tiles outside the tissue are expected and never kept anyway.
+    Constant tiles are not also counted as duplicates (a zero-filled region repeats itself).
+    """
+    reason = np.full(len(readable), "", dtype="<U10")
+    reason[~readable] = "unreadable"
+    candidates = readable & wanted
+    reason[candidates & scores.constant] = "constant"
+    varied = candidates & ~scores.constant
+    digests = [d if ok else None for d, ok in zip(scores.digests, varied, strict=True)]
+    reason[repeated(digests)] = "duplicate"
+    return reason
+
+
+def _flag_message(first_error: str, n_constant: int, n_duplicate: int) -> str:
+    """The first read error and what the integrity checks left out; ``""`` when neither."""
+    parts = []
+    if n_constant:
+        parts.append(f"{n_constant} one-colour tiles on tissue (zero-filled or blank region)")
+    if n_duplicate:
+        parts.append(
+            f"{n_duplicate} tiles whose pixels repeat another position's (tiles stored once "
+            "and pointed to from several places)"
+        )
+    integrity = ("left out " + " and ".join(parts) + "; check the slide file") if parts else ""
+    return "; ".join(m for m in (first_error, integrity) if m)
 
 
 def _write_pictures(
@@ -287,10 +335,13 @@ def _candidate_tiles(
 
 @dataclass
 class _TileScores:
-    """Per-tile QC, ``(N,)`` float32 each, NaN where the tile could not be decoded."""
+    """Per-tile QC, ``(N,)`` float32 each, NaN where the tile could not be decoded; ``constant``
+    ``(N,)`` bool and ``digests`` (None where undecodable) for the integrity checks."""
 
     background_fraction: np.ndarray
     blur_score: np.ndarray
+    constant: np.ndarray
+    digests: list[bytes | None]
     first_error: str = ""
 
 
@@ -304,6 +355,8 @@ def _read_and_score(
     scores = _TileScores(
         background_fraction=np.full(len(coords), np.nan, dtype=np.float32),
         blur_score=np.full(len(coords), np.nan, dtype=np.float32),
+        constant=np.zeros(len(coords), dtype=bool),
+        digests=[None] * len(coords),
     )
     for done, read in enumerate(read_tiles(reader, spec, coords, threads=threads)):
         if read.tile is None:
@@ -311,6 +364,8 @@ def _read_and_score(
         else:
             scores.background_fraction[read.index] = background_fraction(read.tile)
             scores.blur_score[read.index] = blur_score(read.tile)
+            scores.constant[read.index] = is_constant(read.tile)
+            scores.digests[read.index] = tile_digest(read.tile)
         if on_progress is not None:
             on_progress(done + 1, len(coords))
     return scores
@@ -456,14 +511,20 @@ def _tile_one(
         logger.info("%s: tiled, %d tiles", slide, result.n_tiles)
         return result
     logger.info("%s: skipped, finished output with the same settings exists", slide)
+    first_error = str(existing.attrs.get("first_read_error", ""))
+    n_unreadable = int(existing.attrs.get("n_unreadable_tiles", 0))
+    n_constant = int(existing.attrs.get("n_constant_tiles", 0))
+    n_duplicate = int(existing.attrs.get("n_duplicate_tiles", 0))
     return SlideResult(
         slide=slide,
         status="skipped",
         output=output_paths(out_dir, slide)["h5"],
         n_tiles=len(existing.coords),
-        n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
-        flagged=bool(existing.attrs.get("first_read_error")),
-        message=str(existing.attrs.get("first_read_error", "")),
+        n_unreadable=n_unreadable,
+        n_constant=n_constant,
+        n_duplicate=n_duplicate,
+        flagged=bool(first_error or n_unreadable or n_constant or n_duplicate),
+        message=_flag_message(first_error, n_constant, n_duplicate),
     )
 
 
