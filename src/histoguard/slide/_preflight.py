@@ -54,6 +54,7 @@ class TiffPage:
     tile_height: int
     compression: int  # TIFF Compression code (1 none, 7 JPEG, 33005 Aperio JPEG 2000, ...)
     samples_per_pixel: int
+    sparse_blocks: int = 0  # tiles or strips stored with offset or byte count 0 (left empty)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,11 +83,32 @@ _SUPPORTED = (
     "MIRAX (.mrxs), Hamamatsu VMS (.vms .vmu), Sakura (.svslide), PNG and JPEG"
 )
 RECOPY = "Re-copy or re-export the slide from its source"
+REEXPORT = "Re-export the slide as an 8-bit RGB pyramid (e.g. vips tiffsave --tile --pyramid)"
 _TEXT_BYTES = frozenset(range(32, 127)) | {9, 10, 13}
 _MAX_TAGS = 65535  # the most a classic TIFF IFD can hold; caps hostile BigTIFF entry counts
 # Integer TIFF value types: SHORT, LONG, IFD, LONG8, IFD8.
 _INT_TYPES = {3: "u2", 4: "u4", 13: "u4", 16: "u8", 18: "u8"}
-_WANTED = frozenset({256, 257, 259, 273, 277, 278, 279, 284, 322, 323, 324, 325})
+_WANTED = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 322, 323, 324, 325})
+# TIFF Compression codes a back-end decodes: tifffile's decoders through imagecodecs (tiffslide
+# and the direct tile path), a superset of libtiff's plus Aperio JPEG 2000 (OpenSlide). Any
+# other code is a codec nothing installed reads, or a damaged tag.
+DECODABLE_COMPRESSIONS = frozenset(
+    {1, 2, 3, 4, 5, 6, 7, 8, 22610, 32773, 32946, 33003, 33004, 33005, 33007, 34712, 34887}
+    | {34892, 34925, 34926, 34927, 34933, 34934, 48124, 50000, 50001, 50002, 50013, 52546}
+)
+# PhotometricInterpretation codes of the TIFF 6 specification and its extensions ...
+_PHOTOMETRICS = {
+    0: "min-is-white", 1: "min-is-black", 2: "RGB", 3: "palette", 4: "transparency mask",
+    5: "separated (CMYK)", 6: "YCbCr", 8: "CIE L*a*b*", 9: "ICC L*a*b*", 10: "ITU L*a*b*",
+    32803: "CFA", 32844: "LogL", 32845: "LogLuv", 34892: "linear raw",
+}  # fmt: skip
+# ... and those a back-end turns into RGB pixels.
+_RGB_PHOTOMETRICS = frozenset({0, 1, 2, 3, 5, 6})
+_BITS_PER_SAMPLE = frozenset({1, 8, 16})  # 1: bilevel masks and labels; 16: 16-bit grey/RGB
+_SAMPLES_PER_PIXEL = frozenset({1, 3, 4})  # grey, RGB or YCbCr, RGBA or CMYK
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame
+_JPEG_PROBE_BYTES = 65536  # the start-of-frame header of a JPEG tile lies well inside this
+
 _Entry = tuple[int, int, bytes]  # (value type, value count, raw value-or-offset field)
 
 
@@ -254,10 +276,15 @@ class _TiffWalker:
         entry = tags.get(tag)
         return default if entry is None or entry[1] == 0 else int(self._values(tag, entry, 1)[0])
 
+    def _unsupported(self, problem: str) -> UnsupportedFormatError:
+        return UnsupportedFormatError(self.path, problem, REEXPORT)
+
     def _page(self, tags: dict[int, _Entry], index: int) -> TiffPage:
         width, height = self._scalar(tags, 256, 0), self._scalar(tags, 257, 0)
         _check_pixels(self.path, f"page {index}", width, height, self.max_pixels)
-        spp = self._scalar(tags, 277, 1)
+        spp, compression = self._scalar(tags, 277, 1), self._scalar(tags, 259, 1)
+        bits = self._bits_per_sample(tags, index, spp)
+        self._check_codec(tags, index, spp, compression)
         planes = spp if self._scalar(tags, 284, 1) == 2 else 1  # planar: one table per sample
         tiled = 322 in tags or 324 in tags
         if tiled:
@@ -280,14 +307,75 @@ class _TiffWalker:
                     f"page {index} ({width} x {height} px in {unit}) needs {expected} entries in "
                     f"TIFF tag {tag} but the file lists {listed}"
                 )
-        self._check_extents(
-            index,
-            self._values(offsets_tag, tags[offsets_tag]),
-            self._values(counts_tag, tags[counts_tag]),
-        )
+        offsets = self._values(offsets_tag, tags[offsets_tag])
+        counts = self._values(counts_tag, tags[counts_tag])
+        self._check_extents(index, offsets, counts)
+        sparse = (offsets == 0) | (counts == 0)  # OpenSlide and libtiff: a block left empty
+        if sparse.all():
+            raise self._corrupt(
+                f"page {index} holds no image data: all {len(sparse)} of its {unit} have "
+                "offset or byte count 0"
+            )
+        self._check_layout(index, offsets[~sparse], counts[~sparse], unit)
+        if tiled and compression == 1:
+            row_bytes = -(-tile_w * (spp // planes) * bits // 8)
+            self._check_raw_counts(index, counts[~sparse], row_bytes * tile_h, unit)
+        if tiled and compression == 7:
+            self._check_jpeg_frames(index, offsets[~sparse], counts[~sparse], tile_w, tile_h)
         return TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
-                        tile_height=tile_h, compression=self._scalar(tags, 259, 1),
-                        samples_per_pixel=spp)  # fmt: skip
+                        tile_height=tile_h, compression=compression, samples_per_pixel=spp,
+                        sparse_blocks=int(sparse.sum()))  # fmt: skip
+
+    def _bits_per_sample(self, tags: dict[int, _Entry], index: int, spp: int) -> int:
+        """The page's bits per sample, refused unless every sample has the same, usable depth."""
+        if spp == 0:
+            raise self._corrupt(f"page {index} declares 0 samples per pixel")
+        if spp not in _SAMPLES_PER_PIXEL:
+            raise self._unsupported(
+                f"page {index} has {spp} samples per pixel; slide readers take 1 (grey), "
+                "3 (RGB) or 4 (RGBA)"
+            )
+        entry = tags.get(258)
+        if entry is None or entry[1] == 0:
+            return 1  # the TIFF default
+        if entry[1] not in (1, spp):
+            raise self._corrupt(
+                f"page {index} lists {entry[1]} BitsPerSample values for {spp} samples per pixel"
+            )
+        depths = {int(v) for v in self._values(258, entry)}
+        if len(depths) > 1 or not depths <= _BITS_PER_SAMPLE or (1 in depths and spp != 1):
+            listed = "/".join(str(d) for d in sorted(depths))
+            raise self._unsupported(
+                f"page {index} has {listed} bits per sample with {spp} samples per pixel; "
+                "slide readers take 8 bits (or 16, or 1 for a bilevel image)"
+            )
+        return depths.pop()
+
+    def _check_codec(self, tags: dict[int, _Entry], index: int, spp: int, compression: int) -> None:
+        """Refuse a compression no installed decoder reads, or a colour model that gives no RGB."""
+        if compression not in DECODABLE_COMPRESSIONS:
+            raise self._unsupported(
+                f"page {index} uses TIFF compression {compression}, which no installed decoder "
+                "reads (an unknown codec or a damaged Compression tag)"
+            )
+        if 262 not in tags or tags[262][1] == 0:
+            return  # readers infer it from the samples per pixel
+        photometric = self._scalar(tags, 262, 0)
+        if photometric not in _PHOTOMETRICS:
+            raise self._corrupt(
+                f"page {index} declares PhotometricInterpretation {photometric}, "
+                "which no TIFF specification defines"
+            )
+        name = _PHOTOMETRICS[photometric]
+        if photometric not in _RGB_PHOTOMETRICS:
+            raise self._unsupported(
+                f"page {index} stores {name} pixels (PhotometricInterpretation {photometric}), "
+                "which slide readers do not turn into RGB"
+            )
+        if (photometric in (2, 6) and spp < 3) or (photometric in (0, 1, 3) and spp > 1):
+            raise self._corrupt(
+                f"page {index} declares {name} pixels with {spp} samples per pixel"
+            )
 
     def _check_extents(
         self, index: int, offsets: npt.NDArray[np.uint64], counts: npt.NDArray[np.uint64]
@@ -302,3 +390,78 @@ class _TiffWalker:
                 f"file is truncated: page {index} block {i} needs byte {end} but "
                 f"the file has {self.size} bytes"
             )
+
+    def _check_layout(
+        self, index: int, offsets: npt.NDArray[np.uint64], counts: npt.NDArray[np.uint64], unit: str
+    ) -> None:
+        """Refuse block tables no writer makes: blocks inside the header, every block at one
+        offset, or blocks that partly overlap. Identical (offset, count) pairs are allowed:
+        some writers store one blank tile once and point every empty tile at it."""
+        header = 16 if self.big else 8
+        if int(offsets.min()) < header:
+            raise self._corrupt(
+                f"page {index}: a block starts at byte {int(offsets.min())}, inside the "
+                f"{header}-byte TIFF header"
+            )
+        if len(offsets) > 1 and (offsets == offsets[0]).all():
+            raise self._corrupt(
+                f"page {index}: all {len(offsets)} of its {unit} point at the same data "
+                f"(offset {int(offsets[0])}); its offset table is damaged"
+            )
+        pairs = np.unique(np.stack([offsets, counts], axis=1), axis=0)  # sorted by offset
+        ends = pairs[:-1, 0] + pairs[:-1, 1]  # each below the file size: no wrap-around
+        overlap = pairs[1:, 0] < ends
+        if overlap.any():
+            i = int(np.argmax(overlap))
+            raise self._corrupt(
+                f"page {index}: the block at byte {int(pairs[i + 1, 0])} starts inside the one "
+                f"at byte {int(pairs[i, 0])} ({int(pairs[i, 1])} bytes long); its offset or "
+                "byte-count table is damaged"
+            )
+
+    def _check_raw_counts(
+        self, index: int, counts: npt.NDArray[np.uint64], needed: int, unit: str
+    ) -> None:
+        short = counts < np.uint64(needed)
+        if short.any():
+            raise self._corrupt(
+                f"page {index} is uncompressed but a block of its {unit} holds "
+                f"{int(counts[np.argmax(short)])} bytes, not the {needed} one tile needs"
+            )
+
+    def _check_jpeg_frames(
+        self,
+        index: int,
+        offsets: npt.NDArray[np.uint64],
+        counts: npt.NDArray[np.uint64],
+        tile_w: int,
+        tile_h: int,
+    ) -> None:
+        """Compare the frame size inside a few JPEG tiles with the declared tile size.
+
+        Every JPEG tile of a tiled TIFF is a whole tile, so frames of another size mean the
+        TileWidth/TileLength tags lie. Two disagreeing samples are needed (or the only tile):
+        one damaged tile is the reader's to report, not a reason to refuse the slide.
+        """
+        picks = sorted({0, len(offsets) // 2, len(offsets) - 1})
+        frames = [self._jpeg_frame(int(offsets[i]), int(counts[i])) for i in picks]
+        wrong = [f for f in frames if f is not None and f != (tile_w, tile_h)]
+        if len(wrong) >= min(2, len(picks)):
+            w, h = wrong[0]
+            raise self._corrupt(
+                f"page {index} declares {tile_w} x {tile_h} tiles but its JPEG tiles hold "
+                f"{w} x {h} pixels; its TileWidth/TileLength tags are damaged"
+            )
+
+    def _jpeg_frame(self, offset: int, count: int) -> tuple[int, int] | None:
+        """``(width, height)`` from the start-of-frame header of the JPEG at ``offset``, or None
+        when the stream has none in its first bytes (a damaged tile)."""
+        data = self._read(offset, min(count, _JPEG_PROBE_BYTES), "a JPEG tile")
+        i = 2 if data.startswith(b"\xff\xd8") else len(data)
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+            if marker in _SOF_MARKERS:
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return width, height
+            i += 2 + length
+        return None
