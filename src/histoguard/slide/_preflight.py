@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -106,6 +107,33 @@ _PHOTOMETRICS = {
 _RGB_PHOTOMETRICS = frozenset({0, 1, 2, 3, 5, 6})
 _BITS_PER_SAMPLE = frozenset({1, 8, 16})  # 1: bilevel masks and labels; 16: 16-bit grey/RGB
 _SAMPLES_PER_PIXEL = frozenset({1, 3, 4})  # grey, RGB or YCbCr, RGBA or CMYK
+_JP2 = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")  # JPEG 2000 codestream, JP2 file
+
+
+def _zlib(start: bytes) -> bool:
+    return len(start) >= 2 and start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0
+
+
+# How the data of a block starts, per compression with a fixed signature (RFC 1950 for zlib;
+# TIFF LZW always begins with the 9-bit clear code 256, so with byte 0x80).
+_SIGNATURES: dict[int, Callable[[bytes], bool]] = {
+    5: lambda b: b[:1] == b"\x80",
+    6: lambda b: b.startswith(b"\xff\xd8"),
+    7: lambda b: b.startswith(b"\xff\xd8"),
+    8: _zlib,
+    32946: _zlib,
+    33003: lambda b: b.startswith(_JP2),
+    33005: lambda b: b.startswith(_JP2),
+    34712: lambda b: b.startswith(_JP2),
+    34933: lambda b: b.startswith(b"\x89PNG"),
+    50000: lambda b: b.startswith(b"\x28\xb5\x2f\xfd"),
+    50001: lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP",
+}
+_CODEC_NAMES = {
+    5: "LZW", 6: "old-style JPEG", 7: "JPEG", 8: "deflate", 32946: "deflate",
+    33003: "Aperio JPEG 2000", 33005: "Aperio JPEG 2000", 34712: "JPEG 2000", 34933: "PNG",
+    50000: "Zstandard", 50001: "WebP",
+}  # fmt: skip
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame
 _JPEG_PROBE_BYTES = 65536  # the start-of-frame header of a JPEG tile lies well inside this
 
@@ -285,6 +313,11 @@ class _TiffWalker:
         spp, compression = self._scalar(tags, 277, 1), self._scalar(tags, 259, 1)
         bits = self._bits_per_sample(tags, index, spp)
         self._check_codec(tags, index, spp, compression)
+        if compression in (2, 3, 4) and bits != 1:  # CCITT fax codes hold bilevel images only
+            raise self._corrupt(
+                f"page {index} declares CCITT fax compression ({compression}) for {bits}-bit "
+                "samples; fax codes hold 1-bit images only"
+            )
         planes = spp if self._scalar(tags, 284, 1) == 2 else 1  # planar: one table per sample
         tiled = 322 in tags or 324 in tags
         if tiled:
@@ -320,11 +353,11 @@ class _TiffWalker:
         if tiled and compression == 1:
             row_bytes = -(-tile_w * (spp // planes) * bits // 8)
             self._check_raw_counts(index, counts[~sparse], row_bytes * tile_h, unit)
-        if tiled and compression == 7:
-            self._check_jpeg_frames(index, offsets[~sparse], counts[~sparse], tile_w, tile_h)
-        return TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
+        page = TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
                         tile_height=tile_h, compression=compression, samples_per_pixel=spp,
                         sparse_blocks=int(sparse.sum()))  # fmt: skip
+        self._check_blocks(index, offsets[~sparse], counts[~sparse], page, bits)
+        return page
 
     def _bits_per_sample(self, tags: dict[int, _Entry], index: int, spp: int) -> int:
         """The page's bits per sample, refused unless every sample has the same, usable depth."""
@@ -372,10 +405,12 @@ class _TiffWalker:
                 f"page {index} stores {name} pixels (PhotometricInterpretation {photometric}), "
                 "which slide readers do not turn into RGB"
             )
-        if (photometric in (2, 6) and spp < 3) or (photometric in (0, 1, 3) and spp > 1):
-            raise self._corrupt(
-                f"page {index} declares {name} pixels with {spp} samples per pixel"
-            )
+        if (
+            (photometric in (2, 6) and spp < 3)
+            or (photometric in (0, 1, 3) and spp > 1)
+            or (photometric == 5 and spp < 4)
+        ):
+            raise self._corrupt(f"page {index} declares {name} pixels with {spp} samples per pixel")
 
     def _check_extents(
         self, index: int, offsets: npt.NDArray[np.uint64], counts: npt.NDArray[np.uint64]
@@ -429,39 +464,57 @@ class _TiffWalker:
                 f"{int(counts[np.argmax(short)])} bytes, not the {needed} one tile needs"
             )
 
-    def _check_jpeg_frames(
+    def _check_blocks(
         self,
         index: int,
         offsets: npt.NDArray[np.uint64],
         counts: npt.NDArray[np.uint64],
-        tile_w: int,
-        tile_h: int,
+        page: TiffPage,
+        bits: int,
     ) -> None:
-        """Compare the frame size inside a few JPEG tiles with the declared tile size.
+        """Look inside a few blocks: each must start the way its compression's data starts and,
+        for JPEG tiles, hold a frame of the declared tile size.
 
-        Every JPEG tile of a tiled TIFF is a whole tile, so frames of another size mean the
-        TileWidth/TileLength tags lie. Two disagreeing samples are needed (or the only tile):
-        one damaged tile is the reader's to report, not a reason to refuse the slide.
+        A Compression tag that lies, offsets shifted off the block starts or TileWidth/
+        TileLength tags that lie all show in every block; one damaged block does not. So two
+        disagreeing samples out of three (or the only block) are needed: a single bad tile is
+        the reader's to detect and report, not a reason to refuse the slide.
         """
+        check = _SIGNATURES.get(page.compression)
+        if check is None:
+            return
         picks = sorted({0, len(offsets) // 2, len(offsets) - 1})
-        frames = [self._jpeg_frame(int(offsets[i]), int(counts[i])) for i in picks]
-        wrong = [f for f in frames if f is not None and f != (tile_w, tile_h)]
-        if len(wrong) >= min(2, len(picks)):
-            w, h = wrong[0]
+        needed = min(2, len(picks))
+        starts = [self._read(int(offsets[i]), min(int(counts[i]), 16), "a block") for i in picks]
+        wrong = [start for start in starts if not check(start)]
+        if len(wrong) >= needed:
             raise self._corrupt(
-                f"page {index} declares {tile_w} x {tile_h} tiles but its JPEG tiles hold "
-                f"{w} x {h} pixels; its TileWidth/TileLength tags are damaged"
+                f"page {index} declares {_CODEC_NAMES[page.compression]} compression but "
+                f"{len(wrong)} of {len(picks)} sampled blocks do not start like it (one starts "
+                f"{wrong[0][:8]!r}); its Compression tag or block offsets are damaged"
+            )
+        if page.compression != 7 or not page.tiled:
+            return
+        frames = [self._jpeg_frame(int(offsets[i]), int(counts[i])) for i in picks]
+        declared = (page.tile_width, page.tile_height, bits)
+        wrong_frames = [f for f in frames if f is not None and f != declared]
+        if len(wrong_frames) >= needed:
+            w, h, precision = wrong_frames[0]
+            raise self._corrupt(
+                f"page {index} declares {declared[0]} x {declared[1]} tiles of {bits}-bit "
+                f"samples but its JPEG tiles hold {w} x {h} pixels of {precision} bits; its "
+                "TileWidth, TileLength or BitsPerSample tags are damaged"
             )
 
-    def _jpeg_frame(self, offset: int, count: int) -> tuple[int, int] | None:
-        """``(width, height)`` from the start-of-frame header of the JPEG at ``offset``, or None
-        when the stream has none in its first bytes (a damaged tile)."""
+    def _jpeg_frame(self, offset: int, count: int) -> tuple[int, int, int] | None:
+        """``(width, height, bits per sample)`` from the start-of-frame header of the JPEG at
+        ``offset``, or None when the stream has none in its first bytes (a damaged tile)."""
         data = self._read(offset, min(count, _JPEG_PROBE_BYTES), "a JPEG tile")
         i = 2 if data.startswith(b"\xff\xd8") else len(data)
         while i + 9 <= len(data) and data[i] == 0xFF:
             marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
             if marker in _SOF_MARKERS:
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return width, height
+                precision, height, width = struct.unpack(">BHH", data[i + 4 : i + 9])
+                return width, height, precision
             i += 2 + length
         return None
