@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import tifffile
 
 from histoguard.slide import write_synthetic_slide
+from tests.slide.tiff_surgery import rewrite_values
 
 #: The generated base slides: (name, compression, level-0 width, height, tile side).
 BASES = (
@@ -202,19 +202,9 @@ def _flips(n: int, top: int, seed: int) -> Surgery:
     return surgery
 
 
-def _values_at(tag: tifffile.TiffTag) -> tuple[int, str]:
-    """Where a tag's values sit and their struct format, for a little-endian classic TIFF."""
-    fmt = {3: "H", 4: "I", 16: "Q"}[int(tag.dtype)]
-    return int(tag.valueoffset), f"<{tag.count}{fmt}"
-
-
 def _rewrite(tag: tifffile.TiffTag, change: Callable[[np.ndarray], np.ndarray]) -> Surgery:
     def surgery(out: bytearray, tif: tifffile.TiffFile) -> None:
-        at, fmt = _values_at(tag)
-        values = np.asarray(struct.unpack_from(fmt, out, at), dtype=np.int64)
-        limit = 2 ** (8 * struct.calcsize(fmt[-1])) - 1
-        new = np.clip(change(values), 0, limit)
-        struct.pack_into(fmt, out, at, *(int(v) for v in new))
+        rewrite_values(out, tag, change)
 
     return surgery
 
