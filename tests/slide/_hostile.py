@@ -244,7 +244,8 @@ def open_all(paths: list[Path], out: Path) -> None:
     """Open each slide as ``histoguard info`` does; one JSON line per file, flushed at once.
 
     Each line: ``path``, ``outcome`` (``ok``, ``typed`` for a HistoguardError, ``untyped``
-    for anything else), ``error`` (exception class) and ``message``.
+    for anything else), ``error`` (exception class) and ``message``; for opened files also
+    ``sparse_tiles`` as info reports it.
     """
     from histoguard.errors import HistoguardError
     from histoguard.slide import slide_info
@@ -252,8 +253,9 @@ def open_all(paths: list[Path], out: Path) -> None:
     with out.open("w") as log:
         for path in paths:
             try:
-                slide_info(path, mpp_override=0.5)
-                line = {"path": str(path), "outcome": "ok", "error": "", "message": ""}
+                facts = slide_info(path, mpp_override=0.5)
+                line = {"path": str(path), "outcome": "ok", "error": "", "message": "",
+                        "sparse_tiles": facts["sparse_tiles"]}  # fmt: skip
             except HistoguardError as error:
                 line = {"path": str(path), "outcome": "typed", "error": type(error).__name__,
                         "message": str(error)}  # fmt: skip

@@ -85,6 +85,9 @@ def test_info_gives_a_typed_error_or_opens(
     refuse = [v.path for v in variants if must_refuse(v)]
     accepted = [path.name for path in refuse if outcomes[path]["outcome"] != "typed"]
     assert not accepted, f"the preflight let through: {accepted}"
+    for variant in variants:  # an empty tile opens, but info says how many there are
+        if variant.kind == "sparse" and outcomes[variant.path]["outcome"] == "ok":
+            assert outcomes[variant.path]["sparse_tiles"] > 0, variant
 
 
 def test_one_batch_finishes_its_good_slides(

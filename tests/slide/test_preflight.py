@@ -22,6 +22,7 @@ from histoguard.errors import (
     SlideTooLargeError,
     UnsupportedFormatError,
 )
+from histoguard.slide import slide_info
 from histoguard.slide._preflight import (
     DEFAULT_MAX_PIXELS,
     FileKind,
@@ -466,3 +467,11 @@ def test_named_pipe_fails_fast_instead_of_blocking(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(SlideNotFoundError, match="named pipe"):
         preflight(fifo)
+
+
+def test_info_reports_sparse_tiles(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "sparse.tif", data=TEXTURE, compression="jpeg")
+    assert slide_info(path, mpp_override=0.5)["sparse_tiles"] == 0
+    for code in (324, 325):
+        rewrite_file_values(path, 0, code, lambda a: np.where(np.arange(len(a)) % 4 == 1, 0, a))
+    assert slide_info(path, mpp_override=0.5)["sparse_tiles"] == 3
