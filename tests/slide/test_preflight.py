@@ -24,6 +24,7 @@ from histoguard.errors import (
 )
 from histoguard.slide import slide_info
 from histoguard.slide._preflight import (
+    DECODABLE_COMPRESSIONS,
     DEFAULT_MAX_PIXELS,
     FileKind,
     PreflightResult,
@@ -475,3 +476,9 @@ def test_info_reports_sparse_tiles(tmp_path: Path) -> None:
     for code in (324, 325):
         rewrite_file_values(path, 0, code, lambda a: np.where(np.arange(len(a)) % 4 == 1, 0, a))
     assert slide_info(path, mpp_override=0.5)["sparse_tiles"] == 3
+
+
+def test_decodable_compressions_are_tifffile_decoders() -> None:
+    # The preflight's list is fixed (it imports no codec); tifffile must still decode each.
+    decoders = {int(code) for code in tifffile.COMPRESSION if code in tifffile.TIFF.DECOMPRESSORS}
+    assert decoders >= DECODABLE_COMPRESSIONS

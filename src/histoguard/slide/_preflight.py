@@ -110,15 +110,20 @@ _SAMPLES_PER_PIXEL = frozenset({1, 3, 4})  # grey, RGB or YCbCr, RGBA or CMYK
 _JP2 = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")  # JPEG 2000 codestream, JP2 file
 
 
+def _lzw(start: bytes) -> bool:
+    return start[:1] == b"\x80" or (len(start) >= 2 and start[0] == 0 and start[1] & 1 == 1)
+
+
 def _zlib(start: bytes) -> bool:
     return len(start) >= 2 and start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0
 
 
 # How the data of a block starts, per compression with a fixed signature (RFC 1950 for zlib;
-# TIFF LZW always begins with the 9-bit clear code 256, so with byte 0x80).
+# TIFF LZW always begins with the 9-bit clear code 256: byte 0x80, or 0x00 then an odd byte in
+# the old bit-reversed variant libtiff still reads). Old-style JPEG (6) has none: its tables
+# and data may lie anywhere.
 _SIGNATURES: dict[int, Callable[[bytes], bool]] = {
-    5: lambda b: b[:1] == b"\x80",
-    6: lambda b: b.startswith(b"\xff\xd8"),
+    5: _lzw,
     7: lambda b: b.startswith(b"\xff\xd8"),
     8: _zlib,
     32946: _zlib,
@@ -130,12 +135,14 @@ _SIGNATURES: dict[int, Callable[[bytes], bool]] = {
     50001: lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP",
 }
 _CODEC_NAMES = {
-    5: "LZW", 6: "old-style JPEG", 7: "JPEG", 8: "deflate", 32946: "deflate",
+    5: "LZW", 7: "JPEG", 8: "deflate", 32946: "deflate",
     33003: "Aperio JPEG 2000", 33005: "Aperio JPEG 2000", 34712: "JPEG 2000", 34933: "PNG",
     50000: "Zstandard", 50001: "WebP",
 }  # fmt: skip
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame
-_JPEG_PROBE_BYTES = 65536  # the start-of-frame header of a JPEG tile lies well inside this
+# A JPEG tile's start-of-frame header follows its SOI and any tables: well inside this. (Not
+# more: a hostile file may repeat a page thousands of times, each probe reads this much.)
+_JPEG_PROBE_BYTES = 4096
 
 _Entry = tuple[int, int, bytes]  # (value type, value count, raw value-or-offset field)
 
