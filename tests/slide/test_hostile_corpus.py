@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from histoguard.cli import app
 from tests.conftest import REPO_ROOT, shared_data_dir
 from tests.slide._hostile import Variant, make_bases, make_corpus, must_refuse
 
@@ -121,3 +123,15 @@ def test_one_batch_finishes_its_good_slides(
             if int(row["n_unreadable"]):  # damaged tiles: counted, left out and named
                 assert row["flagged"] == "True", row
                 assert variant.path.name in row["message"], row
+
+
+def test_cli_info_names_the_file_and_exits_1(corpus: tuple[list[Variant], list[Path]]) -> None:
+    # One refused variant of each class through the command itself: message, no traceback.
+    variants, _ = corpus
+    firsts = {v.kind: v for v in reversed(variants) if must_refuse(v)}
+    assert len(firsts) >= 9
+    for variant in firsts.values():
+        result = CliRunner().invoke(app, ["info", str(variant.path)], prog_name="histoguard")
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output
+        assert variant.path.name in result.output.replace("\n", ""), result.output
