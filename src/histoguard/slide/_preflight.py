@@ -319,7 +319,7 @@ class _TiffWalker:
         _check_pixels(self.path, f"page {index}", width, height, self.max_pixels)
         spp, compression = self._scalar(tags, 277, 1), self._scalar(tags, 259, 1)
         bits = self._bits_per_sample(tags, index, spp)
-        self._check_codec(tags, index, spp, compression)
+        photometric = self._check_codec(tags, index, spp, compression)
         if compression in (2, 3, 4) and bits != 1:  # CCITT fax codes hold bilevel images only
             raise self._corrupt(
                 f"page {index} declares CCITT fax compression ({compression}) for {bits}-bit "
@@ -357,7 +357,7 @@ class _TiffWalker:
                 "offset or byte count 0"
             )
         self._check_layout(index, offsets[~sparse], counts[~sparse], unit)
-        if tiled and compression == 1:
+        if tiled and compression == 1 and photometric != 6:  # YCbCr may be subsampled
             row_bytes = -(-tile_w * (spp // planes) * bits // 8)
             self._check_raw_counts(index, counts[~sparse], row_bytes * tile_h, unit)
         page = TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
@@ -391,15 +391,21 @@ class _TiffWalker:
             )
         return depths.pop()
 
-    def _check_codec(self, tags: dict[int, _Entry], index: int, spp: int, compression: int) -> None:
-        """Refuse a compression no installed decoder reads, or a colour model that gives no RGB."""
+    def _check_codec(
+        self, tags: dict[int, _Entry], index: int, spp: int, compression: int
+    ) -> int | None:
+        """Refuse a compression no installed decoder reads, or a colour model that gives no RGB.
+
+        Returns:
+            The page's PhotometricInterpretation, None when the tag is absent.
+        """
         if compression not in DECODABLE_COMPRESSIONS:
             raise self._unsupported(
                 f"page {index} uses TIFF compression {compression}, which no installed decoder "
                 "reads (an unknown codec or a damaged Compression tag)"
             )
         if 262 not in tags or tags[262][1] == 0:
-            return  # readers infer it from the samples per pixel
+            return None  # readers infer it from the samples per pixel
         photometric = self._scalar(tags, 262, 0)
         if photometric not in _PHOTOMETRICS:
             raise self._corrupt(
@@ -418,6 +424,7 @@ class _TiffWalker:
             or (photometric == 5 and spp < 4)
         ):
             raise self._corrupt(f"page {index} declares {name} pixels with {spp} samples per pixel")
+        return photometric
 
     def _check_extents(
         self, index: int, offsets: npt.NDArray[np.uint64], counts: npt.NDArray[np.uint64]
