@@ -89,7 +89,7 @@ _TEXT_BYTES = frozenset(range(32, 127)) | {9, 10, 13}
 _MAX_TAGS = 65535  # the most a classic TIFF IFD can hold; caps hostile BigTIFF entry counts
 # Integer TIFF value types: SHORT, LONG, IFD, LONG8, IFD8.
 _INT_TYPES = {3: "u2", 4: "u4", 13: "u4", 16: "u8", 18: "u8"}
-_WANTED = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 322, 323, 324, 325})
+_WANTED = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 322, 323, 324, 325, 530})
 # TIFF Compression codes a back-end decodes: tifffile's decoders through imagecodecs (tiffslide
 # and the direct tile path), a superset of libtiff's plus Aperio JPEG 2000 (OpenSlide). Any
 # other code is a codec nothing installed reads, or a damaged tag.
@@ -357,9 +357,12 @@ class _TiffWalker:
                 "offset or byte count 0"
             )
         self._check_layout(index, offsets[~sparse], counts[~sparse], unit)
-        if tiled and compression == 1 and photometric != 6:  # YCbCr may be subsampled
-            row_bytes = -(-tile_w * (spp // planes) * bits // 8)
-            self._check_raw_counts(index, counts[~sparse], row_bytes * tile_h, unit)
+        if tiled and compression == 1:
+            needed = -(-tile_w * (spp // planes) * bits // 8) * tile_h
+            if photometric == 6 and planes == 1:  # YCbCr: h x v luma + 2 chroma per block
+                h, v = (int(x) for x in self._values(530, tags[530], 2)) if 530 in tags else (2, 2)
+                needed = -(-tile_w // max(h, 1)) * -(-tile_h // max(v, 1)) * (h * v + 2) * bits // 8
+            self._check_raw_counts(index, counts[~sparse], needed, unit)
         page = TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
                         tile_height=tile_h, compression=compression, samples_per_pixel=spp,
                         sparse_blocks=int(sparse.sum()))  # fmt: skip
