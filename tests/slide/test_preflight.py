@@ -482,3 +482,11 @@ def test_decodable_compressions_are_tifffile_decoders() -> None:
     # The preflight's list is fixed (it imports no codec); tifffile must still decode each.
     decoders = {int(code) for code in tifffile.COMPRESSION if code in tifffile.TIFF.DECOMPRESSORS}
     assert decoders >= DECODABLE_COMPRESSIONS
+
+
+def test_uncompressed_ycbcr_is_sized_by_its_subsampling(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "ycbcr.tif", data=TEXTURE)
+    patch_long(path, 0, 262, 6)  # 3 bytes a pixel stored, 1.5 needed at 2 x 2: long enough
+    assert preflight(path).tiff_pages[0].samples_per_pixel == 3
+    rewrite_file_values(path, 0, 325, lambda a: a // 4)  # under 1.5 bytes a pixel: too short
+    assert "holds 3072 bytes, not the 6144 one tile needs" in _raises(CorruptSlideError, path)

@@ -360,14 +360,22 @@ class _TiffWalker:
         if tiled and compression == 1:
             needed = -(-tile_w * (spp // planes) * bits // 8) * tile_h
             if photometric == 6 and planes == 1:  # YCbCr: h x v luma + 2 chroma per block
-                h, v = (int(x) for x in self._values(530, tags[530], 2)) if 530 in tags else (2, 2)
-                needed = -(-tile_w // max(h, 1)) * -(-tile_h // max(v, 1)) * (h * v + 2) * bits // 8
+                h, v = self._subsampling(tags)
+                needed = -(-tile_w // h) * -(-tile_h // v) * (h * v + 2) * bits // 8
             self._check_raw_counts(index, counts[~sparse], needed, unit)
         page = TiffPage(width=width, height=height, tiled=tiled, tile_width=tile_w,
                         tile_height=tile_h, compression=compression, samples_per_pixel=spp,
                         sparse_blocks=int(sparse.sum()))  # fmt: skip
         self._check_blocks(index, offsets[~sparse], counts[~sparse], page, bits)
         return page
+
+    def _subsampling(self, tags: dict[int, _Entry]) -> tuple[int, int]:
+        """YCbCrSubSampling ``(horizontal, vertical)``, each 1, 2 or 4; the TIFF default is 2, 2."""
+        listed = [int(x) for x in self._values(530, tags[530], 2)] if 530 in tags else []
+        h, v = (*listed, 2, 2)[:2]
+        if h not in (1, 2, 4) or v not in (1, 2, 4):
+            raise self._corrupt(f"YCbCrSubSampling is {h} x {v}; TIFF allows 1, 2 or 4 each")
+        return h, v
 
     def _bits_per_sample(self, tags: dict[int, _Entry], index: int, spp: int) -> int:
         """The page's bits per sample, refused unless every sample has the same, usable depth."""
