@@ -6,6 +6,13 @@ that loops, or a copy cut short can make them hang, allocate gigabytes or crash 
 (IFDs) itself with `struct`, reading only the few tags it needs, so a hostile file is rejected with
 a typed `SlideError` in milliseconds. Nothing here is sized by the declared image dimensions: the
 largest read is one page's tile-offset table, which must fit inside the file.
+
+Beyond the directory chain it refuses what no reader could decode (Compression, BitsPerSample,
+SamplesPerPixel and Photometric values) and block tables no writer makes (every tile at one
+offset, overlapping tiles, short uncompressed tiles), and it looks at the first bytes of three
+tiles per page: data that does not start like its codec's (a lying Compression tag, offsets
+shifted off the tiles) or JPEG frames of another size than the tags declare. Damage inside
+single tiles is left to the tile reader, which counts and reports it.
 """
 
 from __future__ import annotations
