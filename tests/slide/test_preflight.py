@@ -22,19 +22,24 @@ from histoguard.errors import (
     SlideTooLargeError,
     UnsupportedFormatError,
 )
+from histoguard.slide import slide_info
 from histoguard.slide._preflight import (
+    DECODABLE_COMPRESSIONS,
     DEFAULT_MAX_PIXELS,
     FileKind,
     PreflightResult,
     TiffPage,
     preflight,
 )
+from histoguard.slide._synthetic import Rectangle, synthetic_tissue
 from tests.slide.tiff_surgery import (
     RGB,
+    corrupt_tiles,
     ifd_offset,
     next_ifd_pointer,
     patch,
     patch_long,
+    rewrite_file_values,
     write_tiff,
 )
 
@@ -252,6 +257,130 @@ def test_bigtiff_huge_tag_count(tmp_path: Path) -> None:
     assert "declares 1099511627776 tags" in _raises(CorruptSlideError, path)
 
 
+# --- tag values no reader decodes, and block tables no writer makes (issue 15) ---------------
+
+# An H&E-like image, so compressed tiles differ from each other (zeros would compress alike).
+TEXTURE = synthetic_tissue(256, 192, [Rectangle(x0=0, y0=0, x1=256, y1=192)])
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "kind", "said"),
+    [
+        (259, 52479, UnsupportedFormatError, "compression 52479, which no installed decoder"),
+        (259, 2, CorruptSlideError, "CCITT fax compression (2) for 8-bit samples"),
+        (277, 0, CorruptSlideError, "declares 0 samples per pixel"),
+        (277, 2, UnsupportedFormatError, "has 2 samples per pixel"),
+        (258, 7, UnsupportedFormatError, "has 7 bits per sample"),
+        (258, 0, UnsupportedFormatError, "has 0 bits per sample"),
+        (262, 99, CorruptSlideError, "PhotometricInterpretation 99, which no TIFF"),
+        (262, 4, UnsupportedFormatError, "stores transparency mask pixels"),
+        (262, 1, CorruptSlideError, "declares min-is-black pixels with 3 samples per pixel"),
+        (262, 5, CorruptSlideError, "declares separated (CMYK) pixels with 3 samples"),
+    ],
+)
+def test_unusable_tag_values(
+    tmp_path: Path, code: int, value: int, kind: type[SlideError], said: str
+) -> None:
+    path = write_tiff(tmp_path / "tags.svs")
+    patch_long(path, 0, code, value)
+    message = _raises(kind, path)
+    assert said in message
+    assert "Re-" in message  # says what to do
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"compression": "zlib"}, {"compression": "lzw"}, {"compression": "jpeg"},
+        {"compression": "jpeg2000"}, {"compression": "zstd"}, {"compression": "png"},
+        {"compression": "webp"}, {"compression": "packbits"}, {"data": TEXTURE.astype(np.uint16)},
+        {"data": TEXTURE[..., 0], "photometric": "minisblack", "compression": "zlib"},
+        {"data": TEXTURE[..., 0] > 128, "photometric": "minisblack", "tile": None},
+    ],
+    ids=["zlib", "lzw", "jpeg", "jpeg2000", "zstd", "png", "webp", "packbits", "16-bit", "grey",
+         "bilevel"],
+)  # fmt: skip
+def test_decodable_codecs_and_depths_pass(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    # Each block starts as its codec's data does: the signature checks accept real encoders.
+    path = write_tiff(tmp_path / "ok.tif", **{"data": TEXTURE, **kwargs})
+    assert preflight(path).tiff_pages[0].width == 256
+
+
+def test_sparse_tiles_are_counted_not_refused(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "sparse.tif")
+    for code in (324, 325):  # offset and byte count 0: a tile left empty, as OpenSlide reads it
+        rewrite_file_values(path, 0, code, lambda a: np.where(np.arange(len(a)) == 5, 0, a))
+    assert preflight(path).tiff_pages[0].sparse_blocks == 1
+    for code in (324, 325):
+        rewrite_file_values(path, 0, code, np.zeros_like)
+    assert "holds no image data: all 12 of its 64 x 64 tiles" in _raises(CorruptSlideError, path)
+
+
+def test_every_tile_at_one_offset(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "one.tif")
+    rewrite_file_values(path, 0, 324, lambda a: np.full_like(a, a[3]))
+    assert "all 12 of its 64 x 64 tiles point at the same data" in _raises(CorruptSlideError, path)
+
+
+def test_shared_blank_tiles_pass(tmp_path: Path) -> None:
+    # Some writers store one blank tile once and point every empty tile at it.
+    path = write_tiff(tmp_path / "dedup.tif")
+    rewrite_file_values(path, 0, 324, lambda a: np.where(np.arange(len(a)) < 6, a[0], a))
+    assert preflight(path).tiff_pages[0].sparse_blocks == 0
+
+
+def test_overlapping_tiles(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "overlap.tif")
+    rewrite_file_values(path, 0, 325, lambda a: np.where(np.arange(len(a)) == 4, a + 1, a))
+    assert "starts inside the one at byte" in _raises(CorruptSlideError, path)
+
+
+def test_tile_inside_the_header(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "header.tif")
+    rewrite_file_values(path, 0, 324, lambda a: np.where(np.arange(len(a)) == 2, 4, a))
+    assert "starts at byte 4, inside the 8-byte TIFF header" in _raises(CorruptSlideError, path)
+
+
+def test_short_uncompressed_tiles(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "short.tif")
+    rewrite_file_values(path, 0, 325, lambda a: a // 2)
+    assert "holds 6144 bytes, not the 12288 one tile needs" in _raises(CorruptSlideError, path)
+
+
+def test_compression_tag_that_lies(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "lies.svs", data=TEXTURE, compression="jpeg")
+    patch_long(path, 0, 259, 8)
+    message = _raises(CorruptSlideError, path)
+    assert "declares deflate compression but 3 of 3 sampled blocks do not start like it" in message
+
+
+def test_offsets_shifted_off_the_tiles(tmp_path: Path) -> None:
+    # Two pages, so the last shifted tile still ends inside the file (in the second page).
+    path = write_tiff(tmp_path / "shifted.tif", pages=2, data=TEXTURE, compression="zlib")
+    rewrite_file_values(path, 0, 324, lambda a: a + 7)
+    assert "declares deflate compression but" in _raises(CorruptSlideError, path)
+
+
+def test_one_damaged_tile_is_left_to_the_reader(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "one_bad.tif", data=TEXTURE, compression="jpeg")
+    corrupt_tiles(path, 0, [0])
+    assert preflight(path).tiff_pages[0].width == 256
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "said"),
+    [(322, 80, "declares 80 x 64 tiles of 8-bit samples but its JPEG tiles hold 64 x 64 pixels"),
+     (258, 16, "tiles of 16-bit samples but its JPEG tiles hold 64 x 64 pixels of 8 bits")],
+)  # fmt: skip
+def test_jpeg_frames_that_contradict_the_tags(
+    tmp_path: Path, code: int, value: int, said: str
+) -> None:
+    # 80 px tiles still make 4 columns of a 256 px image: only the JPEG frames show the lie.
+    path = write_tiff(tmp_path / "frames.svs", data=TEXTURE, compression="jpeg")
+    patch_long(path, 0, code, value)
+    assert said in _raises(CorruptSlideError, path)
+
+
 # --- fuzzing ------------------------------------------------------------------------------------
 
 
@@ -339,3 +468,25 @@ def test_named_pipe_fails_fast_instead_of_blocking(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(SlideNotFoundError, match="named pipe"):
         preflight(fifo)
+
+
+def test_info_reports_sparse_tiles(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "sparse.tif", data=TEXTURE, compression="jpeg")
+    assert slide_info(path, mpp_override=0.5)["sparse_tiles"] == 0
+    for code in (324, 325):
+        rewrite_file_values(path, 0, code, lambda a: np.where(np.arange(len(a)) % 4 == 1, 0, a))
+    assert slide_info(path, mpp_override=0.5)["sparse_tiles"] == 3
+
+
+def test_decodable_compressions_are_tifffile_decoders() -> None:
+    # The preflight's list is fixed (it imports no codec); tifffile must still decode each.
+    decoders = {int(code) for code in tifffile.COMPRESSION if code in tifffile.TIFF.DECOMPRESSORS}
+    assert decoders >= DECODABLE_COMPRESSIONS
+
+
+def test_uncompressed_ycbcr_is_sized_by_its_subsampling(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "ycbcr.tif", data=TEXTURE)
+    patch_long(path, 0, 262, 6)  # 3 bytes a pixel stored, 1.5 needed at 2 x 2: long enough
+    assert preflight(path).tiff_pages[0].samples_per_pixel == 3
+    rewrite_file_values(path, 0, 325, lambda a: a // 4)  # under 1.5 bytes a pixel: too short
+    assert "holds 3072 bytes, not the 6144 one tile needs" in _raises(CorruptSlideError, path)

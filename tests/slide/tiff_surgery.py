@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,29 @@ def patch_long(path: Path, page: int, code: int, value: int) -> None:
     with tifffile.TiffFile(path) as tif:
         entry = tif.pages[page].tags[code].offset
     patch(path, entry, struct.pack("<HHII", code, 4, 1, value))
+
+
+def rewrite_values(
+    data: bytearray, tag: tifffile.TiffTag, change: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """Replace an integer tag's values in ``data`` (a little-endian classic TIFF) in place,
+    keeping its type and count; new values are clipped to what the type holds."""
+    fmt = f"<{tag.count}" + {3: "H", 4: "I", 16: "Q"}[int(tag.dtype)]
+    at = int(tag.valueoffset)
+    values = np.asarray(struct.unpack_from(fmt, data, at), dtype=np.int64)
+    new = np.clip(change(values), 0, 2 ** (8 * struct.calcsize(fmt[-1])) - 1)
+    struct.pack_into(fmt, data, at, *(int(v) for v in new))
+
+
+def rewrite_file_values(
+    path: Path, page: int, code: int, change: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    """:func:`rewrite_values` on tag ``code`` of page ``page`` of the file at ``path``."""
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[page].tags[code]
+    data = bytearray(path.read_bytes())
+    rewrite_values(data, tag, change)
+    path.write_bytes(bytes(data))
 
 
 def next_ifd_pointer(path: Path, page: int) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from histoguard.errors import SlideError, UnsupportedFormatError
-from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, preflight
+from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, PreflightResult, preflight
 from histoguard.slide._reader import SlideReader
 from histoguard.slide._registry import BackendInfo, get_backend, list_backends
 
@@ -41,6 +41,17 @@ def open_slide(
         MissingMppError: see :mod:`histoguard.errors`.
         UnknownNameError: ``backend`` is not a registered back-end (see :func:`list_backends`).
     """
+    return _open_checked(path, backend, mpp_override, max_pixels, require_mpp)[0]
+
+
+def _open_checked(
+    path: str | Path,
+    backend: str | None,
+    mpp_override: float | None,
+    max_pixels: int,
+    require_mpp: bool,
+) -> tuple[SlideReader, PreflightResult]:
+    """:func:`open_slide`, also returning what the preflight found."""
     path = Path(path)
     forced = None if backend is None else get_backend(backend)  # a wrong name fails first
     checked = preflight(path, max_pixels=max_pixels)
@@ -66,7 +77,7 @@ def open_slide(
             except SlideError:
                 reader.close()
                 raise
-        return reader
+        return reader, checked
     if len(errors) == 1:
         raise errors[0]
     tried = "; ".join(
@@ -78,13 +89,19 @@ def open_slide(
 def slide_info(
     path: str | Path, *, backend: str | None = None, mpp_override: float | None = None
 ) -> dict[str, Any]:
-    """Open a slide (without requiring mpp) and return :meth:`SlideReader.summary`.
+    """Open a slide (without requiring mpp) and return :meth:`SlideReader.summary`, plus
+    ``sparse_tiles``: tiles or strips the file stores as empty (offset or byte count 0), which
+    back-ends show as blank (OpenSlide: transparent, drawn white) and no tile check can tell
+    from glass.
 
     Raises:
         SlideError: as :func:`open_slide`, except for a missing mpp, which shows as None.
     """
-    with open_slide(path, backend=backend, mpp_override=mpp_override, require_mpp=False) as reader:
-        return reader.summary()
+    reader, checked = _open_checked(path, backend, mpp_override, DEFAULT_MAX_PIXELS, False)
+    with reader:
+        facts = reader.summary()
+    facts["sparse_tiles"] = sum(page.sparse_blocks for page in checked.tiff_pages)
+    return facts
 
 
 def _formats_hint() -> str:
