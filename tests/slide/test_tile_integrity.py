@@ -48,16 +48,18 @@ def _zero_fill(path: Path, tiles: list[int]) -> None:
         patch(path, int(offsets[index]), b"\x00" * int(counts[index]))
 
 
-def _point_all_tiles_at(path: Path, index: int) -> None:
-    """Rewrite level 0's TileOffsets and TileByteCounts so every tile is stored tile ``index``."""
+def _point_tiles_at(path: Path, index: int, tiles: list[int]) -> None:
+    """Rewrite level 0's TileOffsets and TileByteCounts so ``tiles`` are all stored tile
+    ``index`` (a table pointing *every* tile at one is refused by the preflight already)."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         offsets, counts = page.dataoffsets, page.databytecounts
         where = {code: (page.tags[code].valueoffset, page.tags[code].dtype) for code in (324, 325)}
-    for code, value in ((324, offsets[index]), (325, counts[index])):
+    for code, values in ((324, offsets), (325, counts)):
         at, dtype = where[code]
         fmt = {4: "I", 16: "Q"}[int(dtype)]
-        patch(path, at, struct.pack(f"<{len(offsets)}{fmt}", *[int(value)] * len(offsets)))
+        table = [int(values[index]) if i in tiles else int(v) for i, v in enumerate(values)]
+        patch(path, at, struct.pack(f"<{len(values)}{fmt}", *table))
 
 
 def _summary(out: Path) -> list[dict[str, str]]:
@@ -113,15 +115,27 @@ def test_a_zero_filled_region_is_flagged_and_never_embedded(tmp_path: Path) -> N
 @pytest.mark.parametrize("backend", ["tiffslide", "openslide"])
 def test_tiles_pointing_at_one_stored_tile_are_flagged(tmp_path: Path, backend: str) -> None:
     slide = _slide(tmp_path / "shared.tiff", "jpeg")
-    _point_all_tiles_at(slide, _tile_index(1024, 768))
+    top_rows = {(x, y) for x, y in TISSUE_TILES if y < 768}
+    _point_tiles_at(slide, _tile_index(1024, 512), [_tile_index(x, y) for x, y in top_rows])
     config = dataclasses.replace(CONFIG, backend=backend)
     result = tile_slide(slide, tmp_path, config)
-    assert (result.flagged, result.n_duplicate, result.n_constant) == (True, 16, 0)
-    assert result.n_tiles == 0 and "repeat another position" in result.message
+    assert (result.status, result.flagged, result.n_duplicate, result.n_constant) == (
+        "done", True, 8, 0,
+    )  # fmt: skip
+    assert result.n_tiles == 8 and "repeat another position" in result.message
     tiles = read_coords_file(tmp_path / "shared.h5")
-    assert len(tiles.coords) == 0
-    assert {tuple(c) for c in tiles.rejected.tolist()} == TISSUE_TILES
+    assert {tuple(c) for c in tiles.coords.tolist()} == TISSUE_TILES - top_rows
+    assert {tuple(c) for c in tiles.rejected.tolist()} == top_rows
     assert set(tiles.rejected_reason.tolist()) == {"duplicate"}
+
+
+def test_a_slide_without_one_usable_tissue_tile_fails(tmp_path: Path) -> None:
+    slide = _slide(tmp_path / "shared.tiff", "jpeg")
+    _point_tiles_at(slide, _tile_index(1024, 512), [_tile_index(x, y) for x, y in TISSUE_TILES])
+    result = tile_slide(slide, tmp_path, CONFIG)
+    assert (result.status, result.n_duplicate, result.n_tiles) == ("failed", 16, 0)
+    assert "none of its 16 tissue tiles is usable (16 duplicate)" in result.message
+    assert not (tmp_path / "shared.h5").exists()  # a rerun tries the slide again
 
 
 def test_a_good_slide_flags_nothing(tmp_path: Path) -> None:

@@ -23,10 +23,15 @@ from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
 from histoguard.core._weights import file_sha256
 from histoguard.errors import ConfigError, NoSlidesError, OutputError
-from histoguard.slide._coords_file import CoordsFile, read_coords_file, write_coords_file
+from histoguard.slide._coords_file import (
+    REJECT_REASONS,
+    CoordsFile,
+    read_coords_file,
+    write_coords_file,
+)
 from histoguard.slide._geojson import tissue_geojson
 from histoguard.slide._open import open_slide
-from histoguard.slide._preflight import DEFAULT_MAX_PIXELS
+from histoguard.slide._preflight import DEFAULT_MAX_PIXELS, RECOPY
 from histoguard.slide._qc import background_fraction, blur_score, is_constant, repeated, tile_digest
 from histoguard.slide._reader import SlideReader, Thumbnail
 from histoguard.slide._registry import BACKENDS
@@ -204,6 +209,10 @@ def tile_slide(
         keep = wanted & (reason == "")
         left_out = reason != ""
         first_error = thumbnail.first_error or scores.first_error
+        if left_out.any() and not keep.any():
+            # Tissue was found but not one of its tiles is usable: the slide is damaged, and a
+            # "done" slide with an empty bag would only fail later, in training or prediction.
+            return _unusable(slide, reason, first_error, time.perf_counter() - started)
 
         _write_pictures(paths, thumbnail, tissue, candidates[keep], spec.level0_tile_size, overview)
 
@@ -256,6 +265,26 @@ def tile_slide(
         message=_flag_message(first_error, n_constant, n_duplicate)
         or ("" if keep.any() else "no tiles on tissue at these settings"),
         seconds=time.perf_counter() - started,
+    )
+
+
+def _unusable(slide: Path, reason: np.ndarray, first_error: str, seconds: float) -> SlideResult:
+    """The ``failed`` result of a slide whose every tissue tile was left out (``reason`` all
+    set); no tile file is written, so a rerun tries the slide again."""
+    counts = {name: int((reason == name).sum()) for name in REJECT_REASONS}
+    what = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    return SlideResult(
+        slide=slide,
+        status="failed",
+        n_unreadable=counts.get("unreadable", 0),
+        n_constant=counts.get("constant", 0),
+        n_duplicate=counts.get("duplicate", 0),
+        flagged=True,
+        message=(
+            f"{slide}: none of its {int((reason != '').sum())} tissue tiles is usable ({what}"
+            f"{'; first error: ' + first_error if first_error else ''}); {RECOPY}"
+        ),
+        seconds=seconds,
     )
 
 
