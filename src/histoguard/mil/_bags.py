@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoguard.errors import CohortError
+from histoguard.errors import CohortError, ModelMismatchError, OutputError
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort
@@ -29,6 +29,53 @@ class Bag:
     coords: np.ndarray | None
     attrs: Mapping[str, Any] = field(default_factory=dict)
     center: str | None = None
+
+
+def check_bag_features(
+    path: Path,
+    features: np.ndarray,
+    in_dim: int,
+    *,
+    encoder: str | None = None,
+    views: np.ndarray | None = None,
+) -> None:
+    """Refuse a slide's ``(N, D)`` features that a model on ``in_dim``-d features cannot score.
+
+    Args:
+        path: the feature file, named in the messages.
+        features: its features.
+        in_dim: the width D the model was trained on.
+        encoder: the encoder the model was trained on, when known, named in the fix.
+        views: ``(K, N, D)`` augmented views scored too (test-time augmentation), or None.
+
+    Raises:
+        OutputError: no tile (an empty bag), or NaN or infinite values (a prediction from them
+            would be meaningless).
+        ModelMismatchError: the features are not ``in_dim`` wide.
+    """
+    if features.ndim != 2 or features.shape[1] != in_dim:
+        width = features.shape[1] if features.ndim == 2 else f"shape {features.shape}"
+        source = f"the encoder {encoder!r}" if encoder else "the encoder the model was trained on"
+        raise ModelMismatchError(
+            f"{path}: {width}-dimensional features, and the model was trained on "
+            f"{in_dim}-dimensional ones; extract this slide's features with {source}, or use a "
+            "model trained on these features"
+        )
+    if len(features) == 0:
+        raise OutputError(
+            f"{path}: no tiles (an empty bag: the slide had no usable tile); re-extract it or "
+            "leave it out"
+        )
+    for what, values in (("features", features), ("augmented views", views)):
+        if values is None:
+            continue
+        bad = ~np.isfinite(values.reshape(-1, len(features), in_dim)).all(axis=(0, 2))
+        if bad.any():
+            raise OutputError(
+                f"{path}: {int(bad.sum())} of {len(features)} tiles have NaN or infinite "
+                f"{what}, and no prediction is made from them; re-extract the slide (check the "
+                "encoder's weights and the tiles), or leave it out"
+            )
 
 
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
