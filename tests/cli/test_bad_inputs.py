@@ -220,3 +220,19 @@ def test_train_out_from_the_settings_file_is_checked(tmp_path: Path) -> None:
     assert code == 2, output
     assert "Traceback" not in output
     assert "lies below the file" in output and "train.yaml" in output
+
+
+def test_train_refuses_nan_and_other_width_features(tmp_path: Path) -> None:
+    table, features = _cohort(tmp_path)
+    nan = np.random.default_rng(3).normal(size=(N_TILES, DIM))
+    nan[0, 0] = np.nan
+    _feature_file(features / "s3.h5", nan)
+    _feature_file(features / "s5.h5", np.zeros((N_TILES, DIM + 1)))
+    code, output = _run(["train", "--cohort", str(table), "--features", str(features),
+                         "--out", str(tmp_path / "model"), "--epochs", "1", "-q"])  # fmt: skip
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert "1 slide(s) have NaN or infinite features: s3" in output
+    assert f"another width than the {DIM} of the others (another encoder): s5" in output
+    assert "re-extract them" in output
+    assert not (tmp_path / "model" / "fold_0").exists()

@@ -3,6 +3,7 @@ the forward passes the uncertainty measures need (ensemble members, MC dropout, 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +79,28 @@ def check_bag_features(
             )
 
 
+def _listed(slides: Sequence[str]) -> str:
+    return f"{', '.join(slides[:10])}{' ...' if len(slides) > 10 else ''}"
+
+
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     """Read every slide's feature file once (``features_dir/<slide_id>.h5``).
 
     Raises:
-        CohortError: feature files without a tile (empty bags), all named with the fix.
+        CohortError: feature files without a tile (empty bags), with NaN or infinite features
+            (a model trained on them is NaN), or of another width than most slides' (another
+            encoder), all named with the fix in one message.
         OutputError: a feature file cannot be read.
     """
     bags = {}
-    empty = []
+    empty, non_finite = [], []
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
         if len(data.features) == 0:
             empty.append(row.slide_id)
+            continue
+        if not np.isfinite(data.features).all():
+            non_finite.append(row.slide_id)
             continue
         bags[row.slide_id] = Bag(
             row.slide_id,
@@ -99,10 +109,24 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
             data.attrs,
             center=row.center,
         )
+    widths = Counter(bag.features.shape[1] for bag in bags.values())
+    usual = widths.most_common(1)[0][0] if widths else 0
+    other_width = [s for s, bag in bags.items() if bag.features.shape[1] != usual]
+    problems = []
     if empty:
+        problems.append(f"{len(empty)} slide(s) have no tiles (empty bags): {_listed(empty)}")
+    if non_finite:
+        problems.append(
+            f"{len(non_finite)} slide(s) have NaN or infinite features: {_listed(non_finite)}"
+        )
+    if other_width:
+        problems.append(
+            f"{len(other_width)} slide(s) have features of another width than the {usual} of "
+            f"the others (another encoder): {_listed(other_width)}"
+        )
+    if problems:
         raise CohortError(
-            f"{features_dir}: {len(empty)} slide(s) have no tiles (empty bags): "
-            f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; re-extract them or "
+            f"{features_dir}: {'; '.join(problems)}; re-extract them (with one encoder) or "
             "remove them from the cohort table"
         )
     return bags
