@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from histoguard.cli import app
 from histoguard.features import write_feature_file
-from histoguard.robustness._audit import refuse_single_center
 
 DIM, N_TILES = 4, 6
 PROVENANCE = {"encoder": "hg-handcrafted", "weights_sha256": "", "tile_size": 224,
@@ -24,6 +23,10 @@ PROVENANCE = {"encoder": "hg-handcrafted", "weights_sha256": "", "tile_size": 22
 def _run(args: list[str]) -> tuple[int, str]:
     # Wide enough that click's boxed usage errors keep each message on one line.
     result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    # The runner keeps an escaped exception out of the output: one would be a traceback.
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
     return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
 
 
@@ -171,6 +174,8 @@ def test_audit_of_tiles_of_one_center_refuses_only_center_measures(tmp_path: Pat
     assert "site_probe measure the center signal" in output
     assert "--parts stress,adversarial" in output and "need no second center" in output
     # Without a center measure the one-center check lets the audit through.
+    from histoguard.robustness._audit import refuse_single_center
+
     refuse_single_center(("c0",), ("stress", "adversarial"), tiles=True)
 
 
