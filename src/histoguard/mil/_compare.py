@@ -51,8 +51,8 @@ def read_run_for_comparison(run: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise OutputError(
             f"{path}: cannot be read as JSON ({error}); {fix}, or train again"
         ) from None
-    missing = [key for key in ("labels", "overall", "centers") if not isinstance(report, dict)
-               or key not in report]  # fmt: skip
+    keys = report if isinstance(report, dict) else {}
+    missing = [key for key in ("labels", "overall", "centers") if key not in keys]
     if missing:
         raise OutputError(
             f"{path}: not the metrics of a train run (it lacks {', '.join(missing)}); {fix}"

@@ -254,7 +254,7 @@ def predict(
     read = []
     failed: dict[str, str] = {}
     for path in map(Path, feature_files):
-        # One unreadable or empty file fails its own slide, never the batch.
+        # A file unreadable, empty, of another width or not finite fails its own slide only.
         try:
             data = read_feature_file(path, views=tta)
             check_bag_features(path, data.features, ensemble.in_dim, encoder=trained_encoder,
