@@ -231,7 +231,21 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_an_unreadable_user_file_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "random").mkdir()
     result = _run("compare", tmp_path / "random", tmp_path / "site")
-    _assert_message(result, 1, "histoguard compare: error:", "metrics.json", "check the path")
+    _assert_message(result, 1, "histoguard compare: error:", "metrics.json", "histoguard train")
+
+
+def test_an_os_error_naming_a_file_is_a_data_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import histoguard.mil._compare
+
+    def unreadable(run: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(run / "metrics.json"))
+
+    monkeypatch.setattr(histoguard.mil._compare, "read_run_for_comparison", unreadable)
+    result = _run("compare", tmp_path / "random", tmp_path / "site")
+    _assert_message(result, 1, "histoguard compare: error:", "metrics.json: Permission denied",
+                    "check the path")  # fmt: skip
 
 
 def test_a_data_error_exits_1_with_its_message(tmp_path: Path) -> None:

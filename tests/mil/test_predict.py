@@ -258,27 +258,3 @@ def test_training_refuses_empty_bags_and_names_them(tmp_path: Path) -> None:
     with pytest.raises(CohortError, match=r"1 slide\(s\) have no tiles \(empty bags\): s2"):
         load_bags(cohort, features_dir)
 
-
-def test_training_refuses_nan_and_mixed_length_bags_and_names_them(tmp_path: Path) -> None:
-    from histoguard.errors import CohortError
-    from histoguard.mil import load_cohort
-    from histoguard.mil._bags import load_bags
-
-    features_dir = tmp_path / "features"
-    features_dir.mkdir()
-    for name in ("s1", "s2", "s3"):
-        histoguard_file(features_dir / f"{name}.h5")
-    poisoned = features()
-    poisoned[0, 0] = np.nan
-    write_feature_file(features_dir / "s4.h5", poisoned, grid_coords(), PROVENANCE)
-    wide = np.ones((len(grid_coords()), IN_DIM + 3), np.float32)
-    write_feature_file(features_dir / "s5.h5", wide, grid_coords(), PROVENANCE)
-    table = tmp_path / "cohort.csv"
-    rows = "".join(f"s{i},p{i},{'tumour' if i % 2 else 'normal'}\n" for i in range(1, 6))
-    table.write_text("slide_id,patient_id,label\n" + rows)
-    cohort = load_cohort(table, require_files=False)
-    with pytest.raises(CohortError) as caught:
-        load_bags(cohort, features_dir)
-    message = str(caught.value)
-    assert "1 slide(s) hold NaN or infinite features: s4" in message
-    assert f"the {IN_DIM} of most slides: s5 ({IN_DIM + 3})" in message

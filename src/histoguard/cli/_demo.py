@@ -12,13 +12,17 @@ from histoguard.cli._app import (
     _print_report,
     app,
 )
+from histoguard.cli._bounds import writable_out_dir
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
-        "histoguard-demo"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output folder (must be writable).", callback=writable_out_dir
+        ),
+    ] = Path("histoguard-demo"),
     data: Annotated[
         Path | None,
         typer.Option(

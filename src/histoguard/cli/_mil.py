@@ -14,6 +14,7 @@ from histoguard.cli._app import (
     RegistryHelpCommand,
     app,
 )
+from histoguard.cli._bounds import writable_out_dir
 
 
 @app.command(cls=RegistryHelpCommand)
@@ -31,7 +32,12 @@ def train(
     features: Annotated[
         Path | None, typer.Option(help="Folder of <slide_id>.h5 feature files.")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output folder (must be writable).", callback=writable_out_dir
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="MIL model: {mil_models}."),
@@ -160,6 +166,11 @@ def train(
         contrastive_temperature=contrastive_temperature, bags_per_step=bags_per_step,
         pad_batches=pad_batches,
     )  # fmt: skip
+    if out is None:  # the folder named in the settings file gets the check --out has had
+        try:
+            writable_out_dir(settings.out)
+        except typer.BadParameter as error:
+            raise typer.BadParameter(error.message, param_hint=f"out in {config}") from None
     result = run_training(settings, log=typer.echo, progress=not quiet)
     typer.echo(result.table)
     typer.echo(f"outputs: {result.out}")

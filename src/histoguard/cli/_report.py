@@ -8,12 +8,21 @@ from typing import Annotated
 import typer
 
 from histoguard.cli._app import app
+from histoguard.cli._bounds import writable_out_dir
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A `histoguard train` output folder.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the report to.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder to write the report to (must be writable).",
+            callback=writable_out_dir,
+        ),
+    ],
     audit: Annotated[
         Path | None, typer.Option(help="A `histoguard audit` output folder (its audit.json).")
     ] = None,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from histoguard.errors import CohortError
+from histoguard.errors import CohortError, ModelMismatchError, OutputError
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
 from histoguard.mil._cohort import Cohort
@@ -32,24 +32,75 @@ class Bag:
     center: str | None = None
 
 
+def check_bag_features(
+    path: Path,
+    features: np.ndarray,
+    in_dim: int,
+    *,
+    encoder: str | None = None,
+    views: np.ndarray | None = None,
+) -> None:
+    """Refuse a slide's ``(N, D)`` features that a model on ``in_dim``-d features cannot score.
+
+    Args:
+        path: the feature file, named in the messages.
+        features: its features.
+        in_dim: the width D the model was trained on.
+        encoder: the encoder the model was trained on, when known, named in the fix.
+        views: ``(K, N, D)`` augmented views scored too (test-time augmentation), or None.
+
+    Raises:
+        OutputError: no tile (an empty bag), or NaN or infinite values (a prediction from them
+            would be meaningless).
+        ModelMismatchError: the features are not ``in_dim`` wide.
+    """
+    if features.ndim != 2 or features.shape[1] != in_dim:
+        width = features.shape[1] if features.ndim == 2 else f"shape {features.shape}"
+        source = f"the encoder {encoder!r}" if encoder else "the encoder the model was trained on"
+        raise ModelMismatchError(
+            f"{path}: {width}-dimensional features, and the model was trained on "
+            f"{in_dim}-dimensional ones; extract this slide's features with {source}, or use a "
+            "model trained on these features"
+        )
+    if len(features) == 0:
+        raise OutputError(
+            f"{path}: no tiles (an empty bag: the slide had no usable tile); re-extract it or "
+            "leave it out"
+        )
+    for what, values in (("features", features), ("augmented views", views)):
+        if values is None:
+            continue
+        bad = ~np.isfinite(values.reshape(-1, len(features), in_dim)).all(axis=(0, 2))
+        if bad.any():
+            raise OutputError(
+                f"{path}: {int(bad.sum())} of {len(features)} tiles have NaN or infinite "
+                f"{what}, and no prediction is made from them; re-extract the slide (check the "
+                "encoder's weights and the tiles), or leave it out"
+            )
+
+
+def _listed(slides: Sequence[str]) -> str:
+    return f"{', '.join(slides[:10])}{' ...' if len(slides) > 10 else ''}"
+
+
 def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     """Read every slide's feature file once (``features_dir/<slide_id>.h5``).
 
     Raises:
-        CohortError: feature files that cannot make a bag, all listed with the fix: empty
-            bags, NaN or infinite features, or a feature length other than the cohort's
-            (most common) one.
+        CohortError: feature files without a tile (empty bags), with NaN or infinite features
+            (a model trained on them is NaN), or of another width than most slides' (another
+            encoder), all named with the fix in one message.
         OutputError: a feature file cannot be read.
     """
     bags = {}
-    problems: dict[str, list[str]] = {}
+    empty, non_finite = [], []
     for row in cohort.rows:
         data = read_feature_file(features_dir / f"{row.slide_id}.h5")
         if len(data.features) == 0:
-            problems.setdefault("have no tiles (empty bags)", []).append(row.slide_id)
+            empty.append(row.slide_id)
             continue
         if not np.isfinite(data.features).all():
-            problems.setdefault("hold NaN or infinite features", []).append(row.slide_id)
+            non_finite.append(row.slide_id)
             continue
         bags[row.slide_id] = Bag(
             row.slide_id,
@@ -58,22 +109,25 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
             data.attrs,
             center=row.center,
         )
-    dims = Counter(bag.features.shape[1] for bag in bags.values())
-    if len(dims) > 1:
-        common = dims.most_common(1)[0][0]
-        key = f"have another feature length than the {common} of most slides"
-        for slide_id in [i for i, bag in bags.items() if bag.features.shape[1] != common]:
-            problems.setdefault(key, []).append(
-                f"{slide_id} ({bags.pop(slide_id).features.shape[1]})"
-            )
-    if problems:
-        found = "; ".join(
-            f"{len(ids)} slide(s) {what}: {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"
-            for what, ids in problems.items()
+    widths = Counter(bag.features.shape[1] for bag in bags.values())
+    usual = widths.most_common(1)[0][0] if widths else 0
+    other_width = [s for s, bag in bags.items() if bag.features.shape[1] != usual]
+    problems = []
+    if empty:
+        problems.append(f"{len(empty)} slide(s) have no tiles (empty bags): {_listed(empty)}")
+    if non_finite:
+        problems.append(
+            f"{len(non_finite)} slide(s) have NaN or infinite features: {_listed(non_finite)}"
         )
+    if other_width:
+        problems.append(
+            f"{len(other_width)} slide(s) have features of another width than the {usual} of "
+            f"the others (another encoder): {_listed(other_width)}"
+        )
+    if problems:
         raise CohortError(
-            f"{features_dir}: {found}; re-extract them with one encoder, or remove them from "
-            "the cohort table"
+            f"{features_dir}: {'; '.join(problems)}; re-extract them (with one encoder) or "
+            "remove them from the cohort table"
         )
     return bags
 

@@ -17,9 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from histoguard.errors import CohortError
+from histoguard.errors import CohortError, OutputError
 from histoguard.mil._metrics import TABLE_METRICS, too_few, with_ci
 from histoguard.mil._splits import read_splits_file
+
+#: The metrics file of a ``train`` output.
+METRICS_JSON = "metrics.json"
 
 #: A sensitivity or specificity at or below this means nearly every slide gets one class.
 DEGENERATE_RATE = 0.2
@@ -30,10 +33,30 @@ def read_run_for_comparison(run: Path) -> tuple[dict[str, Any], dict[str, int]]:
     number of slides that split trained on (empty for a design that holds out no center).
 
     Raises:
-        OSError, json.JSONDecodeError: no readable ``metrics.json`` in ``run`` (the CLI names
-            the file).
+        OutputError: ``run`` is not a folder, or holds no readable ``metrics.json`` with the
+            ``labels``, ``overall`` and ``centers`` a ``train`` run writes (named with the fix).
     """
-    report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    fix = "pass the --out folder of a finished `histoguard train` run"
+    if not run.is_dir():
+        raise OutputError(f"{run}: not a folder; {fix}")
+    path = run / METRICS_JSON
+    if not path.is_file():
+        raise OutputError(
+            f"{run}: no {METRICS_JSON} in this folder (train writes it when its run finishes); "
+            f"{fix}"
+        )
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OutputError(
+            f"{path}: cannot be read as JSON ({error}); {fix}, or train again"
+        ) from None
+    keys = report if isinstance(report, dict) else {}
+    missing = [key for key in ("labels", "overall", "centers") if key not in keys]
+    if missing:
+        raise OutputError(
+            f"{path}: not the metrics of a train run (it lacks {', '.join(missing)}); {fix}"
+        )
     training: dict[str, int] = {}
     try:
         splits, _ = read_splits_file(run / "splits.json")

@@ -22,6 +22,7 @@ from histoguard.mil._bags import (
     Bag,
     bag_batch,
     bag_output,
+    check_bag_features,
     member_probabilities,
     tile_probabilities,
 )
@@ -226,9 +227,10 @@ def predict(
 
     Returns:
         One :class:`SlidePrediction` per feature file that could be predicted, in order. A file
-        that cannot be read or holds no tiles is left out with a warning and written to
-        ``predictions.csv`` as decision ``failed`` with the reason (``predictions.json``:
-        ``failed``), so one bad slide never stops the batch.
+        that cannot be read, holds no tiles, has features of another width than the model's
+        or NaN/infinite features (see :func:`~histoguard.mil._bags.check_bag_features`) is
+        left out with a warning and written to ``predictions.csv`` as decision ``failed`` with
+        the reason (``predictions.json``: ``failed``), so one bad slide never stops the batch.
 
     Raises:
         FileNotFoundError: ``model`` holds no model.
@@ -246,24 +248,20 @@ def predict(
             f"{labels}; retrain"
         )
     provenance = read_provenance(directories[0])
+    trained_encoder = str(provenance["encoder"]) if provenance.get("encoder") else None
     slide_of = {Path(s).stem: Path(s) for s in slides}
     center_of = dict(centers or {})
     read = []
     failed: dict[str, str] = {}
     for path in map(Path, feature_files):
-        # One unreadable or empty file fails its own slide, never the batch.
+        # A file unreadable, empty, of another width or not finite fails its own slide only.
         try:
             data = read_feature_file(path, views=tta)
-        except OutputError as error:
+            check_bag_features(path, data.features, ensemble.in_dim, encoder=trained_encoder,
+                               views=data.views if tta else None)  # fmt: skip
+        except (OutputError, ModelMismatchError) as error:
             failed[path.stem] = str(error)
             logger.warning("%s", error)
-            continue
-        if len(data.features) == 0:
-            failed[path.stem] = (
-                f"{path}: no tiles (an empty bag: the slide had no usable tile); re-extract it "
-                "or leave it out"
-            )
-            logger.warning("%s", failed[path.stem])
             continue
         if tta and data.views is None:
             raise ConfigError(

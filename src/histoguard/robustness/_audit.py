@@ -14,9 +14,11 @@ Two entry points, one per kind of input:
   a k-fold ``train`` output, averaged as ``predict`` averages them), its held-out slides are
   stress-tested and attacked too.
 
-A metric that cannot run on the data (for example APD with a single center) does not stop the
-others: its part is a :class:`Skipped` with the reason. Progress messages go to
-``logging.getLogger(__name__)`` (the command line shows them).
+Data from a single center are refused before any work when a measure of center signal is
+asked for (:func:`refuse_single_center`). Otherwise a metric that cannot run on the data (for
+example APD when one of two centers is out of distribution) does not stop the others: its part
+is a :class:`Skipped` with the reason. Progress messages go to ``logging.getLogger(__name__)``
+(the command line shows them).
 """
 
 from __future__ import annotations
@@ -225,6 +227,39 @@ def audit_embeddings(
 
 _NOT_REQUESTED = {"skipped": "not requested"}
 
+#: The measurements of center signal: each compares centers, so needs at least two.
+CENTER_PARTS = ("robustness_index", "apd", "clustering_score", "site_probe")
+
+
+def refuse_single_center(centers: Sequence[str], parts: Sequence[str], *, tiles: bool) -> None:
+    """Refuse, before any work, an audit asking for center-signal measures of one center.
+
+    Args:
+        centers: the distinct centers of the data.
+        parts: the measurements requested.
+        tiles: whether the audit runs on tile images (where the stress tests and attacks,
+            which need no second center, can run).
+
+    Raises:
+        ConfigError: fewer than two centers and a part of :data:`CENTER_PARTS` requested.
+    """
+    asked = [part for part in CENTER_PARTS if part in parts]
+    if len(set(centers)) >= 2 or not asked:
+        return
+    found = f"center {centers[0]!r}" if centers else "no center"
+    fix = (
+        "add slides of another center to the table, or run only --parts stress,adversarial "
+        "(they need no second center)"
+        if tiles
+        else "add slides of another center to the cohort table (from feature files only these "
+        "measures run; the stress tests and attacks, which need no second center, take "
+        "--tiles with --encoder)"
+    )
+    raise ConfigError(
+        f"the data have only {found}: {', '.join(asked)} measure the center signal and need "
+        f"at least 2 centers; {fix}"
+    )
+
 
 def audit_encoder(
     tiles: TileDataset,
@@ -386,7 +421,8 @@ def run_audit(
         The :class:`AuditResult`, also written to ``out/audit.json``.
 
     Raises:
-        ConfigError: not exactly one complete input mode.
+        ConfigError: not exactly one complete input mode; a single center with a measure of
+            center signal requested (see :func:`refuse_single_center`).
         AuditDataError: the table, images, feature files or model cannot be used (named in the
             message).
         EncoderError: the encoder cannot be loaded.
@@ -405,6 +441,7 @@ def run_audit(
         data = load_feature_cohort(
             features, cohort, max_tiles_per_slide=config.max_tiles_per_slide, seed=config.seed
         )
+        refuse_single_center(data.centers, config.parts, tiles=False)
         result = audit_embeddings(data, config=config, ood_centers=ood_centers)
         reason = Skipped(reason="needs tile images: run the audit with --tiles and --encoder")
         result = replace(result, stress=reason, adversarial=reason)
@@ -417,6 +454,7 @@ def run_audit(
         from histoguard.robustness._slide_models import load_slide_model
 
         dataset = load_tile_table(tiles, image_root=image_root)
+        refuse_single_center(dataset.centers, config.parts, tiles=True)
         ood = tuple(ood_centers) or ood_centers_from_table(tiles)
         enc = load_encoder(encoder, weights=weights)
         slide_model = load_slide_model(model, enc.embed_dim) if model else None
