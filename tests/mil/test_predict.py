@@ -257,4 +257,3 @@ def test_training_refuses_empty_bags_and_names_them(tmp_path: Path) -> None:
     cohort = load_cohort(table, require_files=False)
     with pytest.raises(CohortError, match=r"1 slide\(s\) have no tiles \(empty bags\): s2"):
         load_bags(cohort, features_dir)
-

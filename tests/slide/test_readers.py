@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,32 @@ def test_plain_image_pixel_limit_is_explicit(tmp_path: Path) -> None:
         ImageSlide(path, max_pixels=9_999)
     assert ImageSlide(path, max_pixels=10_000).dimensions == (100, 100)
     assert limit_before == Image.MAX_IMAGE_PIXELS  # Pillow's global guard is never touched
+
+
+def test_a_plain_image_is_decoded_only_when_its_pixels_are_read(tmp_path: Path) -> None:
+    # A 236 kB PNG declaring 9000 x 9000 px: `info` used to decode it whole (1.15 GB).
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((9000, 9000, 3), np.uint8)).save(path, optimize=True)
+    # Peak memory of a fresh process (VmHWM: ru_maxrss would carry this process's over exec).
+    probe = (
+        "from histoguard.slide import slide_info\n"
+        f"assert slide_info({str(path)!r})['dimensions'] == [9000, 9000]\n"
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+    )
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from Linux's /proc")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) < 200_000  # kB: below the 243 MB of its pixels alone
+    small = tmp_path / "small.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (700, 900, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(small)
+    lazy, eager = ImageSlide(small, mpp_override=0.5), ArraySlide(pixels, mpp=0.5)
+    assert lazy.level_dimensions == eager.level_dimensions
+    assert lazy.level_downsamples == eager.level_downsamples
+    for level in range(len(eager.level_dimensions)):
+        region = (10, 20, 64, 48, level)
+        np.testing.assert_array_equal(lazy.read_region(*region), eager.read_region(*region))
 
 
 def test_array_slide_builds_a_pyramid() -> None:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ _INTERPOLATIONS: Final = ("bilinear", "bicubic")
 _ASPECTS: Final = ("stretch", "center-crop", "refuse")
 
 # What Pillow raises for files it cannot decode, across its format plugins.
+_T = TypeVar("_T")
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 
 
@@ -128,6 +130,27 @@ def decode_image(
         ImageError: missing file or undecodable content; the message names the file.
         ImageTooLargeError: more pixels than ``max_pixels`` (or than Pillow's guard allows).
     """
+    return _opened(source, max_pixels, name, _to_rgb)
+
+
+def image_size(
+    source: str | Path | bytes,
+    *,
+    max_pixels: int | _PillowLimit | None = PILLOW_LIMIT,
+    name: str = "in-memory image",
+) -> tuple[int, int]:
+    """``(width, height)`` in pixels of an image file, read from its header (nothing decoded),
+    with the same checks and errors as :func:`decode_image`."""
+    return _opened(source, max_pixels, name, lambda image: (image.width, image.height))
+
+
+def _opened(
+    source: str | Path | bytes,
+    max_pixels: int | _PillowLimit | None,
+    name: str,
+    use: Callable[[Image.Image], _T],
+) -> _T:
+    """``use(image)`` on the opened image once its size is within ``max_pixels``."""
     label = name if isinstance(source, bytes) else str(source)
     limit = Image.MAX_IMAGE_PIXELS if isinstance(max_pixels, _PillowLimit) else max_pixels
     handle: Path | io.BytesIO = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
@@ -145,7 +168,7 @@ def decode_image(
                         f"image is {size} pixels, above the limit of {limit}",
                         "Tile it first, or pass a larger max_pixels",
                     )
-                return _to_rgb(image)
+                return use(image)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from histoguard.core._image import decode_image
+from histoguard.core._image import decode_image, image_size
 from histoguard.errors import CorruptSlideError, ImageError, ImageTooLargeError, SlideTooLargeError
 from histoguard.slide._preflight import FileKind
 from histoguard.slide._reader import SlideReader, resize
 from histoguard.slide._registry import register_backend
+
+_T = TypeVar("_T")
+#: Lower levels are made by halving until the longest side is at most this (pixels).
+_MIN_LEVEL_SIZE = 512
 
 
 class ArraySlide(SlideReader):
@@ -36,17 +41,11 @@ class ArraySlide(SlideReader):
         mpp: float | None = None,
         name: str = "array-slide",
         mpp_override: float | None = None,
-        min_level_size: int = 512,
+        min_level_size: int = _MIN_LEVEL_SIZE,
     ) -> None:
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 array, got {array.shape} {array.dtype}")
-        self._levels = [np.ascontiguousarray(array)]
-        while max(self._levels[-1].shape[:2]) > min_level_size:
-            previous = self._levels[-1]
-            height, width = (previous.shape[0] // 2, previous.shape[1] // 2)
-            if min(height, width) < 1:
-                break
-            self._levels.append(resize(previous[: height * 2, : width * 2], width, height))
+        self._levels = _pyramid(array, min_level_size)
         self._mpp = mpp
         self._min_level_size = min_level_size
         super().__init__(name, mpp_override=mpp_override)
@@ -63,8 +62,8 @@ class ArraySlide(SlideReader):
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
-        width0 = self._levels[0].shape[1]
-        return tuple(width0 / level.shape[1] for level in self._levels)
+        dimensions = self.level_dimensions
+        return tuple(dimensions[0][0] / width for width, _ in dimensions)
 
     @property
     def properties(self) -> Mapping[str, str]:
@@ -90,7 +89,7 @@ class ArraySlide(SlideReader):
         raise KeyError(f"{self.path} has no associated image {name!r}")
 
     def _read(self, x: int, y: int, width: int, height: int, level: int) -> np.ndarray:
-        image = self._levels[level]
+        image = self._pixels()[level]
         downsample = self.level_downsamples[level]
         left, top = int(x // downsample), int(y // downsample)
         region = np.full((height, width, 3), 255, dtype=np.uint8)
@@ -99,6 +98,10 @@ class ArraySlide(SlideReader):
         if x1 > x0 and y1 > y0:
             region[y0 - top : y1 - top, x0 - left : x1 - left] = image[y0:y1, x0:x1]
         return region
+
+    def _pixels(self) -> list[np.ndarray]:
+        """The pyramid's levels, ``(H, W, 3)`` uint8 each."""
+        return self._levels
 
     def clone(self) -> SlideReader:
         """The same object: in-memory reads are thread-safe and need no handle of their own."""
@@ -130,8 +133,11 @@ class ArraySlide(SlideReader):
     formats="PNG, JPEG and plain TIFF images, as single-level slides",
 )
 class ImageSlide(ArraySlide):
-    """A plain image file (PNG, JPEG, TIFF) as a slide, decoded whole into memory.
+    """A plain image file (PNG, JPEG, TIFF) as a slide, decoded whole into memory when its
+    pixels are first read.
 
+    Opening reads only the header, so ``info`` on a small file that declares a huge image (a
+    decompression bomb) costs nothing; the size limit is checked before any pixel is decoded.
     Images carry no trustworthy microscope resolution, so ``mpp_override`` is needed to tile.
     The pixel limit is explicit and per call: Pillow's global decompression-bomb guard is never
     changed. The default limit is Pillow's own ``Image.MAX_IMAGE_PIXELS``; bigger images belong
@@ -146,16 +152,34 @@ class ImageSlide(ArraySlide):
         max_pixels: int | None = None,
     ) -> None:
         path = Path(path)
-        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        self._limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        width, height = self._checked(image_size, path)
+        self._dimensions = _pyramid_dimensions(width, height, _MIN_LEVEL_SIZE)
+        self._decoded: list[np.ndarray] | None = None
+        self._decoding = threading.Lock()
+        self._mpp = None
+        self._min_level_size = _MIN_LEVEL_SIZE
+        self._max_pixels = max_pixels
+        SlideReader.__init__(self, str(path), mpp_override=mpp_override)
+
+    def _checked(self, read: Callable[..., _T], path: Path) -> _T:
         fix = "Convert it to a pyramidal TIFF (vips tiffsave --tile --pyramid)"
         try:
-            array = decode_image(path, max_pixels=limit)
+            return read(path, max_pixels=self._limit)
         except ImageTooLargeError as error:
             raise SlideTooLargeError(path, error.problem, fix) from error
         except ImageError as error:
             raise CorruptSlideError(path, error.problem, "Re-export the image") from error
-        super().__init__(array, mpp=None, name=str(path), mpp_override=mpp_override)
-        self._max_pixels = max_pixels
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._dimensions
+
+    def _pixels(self) -> list[np.ndarray]:
+        with self._decoding:  # reads run in threads; the image is decoded once
+            if self._decoded is None:
+                self._decoded = _pyramid(self._checked(decode_image, self.path), _MIN_LEVEL_SIZE)
+            return self._decoded
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -168,3 +192,24 @@ class ImageSlide(ArraySlide):
         self.__init__(  # type: ignore[misc]
             state["path"], mpp_override=state["mpp_override"], max_pixels=state["max_pixels"]
         )
+
+
+def _pyramid_dimensions(
+    width: int, height: int, min_level_size: int
+) -> tuple[tuple[int, int], ...]:
+    """``(width, height)`` of each level of :func:`_pyramid`, from the level-0 size alone."""
+    dimensions = [(width, height)]
+    while max(dimensions[-1]) > min_level_size:
+        width, height = dimensions[-1][0] // 2, dimensions[-1][1] // 2
+        if min(width, height) < 1:
+            break
+        dimensions.append((width, height))
+    return tuple(dimensions)
+
+
+def _pyramid(array: np.ndarray, min_level_size: int) -> list[np.ndarray]:
+    """``array`` and its halvings, ``(H, W, 3)`` uint8 each (see :func:`_pyramid_dimensions`)."""
+    levels = [np.ascontiguousarray(array)]
+    for width, height in _pyramid_dimensions(array.shape[1], array.shape[0], min_level_size)[1:]:
+        levels.append(resize(levels[-1][: height * 2, : width * 2], width, height))
+    return levels
