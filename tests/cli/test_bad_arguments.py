@@ -84,3 +84,31 @@ def test_out_that_is_a_file_or_below_one(tmp_path: Path) -> None:
         assert code == 2
         assert "Traceback" not in output
         assert "choose" in output
+
+
+def _tiny_slide(tmp_path: Path) -> Path:
+    import numpy as np
+    import tifffile
+
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["info"],
+        ["tile", "--out", "{out}"],
+        ["extract", "--encoder", "hg-handcrafted", "--out", "{out}", "-q"],
+    ],
+)
+def test_unknown_backend_lists_the_known_ones(tmp_path: Path, command: list[str]) -> None:
+    slide = _tiny_slide(tmp_path)
+    args = [a.replace("{out}", str(tmp_path / "o")) for a in command]
+    code, output = _run([args[0], str(slide), *args[1:], "--backend", "nosuch"])
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert "unknown slide back-end 'nosuch'" in output
+    assert "openslide" in output and "tiffslide" in output and "image" in output
+    assert not (tmp_path / "o" / "s.h5").exists()
