@@ -112,3 +112,58 @@ def test_unknown_backend_lists_the_known_ones(tmp_path: Path, command: list[str]
     assert "unknown slide back-end 'nosuch'" in output
     assert "openslide" in output and "tiffslide" in output and "image" in output
     assert not (tmp_path / "o" / "s.h5").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:  # a port the system just handed out, now closed again
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("address", "fix"),
+    [
+        ("tcp://127.0.0.1:{port}", "dask scheduler --port"),
+        ("127.0.0.1:{port}", "leave out --scheduler"),
+        ("tcp://[bad", "tcp://HOST:PORT"),
+    ],
+)
+def test_unreachable_scheduler_is_refused_up_front(tmp_path: Path, address: str, fix: str) -> None:
+    import time
+
+    slide = _tiny_slide(tmp_path)
+    out = tmp_path / "o"
+    address = address.replace("{port}", str(_closed_port()))
+    pytest.importorskip("distributed")
+    import histoguard.features._dask  # noqa: F401 - imported first: time the check, not imports
+
+    started = time.perf_counter()
+    code, output = _run(
+        ["extract", str(slide), "--encoder", "hg-handcrafted", "--out", str(out), "-q",
+         "--scheduler", address]
+    )  # fmt: skip
+    assert time.perf_counter() - started < 10  # Dask alone would wait 30 s
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert fix in output
+    assert not out.exists()  # refused before anything is tiled or written
+
+
+def test_a_listening_scheduler_address_passes_the_check() -> None:
+    import socket
+
+    pytest.importorskip("distributed")
+    from histoguard.errors import ConfigError
+    from histoguard.features._dask import check_scheduler
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_scheduler(f"tcp://127.0.0.1:{port}", timeout_s=2)
+        check_scheduler(f"127.0.0.1:{port}", timeout_s=2)
+    check_scheduler("inproc://somewhere")  # not a TCP transport: left to Dask
+    with pytest.raises(ConfigError, match="cannot reach"):
+        check_scheduler(f"tcp://127.0.0.1:{port}", timeout_s=2)

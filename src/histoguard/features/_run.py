@@ -51,8 +51,13 @@ def extract_features(
 
     Raises:
         NoSlidesError: the inputs hold no slide (nothing is written).
+        ConfigError: ``scheduler`` does not answer within 5 s (nothing is written).
         EncoderError: the encoder cannot be loaded.
     """
+    if scheduler is not None:
+        from histoguard.features._dask import check_scheduler
+
+        check_scheduler(scheduler)  # in seconds, before anything is tiled or written
     slides = find_slides(inputs, tile_folders=True)
     require_slides(inputs, slides, tile_folders=True)
     out_dir = Path(out_dir)
