@@ -167,3 +167,33 @@ def test_a_listening_scheduler_address_passes_the_check() -> None:
     check_scheduler("inproc://somewhere")  # not a TCP transport: left to Dask
     with pytest.raises(ConfigError, match="cannot reach"):
         check_scheduler(f"tcp://127.0.0.1:{port}", timeout_s=2)
+
+
+@pytest.mark.parametrize(
+    ("reference", "method", "fix"),
+    [
+        ("missing.png", "macenko", "no such image file; pass the path of an H&E image"),
+        ("garbage.png", "reinhard", "cannot decode the image"),
+        ("white.png", "macenko", "use an H&E image with plenty of tissue"),
+        ("garbage.png", "nosuch", "Known: macenko"),
+    ],
+)
+def test_bad_stain_settings_are_refused_before_any_slide(
+    tmp_path: Path, reference: str, method: str, fix: str
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "garbage.png").write_text("not an image")
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    slide, out = _tiny_slide(tmp_path), tmp_path / "o"
+    code, output = _run(
+        ["extract", str(slide), "--encoder", "hg-handcrafted", "--out", str(out), "-q",
+         "--mpp-override", "0.5", "--stain-normalize", method,
+         "--stain-reference", str(tmp_path / reference)]
+    )  # fmt: skip
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert "FAILED" not in output and "unexpected" not in output  # not per slide
+    assert fix in output
+    assert not out.exists()
