@@ -38,6 +38,9 @@ from histoguard._version import __version__
 from histoguard.cli._bounds import writable_out_dir
 from histoguard.errors import ConfigError, HistoguardError, UnknownNameError
 
+#: Largest ``--seed`` (NumPy and torch both accept every seed up to 2**32 - 1).
+SEED_MAX = 2**32 - 1
+
 #: Exit codes of ``histoguard``.
 EXIT_DATA_ERROR = 1
 EXIT_USAGE_ERROR = 2

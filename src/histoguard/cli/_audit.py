@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from histoguard.cli._app import (
+    SEED_MAX,
     OutDir,
     Quiet,
     RegistryHelpCommand,
@@ -70,7 +71,12 @@ def audit(
     ] = None,
     max_k: Annotated[int, typer.Option(help="Largest k of the RI(k) curve.", min=1)] = 100,
     tolerance: Annotated[
-        float, typer.Option(help="Accuracy drop a perturbation may cause and still pass.", min=0)
+        float,
+        typer.Option(
+            help="Accuracy drop (fraction, 0-1) a perturbation may cause and still pass.",
+            min=0,
+            max=1,
+        ),
     ] = 0.05,
     eps: Annotated[
         str, typer.Option(help="PGD L-inf budgets, comma-separated, in 0-255 pixel units.")
@@ -83,12 +89,17 @@ def audit(
         ),
     ] = None,
     slide_fraction: Annotated[
-        float, typer.Option(help="Share of each slide's tiles the slide attack perturbs.", min=0)
+        float,
+        typer.Option(
+            help="Share (0-1) of each slide's tiles the slide attack perturbs.", min=0, max=1
+        ),
     ] = 0.001,
     max_tiles_per_slide: Annotated[
         int, typer.Option(help="Embeddings read per slide from feature files.", min=1)
     ] = 256,
-    seed: Annotated[int, typer.Option(help="Seeds every random choice of the audit.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seeds every random choice of the audit.", min=0, max=SEED_MAX)
+    ] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Audit an encoder or its embeddings: does it see biology or the hospital?

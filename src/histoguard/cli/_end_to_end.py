@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histoguard.cli._app import OutDir, Quiet, RegistryHelpCommand, app
+from histoguard.cli._app import SEED_MAX, OutDir, Quiet, RegistryHelpCommand, app
 from histoguard.cli._mil import _json_mapping
 
 
@@ -36,25 +36,41 @@ def train_end_to_end(
     split: Annotated[
         str, typer.Option(help="kfold (patient-grouped; one fold trained) or given (split column).")
     ] = "kfold",
-    k: Annotated[int, typer.Option(help="Folds of kfold.")] = 5,
+    k: Annotated[int, typer.Option(help="Folds of kfold.", min=2, max=100)] = 5,
     fold: Annotated[
-        int, typer.Option(help="Which kfold fold to train; its test part is held out.")
+        int,
+        typer.Option(
+            help="Which kfold fold to train (0 to --k minus 1); its test part is held out.",
+            min=0,
+            max=99,
+        ),
     ] = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (one step per training slide).")] = 10,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 3,
-    lr_encoder: Annotated[float, typer.Option(help="AdamW learning rate of the encoder.")] = 1e-4,
-    lr_head: Annotated[float, typer.Option(help="AdamW learning rate of the MIL head.")] = 2e-4,
+    epochs: Annotated[
+        int,
+        typer.Option(help="Maximum epochs (one step per training slide).", min=1, max=100000),
+    ] = 10,
+    patience: Annotated[
+        int, typer.Option(help="Early-stopping patience (epochs).", min=1, max=100000)
+    ] = 3,
+    lr_encoder: Annotated[
+        float, typer.Option(help="AdamW learning rate of the encoder.", min=0, max=10)
+    ] = 1e-4,
+    lr_head: Annotated[
+        float, typer.Option(help="AdamW learning rate of the MIL head.", min=0, max=10)
+    ] = 2e-4,
     tiles_with_grad: Annotated[
         int,
         typer.Option(
             help="Tiles per step re-encoded with gradient (half most-attended, half random); "
-            "the rest of the bag is encoded without gradient. Sets the encoder's memory."
+            "the rest of the bag is encoded without gradient. Sets the encoder's memory.",
+            min=1,
         ),
     ] = 32,
     max_tiles_per_bag: Annotated[
         int | None,
         typer.Option(
-            help="Random subset of at most this many tiles per training step (default: all)."
+            help="Random subset of at most this many tiles per training step (default: all).",
+            min=1,
         ),
     ] = None,
     checkpointing: Annotated[
@@ -68,8 +84,10 @@ def train_end_to_end(
     device: Annotated[
         str, typer.Option(help="Torch device: cpu, cuda, cuda:1 (bfloat16 AMP on CUDA).")
     ] = "cpu",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the metrics' CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.", min=0, max=SEED_MAX)] = 0,
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the metrics' CIs.", min=1, max=100000)
+    ] = 1000,
     quiet: Quiet = False,
 ) -> None:
     """Train an encoder and a MIL head jointly from slide labels (one split), with memory that

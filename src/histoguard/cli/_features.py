@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from histoguard.cli._app import (
+    SEED_MAX,
     Backend,
     EdgeMode,
     MinTissue,
@@ -76,8 +77,9 @@ def extract(
         int,
         typer.Option(
             help="K augmented views embedded per tile (0: none). View k of tile i is seeded by "
-            "(--seed, k) and i: reruns are identical.",
+            "(--seed, k) and i: reruns are identical. Time grows with K + 1.",
             min=0,
+            max=64,
         ),
     ] = 0,
     views_mode: Annotated[
@@ -87,8 +89,13 @@ def extract(
             "mean: features become the mean of the plain and the K augmented embeddings."
         ),
     ] = "store",
-    seed: Annotated[int, typer.Option(help="Seed of the augmented views.", min=0)] = 0,
-    batch_size: Annotated[int, typer.Option(help="Tiles per encoder call.", min=1)] = 64,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the augmented views.", min=0, max=SEED_MAX)
+    ] = 0,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Tiles per encoder call (memory grows with it).", min=1, max=4096),
+    ] = 64,
     readers: Annotated[
         int,
         typer.Option(

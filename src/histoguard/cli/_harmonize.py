@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from histoguard.cli._app import OutDir, Quiet, _print_report, app
+from histoguard.cli._app import SEED_MAX, OutDir, Quiet, _print_report, app
 
 
 @app.command()
@@ -59,7 +59,9 @@ def harmonize(
         bool,
         typer.Option("--no-covariates", help="Fit without the training labels as covariates."),
     ] = False,
-    seed: Annotated[int, typer.Option(help="Seeds the tile sample of the fit.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seeds the tile sample of the fit.", min=0, max=SEED_MAX)
+    ] = 0,
     quiet: Quiet = False,
 ) -> None:
     """Remove center effects from feature files: OUT/<slide_id>.h5 per slide (same format,

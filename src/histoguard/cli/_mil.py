@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from histoguard.cli._app import (
+    SEED_MAX,
     OutDir,
     Quiet,
     RegistryHelpCommand,
@@ -46,15 +47,21 @@ def train(
         str | None,
         typer.Option(help="kfold (patient-grouped, stratified), leave-one-center-out, or given."),
     ] = None,
-    k: Annotated[int | None, typer.Option(help="Folds for kfold.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs per split.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    k: Annotated[int | None, typer.Option(help="Folds for kfold.", min=2, max=100)] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Maximum epochs per split.", min=1, max=100000)
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.", min=0, max=SEED_MAX)] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early-stopping patience (epochs).", min=1, max=100000)
+    ] = None,
     lr: Annotated[
         float | None,
         typer.Option(help="AdamW learning rate.", min=0, max=10),
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="AdamW weight decay.", min=0, max=10)
+    ] = None,
     max_instances: Annotated[
         int | None, typer.Option(help="Subsample bags to at most this many tiles per step.", min=1)
     ] = None,
@@ -65,24 +72,40 @@ def train(
         ),
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Decision threshold for sensitivity/specificity.")
+        float | None,
+        typer.Option(
+            help="Decision threshold on the positive-class probability for "
+            "sensitivity/specificity (strictly between 0 and 1).",
+            min=0,
+            max=1,
+        ),
     ] = None,
     n_boot: Annotated[
         int | None, typer.Option(help="Bootstrap resamples for CIs.", min=1, max=100000)
     ] = None,
     seeds: Annotated[
-        int | None, typer.Option(help="Models per split with seeds seed, seed+1, ... (ensemble).")
+        int | None,
+        typer.Option(
+            help="Models per split with seeds seed, seed+1, ... (ensemble).", min=1, max=100
+        ),
     ] = None,
     calibration_fraction: Annotated[
         float | None,
         typer.Option(
             help="Share of slides (whole patients) held out from every split for calibration, "
-            "conformal sets and the out-of-distribution gate (default 0.2; 0 = none)."
+            "conformal sets and the out-of-distribution gate (default 0.2; 0 = none; below 1).",
+            min=0,
+            max=1,
         ),
     ] = None,
     alpha: Annotated[
         float | None,
-        typer.Option(help="Conformal miscoverage: sets hold the truth with prob. >= 1 - alpha."),
+        typer.Option(
+            help="Conformal miscoverage: sets hold the truth with prob. >= 1 - alpha "
+            "(strictly between 0 and 1).",
+            min=0,
+            max=1,
+        ),
     ] = None,
     mondrian: Annotated[
         str | None,
@@ -90,7 +113,12 @@ def train(
     ] = None,
     ood_alpha: Annotated[
         float | None,
-        typer.Option(help="Gate level: a slide with p-value <= this is out of distribution."),
+        typer.Option(
+            help="Gate level: a slide with p-value <= this is out of distribution "
+            "(strictly between 0 and 1).",
+            min=0,
+            max=1,
+        ),
     ] = None,
     harmonize: Annotated[
         str | None,
@@ -104,7 +132,9 @@ def train(
         float | None,
         typer.Option(
             help="Center-adversarial training: lambda_max of a gradient-reversed center head "
-            "on the bag embedding (DANN schedule; default 0 = off; needs >= 2 training centers)."
+            "on the bag embedding (DANN schedule; default 0 = off; needs >= 2 training centers).",
+            min=0,
+            max=100,
         ),
     ] = None,
     adversarial_unlabelled: Annotated[
@@ -120,16 +150,26 @@ def train(
         float | None,
         typer.Option(
             help="Weight of a supervised-contrastive loss pulling same-class bags of other "
-            "centers together (default 0 = off)."
+            "centers together (default 0 = off).",
+            min=0,
+            max=100,
         ),
     ] = None,
     contrastive_temperature: Annotated[
-        float | None, typer.Option(help="Temperature of the contrastive loss (default 0.1).")
+        float | None,
+        typer.Option(
+            help="Temperature of the contrastive loss, on cosine similarities (default 0.1).",
+            min=0.001,
+            max=100,
+        ),
     ] = None,
     bags_per_step: Annotated[
         int | None,
         typer.Option(
-            help="Bags averaged into one optimiser step (default 1; 8 with a contrastive loss)."
+            help="Bags averaged into one optimiser step (default 1; 8 with a contrastive loss; "
+            "memory grows with it).",
+            min=1,
+            max=1024,
         ),
     ] = None,
     pad_batches: Annotated[
@@ -233,7 +273,10 @@ def predict(
         ),
     ] = None,
     mc_dropout: Annotated[
-        int, typer.Option(help="Extra MC-dropout passes per model for the uncertainty.", min=0)
+        int,
+        typer.Option(
+            help="Extra MC-dropout passes per model for the uncertainty.", min=0, max=1000
+        ),
     ] = 0,
     batch_test: Annotated[
         bool,
@@ -311,7 +354,9 @@ def evaluate(
             "gate's AUROC, detection rate and batch test against the cohort's slides."
         ),
     ] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.", min=1)] = 1000,
+    n_boot: Annotated[
+        int, typer.Option(help="Bootstrap resamples for CIs.", min=1, max=100000)
+    ] = 1000,
 ) -> None:
     """How far a model can be trusted on labelled slides: calibration (ECE, Brier, NLL)
     before and after scaling, conformal coverage per class and center with Clopper-Pearson

@@ -41,7 +41,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on (loopback: this machine only).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.", min=0, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[
         int, typer.Option(help="Threads reading and encoding tiles.", min=1, max=64)
     ] = 4,

@@ -32,7 +32,12 @@ def tile(
     mpp: TargetMpp = 0.5,
     tile_size: TileSize = 224,
     overlap: Annotated[
-        int, typer.Option(help="Pixels (at --mpp) shared by neighbours.", min=0)
+        int,
+        typer.Option(
+            help="Pixels (at --mpp) shared by neighbours; less than --tile-size.",
+            min=0,
+            max=8191,
+        ),
     ] = 0,
     min_tissue: MinTissue = 0.5,
     edge: EdgeMode = "pad",

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from histoguard.cli._app import OutDir, Quiet, RegistryHelpCommand, app
+from histoguard.cli._app import SEED_MAX, OutDir, Quiet, RegistryHelpCommand, app
 from histoguard.errors import ConfigError
 
 
@@ -38,12 +38,18 @@ def train_encoder_command(
     weights: Annotated[
         Path | None, typer.Option(help="Initial weights (default: the seeded random init).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Most passes over the training tiles.", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(help="Tiles per optimisation step.", min=2)] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.", min=0)] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", min=0)] = 1e-4,
+    epochs: Annotated[
+        int, typer.Option(help="Most passes over the training tiles.", min=1, max=100000)
+    ] = 10,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Tiles per optimisation step (memory grows with it).", min=2, max=4096),
+    ] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.", min=0, max=10)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", min=0, max=10)] = 1e-4,
     seed: Annotated[
-        int, typer.Option(help="Seeds the split, batch order and augmentation.", min=0)
+        int,
+        typer.Option(help="Seeds the split, batch order and augmentation.", min=0, max=SEED_MAX),
     ] = 0,
     val_fraction: Annotated[
         float,
@@ -55,7 +61,10 @@ def train_encoder_command(
         ),
     ] = 0.2,
     patience: Annotated[
-        int, typer.Option(help="Epochs without a better validation balanced accuracy.", min=1)
+        int,
+        typer.Option(
+            help="Epochs without a better validation balanced accuracy.", min=1, max=100000
+        ),
     ] = 3,
     augment: Annotated[
         list[str] | None,
@@ -72,6 +81,7 @@ def train_encoder_command(
             help="Weight of a supervised-contrastive loss whose positives are same-class tiles "
             "from another center (0: off).",
             min=0,
+            max=100,
         ),
     ] = 0.0,
     temperature: Annotated[
@@ -80,16 +90,20 @@ def train_encoder_command(
             help="Softmax temperature of the contrastive losses (--contrastive-weight's and "
             "SimCLR's), on cosine similarities.",
             min=0.001,
+            max=100,
         ),
     ] = 0.1,
     max_tiles: Annotated[
-        int | None, typer.Option(help="Train on a seeded random subset of this many tiles.")
+        int | None,
+        typer.Option(help="Train on a seeded random subset of this many tiles.", min=1),
     ] = None,
     tile_size: Annotated[
         int | None,
         typer.Option(
             help="Side in pixels tiles are trained at (default: the encoder's input size, what "
             "`extract` feeds it). Smaller trains faster on a CPU.",
+            min=8,
+            max=8192,
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1).")] = "cpu",

@@ -13,6 +13,7 @@ while histoguard runs a cluster, unless the ``histoguard`` logger is at INFO or 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import warnings
@@ -31,13 +32,57 @@ from histoguard.core._batch import (
     write_summary,
 )
 from histoguard.encoders import Encoder, load_encoder
-from histoguard.errors import HistoguardError
+from histoguard.errors import ConfigError, HistoguardError
 from histoguard.features._extract import ExtractionConfig, extract_slide
 
 logger = logging.getLogger(__name__)
 
 _ENCODERS: dict[tuple[str, str, str], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
+
+
+#: Seconds :func:`check_scheduler` waits for a scheduler to accept a connection.
+SCHEDULER_TIMEOUT_S = 5.0
+
+#: Dask's default scheduler port, for an address given without one.
+_DEFAULT_SCHEDULER_PORT = 8786
+
+
+def check_scheduler(address: str, timeout_s: float = SCHEDULER_TIMEOUT_S) -> None:
+    """Refuse a scheduler address that does not accept a TCP connection within ``timeout_s``
+    seconds, before any slide is tiled (Dask itself would wait 30 s, then fail with a
+    traceback). Only ``tcp://`` and ``tls://`` addresses (and bare ``host:port``) are probed;
+    other transports are left to Dask.
+
+    Raises:
+        ConfigError: the address cannot be parsed, its host not resolved, or nothing answers
+            there; the message says how to start a scheduler or run without one.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    fix = (
+        "start one there (`dask scheduler --port PORT`, or dask-jobqueue on Slurm), check the "
+        "address, or leave out --scheduler (--workers N runs a local cluster)"
+    )
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return
+        host, port = parse_host_port(location, default_port=_DEFAULT_SCHEDULER_PORT)
+    except ValueError as error:
+        raise ConfigError(
+            f"scheduler address {address!r} is not valid ({error}); write it as tcp://HOST:PORT"
+        ) from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except TimeoutError:
+        raise ConfigError(
+            f"no Dask scheduler answered at {address} within {timeout_s:g} s; {fix}"
+        ) from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"cannot reach a Dask scheduler at {address} ({reason}); {fix}") from None
 
 
 def _worker_encoder(config: ExtractionConfig) -> Encoder:

@@ -28,7 +28,7 @@ from histoguard.core._atomic import remove_stale_temporaries
 from histoguard.core._batch import ProgressCallback, SlideResult
 from histoguard.core._device import check_device
 from histoguard.encoders import Encoder, EncoderInfo, load_encoder
-from histoguard.errors import ConfigError, OutputError
+from histoguard.errors import ConfigError, ImageError, OutputError
 from histoguard.features._feature_file import finished_feature_file, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
 from histoguard.slide._tile_folder import TileFolder
@@ -267,6 +267,29 @@ def _stain_transform(config: ExtractionConfig) -> Callable[[np.ndarray], np.ndar
 
     reference = decode_image(config.stain_reference)
     return stain_normalizer(config.stain_normalize, reference).transform
+
+
+def check_stain_reference(config: ExtractionConfig) -> None:
+    """Decode the stain reference and fit the normaliser on it once, before any slide, so that
+    a missing, undecodable or tissue-free reference stops the run instead of failing every
+    slide. Does nothing without stain normalisation.
+
+    Raises:
+        ConfigError: the reference cannot be read or decoded, or the method cannot fit on it
+            (e.g. too little stained tissue); the message names ``--stain-reference``.
+    """
+    try:
+        _stain_transform(config)
+    except ImageError as error:  # the file: missing, not an image, too large
+        raise ConfigError(
+            f"stain reference (--stain-reference) {error.path}: {error.problem}; pass the path "
+            "of an H&E image (PNG, JPEG or TIFF)"
+        ) from None
+    except ValueError as error:  # the stain method cannot fit on it
+        raise ConfigError(
+            f"stain reference (--stain-reference) {config.stain_reference}: {error} "
+            f"(--stain-normalize {config.stain_normalize})"
+        ) from None
 
 
 def _weights_digest(weights: Path | None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from histoguard._version import __version__
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.core._batch import BatchReport
-from histoguard.features._extract import ExtractionConfig
+from histoguard.features._extract import ExtractionConfig, check_stain_reference
 from histoguard.features._local import run_locally
 from histoguard.slide._tile_job import find_slides, require_slides
 
@@ -51,8 +51,15 @@ def extract_features(
 
     Raises:
         NoSlidesError: the inputs hold no slide (nothing is written).
+        ConfigError: ``scheduler`` does not answer within 5 s, or the stain reference cannot
+            be read or fitted on (nothing is written).
         EncoderError: the encoder cannot be loaded.
     """
+    if scheduler is not None:
+        from histoguard.features._dask import check_scheduler
+
+        check_scheduler(scheduler)  # in seconds, before anything is tiled or written
+    check_stain_reference(config)  # once, not as a failure of every slide
     slides = find_slides(inputs, tile_folders=True)
     require_slides(inputs, slides, tile_folders=True)
     out_dir = Path(out_dir)
