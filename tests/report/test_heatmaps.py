@@ -310,8 +310,11 @@ def test_tile_folders_get_galleries_of_the_most_and_least_attended_tiles(tmp_pat
     folder.mkdir()
     names = [f"t{i}.png" for i in range(6)]
     for i, name in enumerate(names):
-        # Tile i is a flat grey of brightness 40 * i, so a gallery cell shows which tile it is.
-        Image.fromarray(np.full((50, 70, 3), 40 * i, np.uint8)).save(folder / name)
+        # Tile i is a grey of brightness 40 * i, so a gallery cell shows which tile it is, with
+        # a light corner mark (a one-colour tile is refused as blank).
+        tile = np.full((50, 70, 3), 40 * i, np.uint8)
+        tile[:5, :5] = 255 - 40 * i
+        Image.fromarray(tile).save(folder / name)
     attention = np.array([0.05, 0.3, 0.1, 0.4, 0.05, 0.1])
     prediction = SlidePrediction(
         slide="P001", probabilities={"normal": 0.4, "tumour": 0.6}, predicted="tumour",

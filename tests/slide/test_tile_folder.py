@@ -20,13 +20,19 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+#: a.png: two colours side by side (a one-colour tile would be refused as blank).
+A_PIXELS = np.full((32, 32, 3), (200, 40, 90), np.uint8)
+A_PIXELS[:, 16:] = (90, 40, 200)
+
+
 @pytest.fixture
 def mixed_folder(tmp_path: Path) -> Path:
     """a.png 32x32, b.jpg 64x64, c.png 48x40 RGBA, d.png truncated, e.png text, + non-tiles."""
     folder = tmp_path / "tiles"
     folder.mkdir()
-    Image.fromarray(np.full((32, 32, 3), (200, 40, 90), np.uint8)).save(folder / "a.png")
-    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(folder / "b.jpg", quality=95)
+    Image.fromarray(A_PIXELS).save(folder / "a.png")
+    ramp = np.repeat(np.linspace(0, 255, 64).astype(np.uint8)[None, :, None], 64, axis=0)
+    Image.fromarray(np.repeat(ramp, 3, axis=2)).save(folder / "b.jpg", quality=95)
     rgba = np.zeros((40, 48, 4), np.uint8)
     rgba[..., 0] = 255
     rgba[:20, :, 3] = 255  # top half opaque red, bottom half fully transparent
@@ -59,7 +65,7 @@ def test_reads_good_tiles_and_reports_each_bad_one(mixed_folder: Path) -> None:
     assert tiles.shape == (3, 32, 32, 3) and tiles.dtype == np.uint8
     assert [index for index, _ in failures] == [4, 3]
     assert "e.png" in failures[0][1] and "d.png" in failures[1][1]
-    np.testing.assert_array_equal(tiles[0], np.full((32, 32, 3), (200, 40, 90), np.uint8))
+    np.testing.assert_array_equal(tiles[0], A_PIXELS)
     assert abs(int(tiles[1].mean()) - 128) <= 2  # b.jpg shrunk from 64 px
     # c.png: transparent pixels are composited onto white, like slide background.
     assert tiles[2][0].tolist()[0] == [255, 0, 0]
@@ -139,6 +145,48 @@ def test_is_tile_folder_rule(tmp_path: Path, mixed_folder: Path) -> None:
     plain_tiff = folder_with("plain.tif")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(plain_tiff)
     assert is_tile_folder(plain_tiff.parent)
+
+
+def test_a_stray_slide_or_large_image_is_left_out_not_a_reason_to_give_up(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "patient1"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"t{i}.png"
+        )
+    Image.fromarray(np.zeros((8, 5000, 3), np.uint8)).save(folder / "overview.png")
+    (folder / "scan.svs").write_bytes(b"II*\0")
+    assert is_tile_folder(folder)
+    tiles = TileFolder.open(folder)
+    assert len(tiles) == 20 and "overview.png" not in tiles.names
+    assert tiles.left_out == (
+        ("overview.png", "5000x8 px, larger than a tile"),
+        ("scan.svs", "a whole-slide file"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pixels", "why"),
+    [
+        (np.zeros((32, 32, 3), np.uint8), "one colour"),
+        (np.full((32, 32, 3), 255, np.uint8), "one colour"),
+        (np.zeros((32, 32, 4), np.uint8), "one colour"),  # fully transparent: white
+        (np.array([[[10, 200, 30]]], np.uint8), "too small"),
+    ],
+)
+def test_blank_and_tiny_tiles_are_failures_not_tissue(
+    tmp_path: Path, pixels: np.ndarray, why: str
+) -> None:
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    Image.fromarray(A_PIXELS).save(folder / "a.png")
+    Image.fromarray(pixels).save(folder / "b.png")
+    tiles, failures = TileFolder.open(folder).read([0, 1], size=32)
+    assert len(tiles) == 1
+    assert failures[0][0] == 1 and "b.png" in failures[0][1] and why in failures[0][1]
 
 
 def test_real_lc25000_tiles(shared_data: Path) -> None:

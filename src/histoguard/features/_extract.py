@@ -352,6 +352,8 @@ def _folder_note(attrs: dict[str, Any], n_tiles: int, size: int) -> str:
     if others:
         note += (f"; resized to {size}x{size} px ({attrs.get('resize', '')}) from "
                  f"{'; '.join(others)} tiles")  # fmt: skip
+    if attrs.get("left_out_files"):
+        note += f"; left out, not tiles: {attrs['left_out_files']}"
     return note
 
 
@@ -366,6 +368,7 @@ def _plan(
             "tile_size": encoder.input_size,
             "source_tile_sizes": "; ".join(f"{w}x{h} px: {n}" for (w, h), n in sizes.items()),
             "resize": encoder.resize.describe(),
+            "left_out_files": "; ".join(f"{name} ({why})" for name, why in folder.left_out),
         }
     tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
     tile_file = output_paths(tiles_dir, slide)["h5"]

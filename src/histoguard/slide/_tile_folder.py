@@ -1,11 +1,16 @@
 """A folder of tile images read as one "slide" (datasets shipped as tiles, e.g. LC25000, GlaS).
 
 What counts as a tile folder (:func:`is_tile_folder`): a directory whose own files (not its
-subfolders; hidden files ignored) include at least one tile image (:data:`TILE_IMAGE_EXTENSIONS`)
-and no whole-slide file, where every tile image is at most :data:`MAX_TILE_SIDE` pixels on each
-side and no TIFF is tiled or multi-page. A folder of large images or of pyramidal TIFFs is a
-folder of slides instead; a folder of folders is not one slide: each of its sub-folders that is
-a tile folder is one slide (:func:`tile_folders_in`), named after the sub-folder.
+subfolders; hidden files ignored) are tile images (:data:`TILE_IMAGE_EXTENSIONS`, at most
+:data:`MAX_TILE_SIDE` pixels on each side, no tiled or multi-page TIFF) for at least
+:data:`TILE_SHARE` of its image and whole-slide files. A stray large image or ``.svs`` among
+hundreds of tiles is left out and reported (:attr:`TileFolder.left_out`) instead of turning the
+folder into a folder of slides; a folder of large images or of pyramidal TIFFs is a folder of
+slides. A folder of folders is not one slide: each of its sub-folders that is a tile folder is
+one slide (:func:`tile_folders_in`), named after the sub-folder.
+
+A tile that decodes to one colour (black, white, fully transparent: :func:`~._qc.is_constant`)
+or is smaller than :data:`MIN_TILE_SIDE` is reported as a failed tile, never embedded.
 
 Tiles have no position on a slide: their "coordinates" are ``(index, 0)`` in name order, which
 keeps the ``(N, 2)`` coords contract of tile and feature files; the names say which tile is which.
@@ -24,11 +29,16 @@ from PIL import Image
 
 from histoguard.core._image import ResizePolicy, decode_image, resize_tile_images
 from histoguard.errors import ImageError, SlideNotFoundError, UnsupportedFormatError
+from histoguard.slide._qc import is_constant
 
 TILE_IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 
-#: A tile image larger than this on either side makes its folder a folder of slides.
+#: A tile image larger than this on either side is not a tile (a slide, or an overview).
 MAX_TILE_SIDE = 4096
+#: A decoded tile smaller than this on either side (pixels) is refused: nothing to encode.
+MIN_TILE_SIDE = 16
+#: Least share of a folder's image and whole-slide files that must be tiles for a tile folder.
+TILE_SHARE = 0.9
 
 # Extensions that only whole-slide images use; one of these in a folder makes it a slide folder.
 _WHOLE_SLIDE_EXTENSIONS = frozenset(
@@ -59,10 +69,13 @@ class TileFolder:
     Attributes:
         path: the folder.
         names: file names relative to ``path``, sorted by code point (platform-independent).
+        left_out: ``(name, why)`` of the folder's files that are not tiles (a whole-slide file,
+            an image too large for a tile, a pyramidal TIFF), in name order.
     """
 
     path: Path
     names: tuple[str, ...]
+    left_out: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def open(cls, path: Path) -> TileFolder:
@@ -77,14 +90,15 @@ class TileFolder:
             raise SlideNotFoundError(path, "no such folder")
         if not path.is_dir():
             raise UnsupportedFormatError(path, "not a folder of tile images")
-        names = tuple(p.name for p in _tile_images(path))
+        tiles, others = _sorted_files(path)
+        names = tuple(p.name for p in tiles)
         if not names:
             raise UnsupportedFormatError(
                 path,
                 f"no tile images in {path}",
                 f"Put the tiles ({', '.join(sorted(TILE_IMAGE_EXTENSIONS))}) directly in it",
             )
-        return cls(path=path, names=names)
+        return cls(path=path, names=names, left_out=tuple((p.name, why) for p, why in others))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -133,6 +147,7 @@ class TileFolder:
             path = self.path / self.names[index]
             try:
                 tile = decode_image(path)
+                _check_content(path, tile)
                 if size is not None:
                     tile = resize_tile_images(tile, size, resize, what=str(path))
             except ImageError as error:
@@ -153,17 +168,14 @@ class TileFolder:
 def is_tile_folder(path: Path) -> bool:
     """Whether ``path`` is a folder of tile images to be read as one slide (see module docs).
 
-    Reads only image headers; stops at the first file that rules the folder out.
+    Reads only image headers.
     """
     path = Path(path)
     # A MIRAX slide's data folder is named like the slide and holds no images anyway.
     if not path.is_dir() or path.suffix.lower() == ".mrxs":
         return False
-    children = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if any(p.suffix.lower() in _WHOLE_SLIDE_EXTENSIONS for p in children):
-        return False
-    images = [p for p in children if p.suffix.lower() in TILE_IMAGE_EXTENSIONS]
-    return bool(images) and not any(_looks_like_slide(p) for p in images)
+    tiles, others = _sorted_files(path)
+    return bool(tiles) and len(tiles) >= TILE_SHARE * (len(tiles) + len(others))
 
 
 def tile_folders_in(path: Path) -> list[Path]:
@@ -180,32 +192,61 @@ def tile_folders_in(path: Path) -> list[Path]:
     return sorted((p for p in subfolders if is_tile_folder(p)), key=lambda p: p.name)
 
 
-def _tile_images(path: Path) -> list[Path]:
-    return sorted(
-        (
-            p
-            for p in path.iterdir()
-            if p.suffix.lower() in TILE_IMAGE_EXTENSIONS
-            and not p.name.startswith(".")
-            and p.is_file()
-        ),
-        key=lambda p: p.name,
-    )
+def _sorted_files(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The folder's tile images, and its other image and whole-slide files with why each is no
+    tile, both in name order. Hidden files and other extensions are ignored."""
+    tiles: list[Path] = []
+    others: list[tuple[Path, str]] = []
+    for p in sorted(path.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        suffix = p.suffix.lower()
+        if suffix in _WHOLE_SLIDE_EXTENSIONS:
+            others.append((p, "a whole-slide file"))
+        elif suffix in TILE_IMAGE_EXTENSIONS:
+            why = _not_a_tile(p)
+            if why:
+                others.append((p, why))
+            else:
+                tiles.append(p)
+    return tiles, others
 
 
-def _looks_like_slide(path: Path) -> bool:
-    """Too large for a tile, or a tiled / multi-page (pyramidal) TIFF. Unreadable: a bad tile."""
+def _not_a_tile(path: Path) -> str:
+    """Why the image is no tile (too large, or a tiled / multi-page TIFF), "" when it may be one.
+    An unreadable header may be a tile: its decode reports it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if max(image.size) > MAX_TILE_SIDE:
-                    return True
+                    return f"{image.width}x{image.height} px, larger than a tile"
                 if image.format == "TIFF":
-                    tiled = _TIFF_TILE_WIDTH_TAG in getattr(image, "tag_v2", {})
-                    return tiled or getattr(image, "n_frames", 1) > 1
+                    if _TIFF_TILE_WIDTH_TAG in getattr(image, "tag_v2", {}):
+                        return "a tiled TIFF (a slide)"
+                    if getattr(image, "n_frames", 1) > 1:
+                        return "a multi-page TIFF (a slide)"
     except Image.DecompressionBombError:
-        return True  # far beyond Pillow's pixel limit: certainly not a tile
+        return "far beyond Pillow's pixel limit"
     except _DECODE_ERRORS:
-        return False  # reported per tile when read
-    return False
+        return ""
+    return ""
+
+
+def _check_content(path: Path, tile: np.ndarray) -> None:
+    """Refuse a decoded tile with nothing to encode: too small, or one colour.
+
+    Raises:
+        ImageError: naming the tile and what is wrong with it.
+    """
+    height, width = tile.shape[:2]
+    if min(height, width) < MIN_TILE_SIDE:
+        raise ImageError(
+            str(path), f"only {width}x{height} px, too small for a tile (< {MIN_TILE_SIDE} px)",
+            "Remove it from the tile folder",
+        )  # fmt: skip
+    if is_constant(tile):
+        raise ImageError(
+            str(path), "one colour (blank, black, white or fully transparent), not tissue",
+            "Remove it from the tile folder",
+        )  # fmt: skip
