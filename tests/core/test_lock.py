@@ -158,6 +158,7 @@ def test_batch_marks_slides_another_live_run_holds_as_locked(tmp_path: Path) -> 
     assert report.counts()["locked"] == 1
     assert f"pid {os.getppid()}" in report.results[0].message
     assert "another run is working on it" in report.results[0].message
+    assert f"delete {lock_path(tmp_path, 'S1')}" in report.results[0].message
     assert not stale.exists() and not lock_path(tmp_path, "S3").exists(), "released"
     with (tmp_path / "summary.csv").open() as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["locked", "done", "done"]

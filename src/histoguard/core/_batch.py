@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from histoguard.core._atomic import write_bytes_atomic
-from histoguard.core._lock import LockHolder, slide_lock
+from histoguard.core._lock import LockHolder, lock_path, slide_lock
+from histoguard.core._owner import LEASE_SECONDS
 from histoguard.errors import HistoguardError
 
 Status = Literal["done", "skipped", "failed", "locked"]
@@ -95,13 +96,15 @@ def failed_result(slide: Path, error: BaseException, started: float) -> SlideRes
     )
 
 
-def locked_result(slide: Path, holder: LockHolder) -> SlideResult:
-    """A ``locked`` result: another run holds the slide's lock."""
+def locked_result(slide: Path, holder: LockHolder, lock: Path) -> SlideResult:
+    """A ``locked`` result: another run holds the slide's lock file ``lock``."""
     return SlideResult(
         slide=slide,
         status="locked",
         message=f"{slide}: skipped, another run is working on it ({holder.describe()}); "
-        "rerun once it has finished to pick up anything it did not complete",
+        "rerun once it has finished to pick up anything it did not complete. If that run is "
+        f"gone (killed on another machine: its lock is kept {LEASE_SECONDS // 3600} h), "
+        f"delete {lock} and rerun",
     )
 
 
@@ -172,7 +175,7 @@ def _run_locked(
     try:
         with slide_lock(lock_dir, slide.stem) as lock:
             if isinstance(lock, LockHolder):
-                return locked_result(slide, lock)
+                return locked_result(slide, lock, lock_path(lock_dir, slide.stem))
 
             def progress_and_refresh(done: int, total: int) -> None:
                 on_progress(done, total)
