@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -161,7 +162,7 @@ def remove_stale_temporaries(directory: Path, *, names: Collection[str] | None =
             info = tmp.lstat()
         except FileNotFoundError:
             continue
-        if not tmp.is_file() or tmp.is_symlink():
+        if not stat.S_ISREG(info.st_mode):
             continue
         if isinstance(owner, int):
             dead = owner != me.pid and not pid_running(owner)
