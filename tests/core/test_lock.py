@@ -247,3 +247,20 @@ def test_two_concurrent_tile_commands_on_one_out(known_slide: Path, tmp_path: Pa
     coords = [read_coords_file(out / f"{slide.stem}.h5").coords for slide in slides]
     assert len(coords[0]) == 48 and (coords[0] == coords[1]).all()
     assert not list(out.glob(".*.lock*")) and not list(out.glob(".*tmp-*"))
+
+
+def test_tile_command_says_which_slides_another_run_holds(
+    known_slide: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from histoguard.cli import app
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _plant_lock(out, known_slide.stem, _parent().token)
+    result = CliRunner().invoke(app, ["tile", str(known_slide), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "0 done, 0 skipped, 0 failed, 0 flagged, 1 locked by another run" in result.output
+    assert "LOCKED" in result.output and "another run is working on it" in result.output
+    assert not (out / f"{known_slide.stem}.h5").exists()
