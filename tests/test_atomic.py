@@ -48,7 +48,7 @@ def test_stale_cleanup_for_one_slide_leaves_a_longer_named_slide_alone(tmp_path:
     s10 = tmp_path / ".S10.h5.tmp-999999999-abcd1234"
     s1.write_bytes(b"")
     s10.write_bytes(b"")
-    assert remove_stale_temporaries(tmp_path, prefix="S1") == 1
+    assert remove_stale_temporaries(tmp_path, names={"S1.h5"}) == 1
     assert not s1.exists()
     assert s10.exists()
     assert remove_stale_temporaries(tmp_path, names={"other.h5"}) == 0

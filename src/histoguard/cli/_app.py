@@ -267,13 +267,16 @@ def _main(
 
 def _print_report(report: BatchReport) -> None:
     counts = report.counts()
+    locked = f", {counts['locked']} locked by another run" if counts["locked"] else ""
     typer.echo(
         f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed, "
-        f"{counts['flagged']} flagged; summary: {report.summary_path}"
+        f"{counts['flagged']} flagged{locked}; summary: {report.summary_path}"
     )
     for result in report.results:
         if result.status == "failed":
             typer.echo(f"  FAILED  {result.message}", err=True)
+        elif result.status == "locked":
+            typer.echo(f"  LOCKED  {result.message}", err=True)
         elif result.flagged:
             typer.echo(
                 f"  FLAGGED {result.slide}: left out {result.n_unreadable} unreadable, "

@@ -1,7 +1,8 @@
 """Crash-safe output files: write to a temporary sibling, fsync, verify, then rename.
 
 A file that exists under its final name has always been completely written and verified; a
-killed run leaves only hidden temporaries, which the next run removes. Published files get the
+killed run leaves only hidden temporaries, which the next run removes once their writer is
+provably gone (see :mod:`histoguard.core._owner`). Published files get the
 mode a plain ``open()`` would give them (``0o666`` less the umask, so 0644 under umask 022),
 whatever mode the writer created the temporary with (some, like safetensors, use 0600).
 """
@@ -11,13 +12,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from histoguard.core._owner import Owner, owner_is_dead, pid_running, this_owner
+
 _TMP_MARK = ".tmp-"
+# What follows the mark: HOST-PID-START-HEX8 now, PID-HEX8 from older versions.
+_OWNER_HEX = re.compile(r"(?P<owner>.+)-[0-9a-f]{8}")
+_OLD_OWNER = re.compile(r"\d{1,10}")
 _UMASK_LOCK = threading.Lock()
 
 
@@ -57,7 +65,8 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
         verify: called with the temporary path after fsync; it raises if the content is wrong.
 
     Yields:
-        The temporary path (same directory, hidden name carrying this process id). The published
+        The temporary path: same directory, hidden name ``.FINAL.tmp-HOST-PID-START-HEX8``
+        naming this process (:class:`~histoguard.core._owner.Owner`). The published
         file's mode is ``0o666 & ~umask`` (0644 under umask 022), as for ``open()``.
 
     Raises:
@@ -65,7 +74,7 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
         is left untouched.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = final.with_name(temporary_name(final.name, this_owner()))
     try:
         yield tmp
         _fsync_path(tmp)
@@ -98,44 +107,68 @@ def write_json_atomic(
     write_bytes_atomic(final, (json.dumps(value, indent=2, default=default) + "\n").encode())
 
 
-def remove_stale_temporaries(
-    directory: Path, prefix: str = "", *, names: Collection[str] | None = None
-) -> int:
-    """Delete temporaries left in ``directory`` by processes that no longer run.
+def temporary_name(final_name: str, owner: Owner) -> str:
+    """The hidden temporary name for ``final_name`` written by ``owner`` (random last part)."""
+    return f".{final_name}{_TMP_MARK}{owner.token}-{uuid.uuid4().hex[:8]}"
 
-    The temporary of ``FINAL`` is ``.FINAL.tmp-PID-HEX``; the final name is parsed back out of
-    it, never matched by a glob prefix (so cleaning slide ``S1`` leaves ``S10``'s alone).
+
+def parse_temporary(name: str) -> tuple[str, Owner | int] | None:
+    """``(final_name, owner)`` from a temporary's file name; None if it is not one of ours.
+
+    The owner is an :class:`Owner` for ``.FINAL.tmp-HOST-PID-START-HEX8`` and a bare PID
+    (this host assumed) for the older ``.FINAL.tmp-PID-HEX8``.
+    """
+    if not name.startswith("."):
+        return None
+    final_name, mark, tail = name[1:].rpartition(_TMP_MARK)
+    match = _OWNER_HEX.fullmatch(tail)
+    if not (final_name and mark and match):
+        return None
+    text = match["owner"]
+    if _OLD_OWNER.fullmatch(text):
+        return final_name, int(text)
+    owner = Owner.parse(text)
+    return None if owner is None else (final_name, owner)
+
+
+def remove_stale_temporaries(directory: Path, *, names: Collection[str] | None = None) -> int:
+    """Delete temporaries left in ``directory`` by writers that are provably gone.
+
+    The final name and the owner are parsed out of each temporary's name (see
+    :func:`parse_temporary`), never matched by a glob, so cleaning ``S1.h5`` leaves
+    ``S10.h5``'s and ``S1.v2.h5``'s alone. A temporary is removed only when its owner is dead
+    by :func:`~histoguard.core._owner.owner_is_dead`: on this host, its PID is not running
+    with the recorded start time; from another host, it is older than
+    :data:`~histoguard.core._owner.LEASE_SECONDS` (24 h). A temporary in the older
+    ``PID-HEX8`` form is taken to be from this host and removed when that PID is not running.
+    Names that do not parse, and anything that is not a plain file, are left alone.
 
     Args:
         directory: output folder to clean.
-        prefix: only consider temporaries whose final name is exactly ``prefix`` or starts
-            with ``prefix + "."`` (a slide stem followed by its output suffix).
-        names: if given, only consider temporaries of exactly these final file names.
+        names: if given, only consider temporaries of exactly these final file names (e.g. one
+            slide's outputs: ``{"S1.h5", "S1.tissue.geojson"}``).
 
     Returns:
         The number of files removed.
     """
     removed = 0
+    me = this_owner()
     for tmp in directory.glob(f".*{_TMP_MARK}*"):
-        final_name, _, owner = tmp.name[1:].rpartition(_TMP_MARK)
-        if names is not None and final_name not in names:
+        parsed = parse_temporary(tmp.name)
+        if parsed is None or (names is not None and parsed[0] not in names):
             continue
-        if prefix and not (final_name == prefix or final_name.startswith(prefix + ".")):
+        owner = parsed[1]
+        try:
+            info = tmp.lstat()
+        except FileNotFoundError:
             continue
-        pid_text = owner.split("-", 1)[0]
-        pid = int(pid_text) if pid_text.isdigit() else None
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-            continue  # another live writer (or this one) owns it
-        tmp.unlink(missing_ok=True)
-        removed += 1
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        if isinstance(owner, int):
+            dead = owner != me.pid and not pid_running(owner)
+        else:  # this process's own temporaries are alive by the start-time check
+            dead = owner_is_dead(owner, info.st_mtime)
+        if dead:
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,7 +2,9 @@
 
 Shared by tiling and feature extraction. Each job supplies a function that processes one slide
 (and decides itself whether existing output lets it skip); this module does the rest: progress
-bars, name collisions, error isolation, and the atomically rewritten summary table.
+bars, name collisions, per-slide locks (two runs on one output folder never work on the same
+slide at once: the second marks it ``locked`` and goes on), error isolation, and the atomically
+rewritten summary table.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._lock import LockHolder, lock_path, slide_lock
+from histoguard.core._owner import LEASE_SECONDS
 from histoguard.errors import HistoguardError
 
-Status = Literal["done", "skipped", "failed"]
+Status = Literal["done", "skipped", "failed", "locked"]
+STATUSES: tuple[Status, ...] = ("done", "skipped", "failed", "locked")
 ProgressCallback = Callable[[int, int], None]
 SlideJob = Callable[[Path, ProgressCallback], "SlideResult"]
 
@@ -35,7 +40,8 @@ class SlideResult:
     Attributes:
         slide: the input path.
         status: ``done`` (processed now and verified), ``skipped`` (verified output with the
-            same settings already existed) or ``failed``.
+            same settings already existed), ``failed``, or ``locked`` (another run was working
+            on it; left to that run, and a rerun picks it up if that run did not finish it).
         output: the slide's main output file, None when failed.
         n_tiles: tiles in the output.
         n_unreadable: tiles that failed to decode and were left out.
@@ -79,7 +85,7 @@ class BatchReport:
 
     def counts(self) -> dict[str, int]:
         """Number of slides per status, plus ``flagged``."""
-        counts = {status: 0 for status in ("done", "skipped", "failed")}
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for result in self.results:
             counts[result.status] += 1
         counts["flagged"] = sum(r.flagged for r in self.results)
@@ -95,6 +101,18 @@ def failed_result(slide: Path, error: BaseException, started: float) -> SlideRes
     )
     return SlideResult(
         slide=slide, status="failed", message=message, seconds=time.perf_counter() - started
+    )
+
+
+def locked_result(slide: Path, holder: LockHolder, lock: Path) -> SlideResult:
+    """A ``locked`` result: another run holds the slide's lock file ``lock``."""
+    return SlideResult(
+        slide=slide,
+        status="locked",
+        message=f"{slide}: skipped, another run is working on it ({holder.describe()}); "
+        "rerun once it has finished to pick up anything it did not complete. If that run is "
+        f"gone (killed on another machine: its lock is kept {LEASE_SECONDS // 3600} h), "
+        f"delete {lock} and rerun",
     )
 
 
@@ -125,36 +143,55 @@ def run_batch(
 ) -> BatchReport:
     """Run ``job`` on every slide in turn; one slide's failure never stops the others.
 
+    Each slide is worked on under its lock ``.STEM.lock`` in the summary's folder (see
+    :mod:`histoguard.core._lock`): a slide whose lock a live run holds is not touched and gets
+    status ``locked``; a lock left by a dead run is taken over.
+
     Args:
         slides: inputs, processed in order.
-        summary_path: CSV rewritten atomically after every slide.
+        summary_path: CSV rewritten atomically after every slide; its folder holds the locks.
         job: ``job(slide, on_progress) -> SlideResult``; exceptions become ``failed`` results.
         progress: draw rich progress bars (slides, and ``unit`` within a slide).
         unit: what the inner progress bar counts.
     """
     results: list[SlideResult] = []
     clashes = name_collisions(slides)
+    lock_dir = summary_path.parent
+    lock_dir.mkdir(parents=True, exist_ok=True)
     with progress_bars(progress) as bars:
         slides_task = bars.add_task("slides", total=len(slides))
         inner = bars.add_task(unit, total=None, visible=False)
+
+        def on_progress(done: int, total: int) -> None:
+            bars.update(inner, completed=done, total=total, visible=True)
+
         for slide in slides:
             bars.update(inner, description=slide.name, completed=0, total=None)
-
-            def on_progress(done: int, total: int) -> None:
-                bars.update(inner, completed=done, total=total, visible=True)
-
-            started = time.perf_counter()
-            if slide in clashes:
-                result = clashes[slide]
-            else:
-                try:
-                    result = job(slide, on_progress)
-                except Exception as error:  # a batch must survive anything one slide throws
-                    result = failed_result(slide, error, started)
+            result = clashes.get(slide) or _run_locked(slide, job, lock_dir, on_progress)
             results.append(result)
             write_summary(summary_path, results)
             bars.advance(slides_task)
     return BatchReport(results=tuple(results), summary_path=summary_path)
+
+
+def _run_locked(
+    slide: Path, job: SlideJob, lock_dir: Path, on_progress: ProgressCallback
+) -> SlideResult:
+    """``job(slide)`` under the slide's lock; ``locked`` if another run holds it, ``failed``
+    with the error if anything (the lock included) raises."""
+    started = time.perf_counter()
+    try:
+        with slide_lock(lock_dir, slide.stem) as lock:
+            if isinstance(lock, LockHolder):
+                return locked_result(slide, lock, lock_path(lock_dir, slide.stem))
+
+            def progress_and_refresh(done: int, total: int) -> None:
+                on_progress(done, total)
+                lock.refresh()
+
+            return job(slide, progress_and_refresh)
+    except Exception as error:  # a batch must survive anything one slide throws
+        return failed_result(slide, error, started)
 
 
 def write_summary(path: Path, results: Sequence[SlideResult]) -> None:

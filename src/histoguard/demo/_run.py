@@ -206,7 +206,7 @@ def run_demo(
         chosen = (generated,)
     tiling = TilingConfig()
     report = tile_slides(chosen, out / "tiles", tiling, progress=progress)
-    tiled = [r.slide for r in report.results if r.status != "failed"]
+    tiled = [r.slide for r in report.results if r.status in ("done", "skipped")]
     extraction = ExtractionConfig(
         encoder=DEMO_ENCODER, tiling=tiling, tiles_dir=out / "tiles", readers=0
     )

@@ -414,7 +414,7 @@ def extract_slide(
     started = time.perf_counter()
     slide, out_dir = Path(slide), Path(out_dir)
     out_path = feature_path(out_dir, slide)
-    remove_stale_temporaries(out_dir, prefix=slide.stem)
+    remove_stale_temporaries(out_dir, names={out_path.name})
     weights_sha = _weights_digest(config.weights)
     key = config.result_key(weights_sha)
     expect = {"config_json": key, "slide_path": str(slide.resolve())}

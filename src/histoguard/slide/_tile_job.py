@@ -529,7 +529,7 @@ def _tile_one(
     on_progress: ProgressCallback,
     overview: OverviewRenderer | None,
 ) -> SlideResult:
-    remove_stale_temporaries(out_dir, prefix=slide.stem)
+    remove_stale_temporaries(out_dir, names={p.name for p in output_paths(out_dir, slide).values()})
     existing = finished_output(out_dir, slide, config)
     if existing is None:
         try:
