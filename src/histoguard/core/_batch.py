@@ -11,11 +11,12 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._privacy import Anonymizer
 from histoguard.errors import HistoguardError
 
 Status = Literal["done", "skipped", "failed"]
@@ -114,6 +115,7 @@ def run_batch(
     *,
     progress: bool = False,
     unit: str = "tiles",
+    anonymizer: Anonymizer | None = None,
 ) -> BatchReport:
     """Run ``job`` on every slide in turn; one slide's failure never stops the others.
 
@@ -123,6 +125,8 @@ def run_batch(
         job: ``job(slide, on_progress) -> SlideResult``; exceptions become ``failed`` results.
         progress: draw rich progress bars (slides, and ``unit`` within a slide).
         unit: what the inner progress bar counts.
+        anonymizer: when given, the progress bars, the summary and the returned results name
+            each slide by its pseudonymous id only (see :func:`redact_result`).
     """
     results: list[SlideResult] = []
     clashes = name_collisions(slides)
@@ -130,7 +134,8 @@ def run_batch(
         slides_task = bars.add_task("slides", total=len(slides))
         inner = bars.add_task(unit, total=None, visible=False)
         for slide in slides:
-            bars.update(inner, description=slide.name, completed=0, total=None)
+            name = anonymizer.id_for(slide) if anonymizer else slide.name
+            bars.update(inner, description=name, completed=0, total=None)
 
             def on_progress(done: int, total: int) -> None:
                 bars.update(inner, completed=done, total=total, visible=True)
@@ -143,10 +148,24 @@ def run_batch(
                     result = job(slide, on_progress)
                 except Exception as error:  # a batch must survive anything one slide throws
                     result = failed_result(slide, error, started)
-            results.append(result)
+            results.append(redact_result(result, anonymizer))
             write_summary(summary_path, results)
             bars.advance(slides_task)
     return BatchReport(results=tuple(results), summary_path=summary_path)
+
+
+def redact_result(result: SlideResult, anonymizer: Anonymizer | None) -> SlideResult:
+    """``result`` naming its slide by the pseudonymous id only: ``slide`` becomes the bare id,
+    and the slide's path, name and stem in ``message`` and ``note`` are replaced by it
+    (``output`` is already named by the id). Unchanged without an anonymizer."""
+    if anonymizer is None:
+        return result
+    return replace(
+        result,
+        slide=Path(anonymizer.id_for(result.slide)),
+        message=anonymizer.scrub(result.message, result.slide),
+        note=anonymizer.scrub(result.note, result.slide),
+    )
 
 
 def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
