@@ -208,4 +208,6 @@ def test_anonymize_default_comes_from_the_environment(tmp_path: Path) -> None:
     anon = anonymous_id(STEM, (tmp_path / "salt").read_bytes())
     assert (tmp_path / "out" / f"{anon}.h5").is_file()
     assert STEM in (tmp_path / "salt.map.csv").read_text()
+    again = runner.invoke(app, ["tile", str(slide), "--out", str(tmp_path / "out"), "-q"], env=env)
+    assert "0 done, 1 skipped" in again.output  # resumes by the id
     assert os.environ.get("HISTOGUARD_ANONYMIZE") is None  # the runner restored it

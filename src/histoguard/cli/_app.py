@@ -175,7 +175,7 @@ Backend = Annotated[
 Anonymize = Annotated[
     bool,
     typer.Option(
-        "--anonymize/--no-anonymize",
+        "--anonymize",
         envvar="HISTOGUARD_ANONYMIZE",
         help="Name each slide in every output (file names, attributes, summaries, logs) by a "
         "salted hash, anon-<16 hex>, never by its path or file name; the id -> path mapping "

@@ -450,7 +450,12 @@ def extract_slide(
         "config_json": key,
         **_view_attrs(config),
     }
-    names = [tile_names[i] for i in np.flatnonzero(read_ok)] if tile_names else None
+    # A tile folder's image names often repeat the slide's name: anonymised, they say the id.
+    names = (
+        [_scrubbed(tile_names[i], slide, config) for i in np.flatnonzero(read_ok)]
+        if tile_names
+        else None
+    )
     if not read_ok.any():
         # A slide without a single usable tile is a failure, never an empty "done" bag that
         # training and prediction would trip over later.

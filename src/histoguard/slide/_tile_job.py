@@ -474,6 +474,8 @@ def tile_slides(
 
     Raises:
         NoSlidesError: the inputs hold no slide (nothing is written).
+        ConfigError: anonymising (``config.anonymize``) with the salt or the mapping file
+            inside ``out_dir``.
     """
     config = config or TilingConfig()
     slides = find_slides(inputs)
