@@ -132,9 +132,12 @@ class Anonymizer:
     def record(self, slides: Iterable[str | Path]) -> None:
         """Add ``slides`` to the mapping CSV (kept rows stay; rewritten atomically, mode 0600)."""
         rows = {(row[0], row[2]): row for row in self._read_map()}
+        known = len(rows)
         for slide in map(Path, slides):
             path = str(slide.resolve())
             rows.setdefault((self.id_for(slide), path), (self.id_for(slide), slide.stem, path))
+        if known and len(rows) == known:
+            return  # nothing new: the file stays as it is
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(MAP_COLUMNS)
