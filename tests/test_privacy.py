@@ -211,3 +211,17 @@ def test_anonymize_default_comes_from_the_environment(tmp_path: Path) -> None:
     again = runner.invoke(app, ["tile", str(slide), "--out", str(tmp_path / "out"), "-q"], env=env)
     assert "0 done, 1 skipped" in again.output  # resumes by the id
     assert os.environ.get("HISTOGUARD_ANONYMIZE") is None  # the runner restored it
+
+
+def test_a_failing_slide_is_reported_by_its_id_only(tmp_path: Path) -> None:
+    bad = tmp_path / "in" / f"{STEM}.svs"
+    bad.parent.mkdir()
+    bad.write_text("not a slide")
+    salt = ["--anonymize-salt", str(tmp_path / "salt")]
+    result = runner.invoke(app, ["-v", "tile", str(bad), "--out", str(tmp_path / "out"), "-q",
+                                 "--anonymize", *salt])  # fmt: skip
+    assert result.exit_code == 1
+    anon = anonymous_id(STEM, (tmp_path / "salt").read_bytes())
+    summary = (tmp_path / "out" / "tiling_summary.csv").read_text()
+    assert f"{anon},failed" in summary and "the content is not" in summary  # the reason stays
+    assert _leaks(tmp_path / "out", bad, [result.output]) == []
