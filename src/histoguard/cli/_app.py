@@ -175,6 +175,47 @@ Backend = Annotated[
     typer.Option(help="Force a slide back-end: {backends}. Default: try them in that order."),
 ]
 
+Anonymize = Annotated[
+    bool,
+    typer.Option(
+        "--anonymize",
+        envvar="HISTOGUARD_ANONYMIZE",
+        help="Name each slide in every output (file names, attributes, summaries, logs) by a "
+        "salted hash, anon-<16 hex>, never by its path or file name; the id -> path mapping "
+        "goes to --anonymize-map. Default from $HISTOGUARD_ANONYMIZE (1/true).",
+    ),
+]
+AnonymizeSalt = Annotated[
+    Path | None,
+    typer.Option(
+        "--anonymize-salt",
+        help="Secret salt file for --anonymize, created (random, mode 0600) when absent. "
+        "Default: $HISTOGUARD_ANON_SALT_FILE, else ~/.config/histoguard/anonymize.salt. "
+        "Never inside --out.",
+        show_default=False,
+    ),
+]
+AnonymizeMap = Annotated[
+    Path | None,
+    typer.Option(
+        "--anonymize-map",
+        help="Mapping CSV (anon_id, slide_stem, slide_path) for --anonymize, mode 0600. "
+        "Default: beside the salt file, <salt>.map.csv. Never inside --out.",
+        show_default=False,
+    ),
+]
+
+
+def anonymize_settings(anonymize: bool, salt: Path | None, mapping: Path | None) -> dict[str, Any]:
+    """The :class:`~histoguard.slide.TilingConfig` fields of the three anonymize options.
+
+    Raises:
+        ConfigError: a salt or mapping file is given without --anonymize.
+    """
+    if not anonymize and (salt is not None or mapping is not None):
+        raise ConfigError("--anonymize-salt and --anonymize-map need --anonymize")
+    return {"anonymize": anonymize, "anonymize_salt": salt, "anonymize_map": mapping}
+
 
 def _backend_names() -> list[str]:
     from histoguard.slide import list_backends

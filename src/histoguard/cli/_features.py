@@ -10,6 +10,9 @@ import typer
 
 from histoguard.cli._app import (
     SEED_MAX,
+    Anonymize,
+    AnonymizeMap,
+    AnonymizeSalt,
     Backend,
     EdgeMode,
     MinTissue,
@@ -20,6 +23,7 @@ from histoguard.cli._app import (
     TargetMpp,
     TileSize,
     _print_report,
+    anonymize_settings,
     app,
 )
 
@@ -117,6 +121,9 @@ def extract(
             help="Run on an existing Dask scheduler, e.g. tcp://host:8786 (Slurm: dask-jobqueue)."
         ),
     ] = None,
+    anonymize: Anonymize = False,
+    anonymize_salt: AnonymizeSalt = None,
+    anonymize_map: AnonymizeMap = None,
     quiet: Quiet = False,
 ) -> None:
     """Extract tile features into OUT/<slide>.h5 (features N×D float32, coords, provenance).
@@ -126,7 +133,8 @@ def extract(
     Reuses tiling output (--tiles-dir) or tiles on the fly into OUT/tiles. Resumable and
     isolated per slide like `tile`; the summary is OUT/extraction_summary.csv; exit code 1 if
     any slide failed or the inputs hold no slide. A folder whose sub-folders hold tile images
-    is one slide per sub-folder, named after it.
+    is one slide per sub-folder, named after it. With --anonymize (the same salt as `tile`
+    when reusing --tiles-dir), every output names a slide by its anon id only.
     """
     from histoguard.core._device import check_device
     from histoguard.features import ExtractionConfig, extract_features
@@ -145,6 +153,7 @@ def extract(
             mpp_override=mpp_override,
             backend=backend,
             edge=edge,
+            **anonymize_settings(anonymize, anonymize_salt, anonymize_map),
         ),
         tiles_dir=tiles_dir,
         stain_normalize=stain_normalize,

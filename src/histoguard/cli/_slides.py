@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from histoguard.cli._app import (
+    Anonymize,
+    AnonymizeMap,
+    AnonymizeSalt,
     Backend,
     EdgeMode,
     MinTissue,
@@ -19,6 +22,7 @@ from histoguard.cli._app import (
     TargetMpp,
     TileSize,
     _print_report,
+    anonymize_settings,
     app,
 )
 
@@ -50,6 +54,9 @@ def tile(
             help="Longest side (px) of the tissue-detection thumbnail.", min=64, max=16384
         ),
     ] = 2048,
+    anonymize: Anonymize = False,
+    anonymize_salt: AnonymizeSalt = None,
+    anonymize_map: AnonymizeMap = None,
     quiet: Quiet = False,
 ) -> None:
     """Detect tissue and tile slides into OUT/<slide>.h5 (coords + tile QC), with a thumbnail
@@ -57,7 +64,8 @@ def tile(
 
     Resumable: slides whose verified output exists with the same settings are skipped. Failures
     are isolated per slide and listed in OUT/tiling_summary.csv; the exit code is 1 if any
-    slide failed, or if the inputs hold no slide at all.
+    slide failed, or if the inputs hold no slide at all. With --anonymize, every output names
+    a slide by its anon id only (OUT/<anon id>.h5 ...).
     """
     from histoguard import tile_slides
     from histoguard.slide import TilingConfig
@@ -72,6 +80,7 @@ def tile(
         threads=threads,
         thumbnail_size=thumbnail_size,
         edge=edge,
+        **anonymize_settings(anonymize, anonymize_salt, anonymize_map),
     )
     report = tile_slides(slides, out, config, progress=not quiet)
     _print_report(report)

@@ -37,9 +37,10 @@ def _current_umask() -> int:
     return mask
 
 
-def _publish_mode(path: Path) -> None:
-    """Give ``path`` the mode of a file created by ``open()``: ``0o666 & ~umask``."""
-    path.chmod(0o666 & ~_current_umask())
+def _publish_mode(path: Path, mode: int | None = None) -> None:
+    """Give ``path`` ``mode``, or else the mode of a file created by ``open()``:
+    ``0o666 & ~umask``."""
+    path.chmod(0o666 & ~_current_umask() if mode is None else mode)
 
 
 def _fsync_path(path: Path) -> None:
@@ -57,17 +58,20 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def atomic_output(
+    final: Path, *, verify: Callable[[Path], None] | None = None, mode: int | None = None
+) -> Iterator[Path]:
     """Give the caller a temporary path to write; publish it under ``final`` only if verified.
 
     Args:
         final: where the finished file must appear.
         verify: called with the temporary path after fsync; it raises if the content is wrong.
+        mode: the published file's mode (e.g. ``0o600`` for a secret), set before it is renamed.
 
     Yields:
         The temporary path: same directory, hidden name ``.FINAL.tmp-HOST-PID-START-HEX8``
-        naming this process (:class:`~histoguard.core._owner.Owner`). The published
-        file's mode is ``0o666 & ~umask`` (0644 under umask 022), as for ``open()``.
+        naming this process (:class:`~histoguard.core._owner.Owner`). The published file's
+        mode is ``mode``, else ``0o666 & ~umask`` (0644 under umask 022), as for ``open()``.
 
     Raises:
         Whatever the writer or ``verify`` raises; the temporary file is removed and ``final``
@@ -76,25 +80,30 @@ def atomic_output(final: Path, *, verify: Callable[[Path], None] | None = None) 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(temporary_name(final.name, this_owner()))
     try:
+        if mode is not None:
+            # Created with its mode, so a secret is never readable by others, even for a moment;
+            # a writer that reopens the path truncates it and keeps the mode.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
         yield tmp
         _fsync_path(tmp)
         if verify is not None:
             verify(tmp)
-        _publish_mode(tmp)
+        _publish_mode(tmp, mode)
         tmp.replace(final)
         _fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(final: Path, data: bytes) -> None:
-    """Write ``data`` to ``final`` atomically, verified by reading it back."""
+def write_bytes_atomic(final: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``final`` atomically, verified by reading it back; ``mode`` as for
+    :func:`atomic_output`."""
 
     def verify(tmp: Path) -> None:
         if tmp.read_bytes() != data:
             raise OSError(f"{final}: read-back differs from what was written")
 
-    with atomic_output(final, verify=verify) as tmp:
+    with atomic_output(final, verify=verify, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 

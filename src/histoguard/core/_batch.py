@@ -13,13 +13,14 @@ import csv
 import io
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.core._lock import LockHolder, lock_path, slide_lock
 from histoguard.core._owner import LEASE_SECONDS
+from histoguard.core._privacy import Anonymizer
 from histoguard.errors import HistoguardError
 
 Status = Literal["done", "skipped", "failed", "locked"]
@@ -140,6 +141,7 @@ def run_batch(
     *,
     progress: bool = False,
     unit: str = "tiles",
+    anonymizer: Anonymizer | None = None,
 ) -> BatchReport:
     """Run ``job`` on every slide in turn; one slide's failure never stops the others.
 
@@ -153,6 +155,8 @@ def run_batch(
         job: ``job(slide, on_progress) -> SlideResult``; exceptions become ``failed`` results.
         progress: draw rich progress bars (slides, and ``unit`` within a slide).
         unit: what the inner progress bar counts.
+        anonymizer: when given, the progress bars, the summary and the returned results name
+            each slide by its pseudonymous id only (see :func:`redact_result`).
     """
     results: list[SlideResult] = []
     clashes = name_collisions(slides)
@@ -166,24 +170,27 @@ def run_batch(
             bars.update(inner, completed=done, total=total, visible=True)
 
         for slide in slides:
-            bars.update(inner, description=slide.name, completed=0, total=None)
-            result = clashes.get(slide) or _run_locked(slide, job, lock_dir, on_progress)
-            results.append(result)
+            name = anonymizer.id_for(slide) if anonymizer else slide.name
+            bars.update(inner, description=name, completed=0, total=None)
+            # Under --anonymize the lock file, too, is named by the id, never by the stem.
+            key = anonymizer.id_for(slide) if anonymizer else slide.stem
+            result = clashes.get(slide) or _run_locked(slide, key, job, lock_dir, on_progress)
+            results.append(redact_result(result, anonymizer))
             write_summary(summary_path, results)
             bars.advance(slides_task)
     return BatchReport(results=tuple(results), summary_path=summary_path)
 
 
 def _run_locked(
-    slide: Path, job: SlideJob, lock_dir: Path, on_progress: ProgressCallback
+    slide: Path, key: str, job: SlideJob, lock_dir: Path, on_progress: ProgressCallback
 ) -> SlideResult:
-    """``job(slide)`` under the slide's lock; ``locked`` if another run holds it, ``failed``
-    with the error if anything (the lock included) raises."""
+    """``job(slide)`` under the lock ``.KEY.lock``; ``locked`` if another run holds it,
+    ``failed`` with the error if anything (the lock included) raises."""
     started = time.perf_counter()
     try:
-        with slide_lock(lock_dir, slide.stem) as lock:
+        with slide_lock(lock_dir, key) as lock:
             if isinstance(lock, LockHolder):
-                return locked_result(slide, lock, lock_path(lock_dir, slide.stem))
+                return locked_result(slide, lock, lock_path(lock_dir, key))
 
             def progress_and_refresh(done: int, total: int) -> None:
                 on_progress(done, total)
@@ -192,6 +199,20 @@ def _run_locked(
             return job(slide, progress_and_refresh)
     except Exception as error:  # a batch must survive anything one slide throws
         return failed_result(slide, error, started)
+
+
+def redact_result(result: SlideResult, anonymizer: Anonymizer | None) -> SlideResult:
+    """``result`` naming its slide by the pseudonymous id only: ``slide`` becomes the bare id,
+    and the slide's path, name and stem in ``message`` and ``note`` are replaced by it
+    (``output`` is already named by the id). Unchanged without an anonymizer."""
+    if anonymizer is None:
+        return result
+    return replace(
+        result,
+        slide=Path(anonymizer.id_for(result.slide)),
+        message=anonymizer.scrub(result.message, result.slide),
+        note=anonymizer.scrub(result.note, result.slide),
+    )
 
 
 def write_summary(path: Path, results: Sequence[SlideResult]) -> None:

@@ -29,6 +29,7 @@ from histoguard.core._batch import (
     failed_result,
     name_collisions,
     progress_bars,
+    redact_result,
     write_summary,
 )
 from histoguard.encoders import Encoder, load_encoder
@@ -199,6 +200,7 @@ def _run(
         client = Client(cluster)
     else:
         client = Client(scheduler)
+    anonymizer = config.tiling.anonymizer()
     clashes = name_collisions(slides)
     results: list[SlideResult] = list(clashes.values())
     started = time.perf_counter()
@@ -217,9 +219,10 @@ def _run(
                     result = future.result()
                 except Exception as error:  # a lost or failing task fails only its slide
                     result = failed_result(slide, error, started)
-                logger.info("%s: %s %s", slide, result.status, result.message)
+                shown = redact_result(result, anonymizer)
+                logger.info("%s: %s %s", shown.slide, shown.status, shown.message)
                 results.append(result)
-                write_summary(summary_path, results)
+                write_summary(summary_path, [redact_result(r, anonymizer) for r in results])
                 bars.advance(task)
     finally:
         client.close()
@@ -227,5 +230,6 @@ def _run(
             cluster.close()
     order = {slide: i for i, slide in enumerate(slides)}
     results.sort(key=lambda r: order[r.slide])
+    results = [redact_result(r, anonymizer) for r in results]
     write_summary(summary_path, results)
     return BatchReport(results=tuple(results), summary_path=summary_path)

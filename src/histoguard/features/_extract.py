@@ -32,7 +32,14 @@ from histoguard.errors import ConfigError, ImageError, OutputError
 from histoguard.features._feature_file import finished_feature_file, write_feature_file
 from histoguard.slide import TileSpec, TilingConfig, open_slide, read_coords_file, read_tiles
 from histoguard.slide._tile_folder import TileFolder
-from histoguard.slide._tile_job import finished_output, output_paths, tile_slide
+from histoguard.slide._tile_job import (
+    PRIVATE_FIELDS,
+    finished_output,
+    output_paths,
+    slide_ids,
+    slide_name,
+    tile_slide,
+)
 
 _FIRST_BATCH = 8
 
@@ -123,6 +130,8 @@ class ExtractionConfig:
         values = asdict(self)
         for volatile in ("batch_size", "readers", "device", "tiles_dir", "allow_pickle"):
             values.pop(volatile)
+        for naming in ("anonymize", *PRIVATE_FIELDS):  # names, which resume checks compare
+            values["tiling"].pop(naming)
         if not self.views:  # keys of extractions without views are as before views existed
             for unused in ("augment", "views", "views_mode", "seed"):
                 values.pop(unused)
@@ -318,9 +327,16 @@ def _view_attrs(config: ExtractionConfig) -> dict[str, Any]:
     }
 
 
-def feature_path(out_dir: Path, slide: Path) -> Path:
-    """Where a slide's features go: ``<out_dir>/<slide_stem>.h5``."""
-    return out_dir / f"{slide.stem}.h5"
+def _scrubbed(text: str, slide: Path, config: ExtractionConfig) -> str:
+    """``text`` without the slide's path or name when the extraction anonymises."""
+    anonymizer = config.tiling.anonymizer()
+    return anonymizer.scrub(text, slide) if anonymizer is not None else text
+
+
+def feature_path(out_dir: Path, slide: Path, tiling: TilingConfig | None = None) -> Path:
+    """Where a slide's features go: ``<out_dir>/<slide_stem>.h5`` (the pseudonymous id for
+    ``<slide_stem>`` when ``tiling`` anonymises)."""
+    return out_dir / f"{slide_name(slide, tiling)}.h5"
 
 
 #: Tile-file attributes copied into the feature file: what a report needs to name the slide and
@@ -371,7 +387,7 @@ def _plan(
             "left_out_files": "; ".join(f"{name} ({why})" for name, why in folder.left_out),
         }
     tiles_dir = config.tiles_dir if config.tiles_dir is not None else out_dir / "tiles"
-    tile_file = output_paths(tiles_dir, slide)["h5"]
+    tile_file = output_paths(tiles_dir, slide, config.tiling)["h5"]
     if config.tiles_dir is None and finished_output(tiles_dir, slide, config.tiling) is None:
         tile_slide(slide, tiles_dir, config.tiling)
     elif not tile_file.is_file():
@@ -413,11 +429,12 @@ def extract_slide(
     """
     started = time.perf_counter()
     slide, out_dir = Path(slide), Path(out_dir)
-    out_path = feature_path(out_dir, slide)
+    out_path = feature_path(out_dir, slide, config.tiling)
     remove_stale_temporaries(out_dir, names={out_path.name})
     weights_sha = _weights_digest(config.weights)
     key = config.result_key(weights_sha)
-    expect = {"config_json": key, "slide_path": str(slide.resolve())}
+    ids = slide_ids(slide, config.tiling)
+    expect = {"config_json": key, "slide_path": ids["slide_path"]}
     existing = finished_feature_file(out_path, expect=expect)
     if existing is not None:
         # A resumed batch reports what the finished file holds, not an empty row.
@@ -459,14 +476,19 @@ def extract_slide(
         "embed_dim": encoder.embed_dim,
         "weights_sha256": weights_sha,
         "stain_normalize": config.stain_normalize or "",
-        "slide_path": str(slide.resolve()),
+        **ids,
         "n_unreadable_tiles": int((~read_ok).sum()),
-        "first_read_error": errors[0] if errors else "",
+        "first_read_error": _scrubbed(errors[0], slide, config) if errors else "",
         "histoguard_version": __version__,
         "config_json": key,
         **_view_attrs(config),
     }
-    names = [tile_names[i] for i in np.flatnonzero(read_ok)] if tile_names else None
+    # A tile folder's image names often repeat the slide's name: anonymised, they say the id.
+    names = (
+        [_scrubbed(tile_names[i], slide, config) for i in np.flatnonzero(read_ok)]
+        if tile_names
+        else None
+    )
     if not read_ok.any():
         # A slide without a single usable tile is a failure, never an empty "done" bag that
         # training and prediction would trip over later.

@@ -40,13 +40,17 @@ def run_locally(
         device=config.device,
     )
 
+    anonymizer = config.tiling.anonymizer()
+
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
+        shown = anonymizer.id_for(slide) if anonymizer else str(slide)
         try:
             result = extract_slide(slide, out_dir, config, encoder=encoder, on_progress=on_progress)
         except Exception as error:
-            logger.info("%s: extraction failed: %s", slide, error)
+            why = anonymizer.scrub(str(error), slide) if anonymizer else error
+            logger.info("%s: extraction failed: %s", shown, why)
             raise
-        logger.info("%s: %s, %d tiles", slide, result.status, result.n_tiles)
+        logger.info("%s: %s, %d tiles", shown, result.status, result.n_tiles)
         return result
 
-    return run_batch(slides, summary_path, job, progress=progress)
+    return run_batch(slides, summary_path, job, progress=progress, anonymizer=anonymizer)

@@ -53,6 +53,8 @@ def extract_features(
         NoSlidesError: the inputs hold no slide (nothing is written).
         ConfigError: ``scheduler`` does not answer within 5 s, or the stain reference cannot
             be read or fitted on (nothing is written).
+        ConfigError: anonymising (``config.tiling.anonymize``) with the salt or the mapping
+            inside ``out_dir``.
         EncoderError: the encoder cannot be loaded.
     """
     if scheduler is not None:
@@ -63,10 +65,13 @@ def extract_features(
     slides = find_slides(inputs, tile_folders=True)
     require_slides(inputs, slides, tile_folders=True)
     out_dir = Path(out_dir)
+    anonymizer = config.tiling.anonymizer()
+    if anonymizer is not None:
+        anonymizer.check_outside(out_dir)
+        anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(
-        {"histoguard_version": __version__, **asdict(config)}, indent=2, default=str
-    )
+    saved = {**asdict(config), "tiling": config.tiling.public_dict()}
+    config_json = json.dumps({"histoguard_version": __version__, **saved}, indent=2, default=str)
     write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())
     summary_path = out_dir / SUMMARY_NAME
     if scheduler is not None or dask_workers:

@@ -21,6 +21,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._privacy import Anonymizer, default_map_path, default_salt_path
 from histoguard.core._weights import file_sha256
 from histoguard.errors import ConfigError, NoSlidesError, OutputError
 from histoguard.slide._coords_file import (
@@ -52,6 +53,8 @@ SLIDE_EXTENSIONS = frozenset(
 )
 SUMMARY_NAME = "tiling_summary.csv"
 CONFIG_NAME = "tiling_config.json"
+#: Where the anonymisation secrets are: kept out of saved configurations and result keys.
+PRIVATE_FIELDS = ("anonymize_salt", "anonymize_map")
 
 
 class OverviewRenderer(Protocol):
@@ -95,6 +98,11 @@ class TilingConfig:
         threads: decoding threads per slide (does not change results).
         edge: ``"pad"`` keeps the partial tiles at the right and bottom edges, white beyond the
             slide (as CLAM and TRIDENT do); ``"drop"`` keeps whole tiles only.
+        anonymize: name each slide in every output (file names, attributes, summaries, logs)
+            by its pseudonymous id (``histoguard.core._privacy``), never by its path or stem.
+        anonymize_salt: the salt file (created when absent); None: ``$HISTOGUARD_ANON_SALT_FILE``
+            or ``~/.config/histoguard/anonymize.salt``, resolved when the config is made.
+        anonymize_map: the mapping CSV (id -> original path); None: beside the salt file.
     """
 
     mpp: float = 0.5
@@ -108,8 +116,12 @@ class TilingConfig:
     tissue: TissueParams = field(default_factory=TissueParams)
     threads: int = 2
     edge: Edge = "pad"
+    anonymize: bool = False
+    anonymize_salt: Path | None = None
+    anonymize_map: Path | None = None
 
     def __post_init__(self) -> None:
+        self._check_anonymize()
         if not self.mpp > 0 or (self.mpp_override is not None and not self.mpp_override > 0):
             raise ConfigError(
                 f"mpp and mpp_override must be positive, got {self.mpp}, {self.mpp_override}"
@@ -130,16 +142,59 @@ class TilingConfig:
         if self.edge not in EDGE_MODES:
             raise ConfigError(f"edge must be one of {', '.join(EDGE_MODES)}, got {self.edge!r}")
 
-    def result_key(self) -> str:
-        """JSON of the fields that change the output (not ``threads``), for resume checks."""
+    def _check_anonymize(self) -> None:
+        if not self.anonymize:
+            if self.anonymize_salt is not None or self.anonymize_map is not None:
+                raise ConfigError("anonymize_salt and anonymize_map need anonymize=True")
+            return
+        salt = Path(self.anonymize_salt or default_salt_path()).expanduser().absolute()
+        mapping = Path(self.anonymize_map or default_map_path(salt)).expanduser().absolute()
+        object.__setattr__(self, "anonymize_salt", salt)  # fixed here: workers see the same
+        object.__setattr__(self, "anonymize_map", mapping)
+
+    def anonymizer(self) -> Anonymizer | None:
+        """The salt and mapping when :attr:`anonymize` is on (the salt file is created when
+        absent), else None."""
+        if not self.anonymize:
+            return None
+        return Anonymizer.load(self.anonymize_salt, self.anonymize_map)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The fields as saved next to the outputs: all but where the anonymisation secrets
+        are."""
         values = asdict(self)
+        for name in PRIVATE_FIELDS:
+            values.pop(name)
+        return values
+
+    def result_key(self) -> str:
+        """JSON of the fields that change the output (not ``threads``, nor the anonymisation:
+        it changes names, which resume checks compare), for resume checks."""
+        values = self.public_dict()
         values.pop("threads")
+        values.pop("anonymize")
         return json.dumps(values, sort_keys=True)
 
 
-def output_paths(out_dir: Path, slide: Path) -> dict[str, Path]:
-    """Where a slide's outputs go: ``h5``, ``thumbnail`` (PNG, when drawn) and ``geojson``."""
-    stem = slide.stem
+def slide_name(slide: Path, config: TilingConfig | None = None) -> str:
+    """How outputs name the slide: its file stem, or its pseudonymous id when ``config``
+    anonymises."""
+    anonymizer = config.anonymizer() if config is not None else None
+    return anonymizer.id_for(slide) if anonymizer is not None else slide.stem
+
+
+def slide_ids(slide: Path, config: TilingConfig | None = None) -> dict[str, str]:
+    """The attributes that name the slide in its output files: ``slide_path`` (resolved; empty
+    when anonymised) and ``slide_stem`` (the pseudonymous id when anonymised)."""
+    if config is not None and config.anonymize:
+        return {"slide_path": "", "slide_stem": slide_name(slide, config)}
+    return {"slide_path": str(slide.resolve()), "slide_stem": slide.stem}
+
+
+def output_paths(out_dir: Path, slide: Path, config: TilingConfig | None = None) -> dict[str, Path]:
+    """Where a slide's outputs go: ``h5``, ``thumbnail`` (PNG, when drawn) and ``geojson``,
+    named by :func:`slide_name`."""
+    stem = slide_name(slide, config)
     return {
         "h5": out_dir / f"{stem}.h5",
         "thumbnail": out_dir / f"{stem}.thumbnail.png",
@@ -179,7 +234,10 @@ def tile_slide(
     started = time.perf_counter()
     config = config or TilingConfig()
     slide, out_dir = Path(slide), Path(out_dir)
-    paths = output_paths(out_dir, slide)
+    paths = output_paths(out_dir, slide, config)
+    anonymizer = config.anonymizer()
+    if anonymizer is not None:
+        anonymizer.record([slide])
     with open_slide(
         slide,
         backend=config.backend,
@@ -209,6 +267,8 @@ def tile_slide(
         keep = wanted & (reason == "")
         left_out = reason != ""
         first_error = thumbnail.first_error or scores.first_error
+        if anonymizer is not None:
+            first_error = anonymizer.scrub(first_error, slide)
         if left_out.any() and not keep.any():
             # Tissue was found but not one of its tiles is usable: the slide is damaged, and a
             # "done" slide with an empty bag would only fail later, in training or prediction.
@@ -221,9 +281,8 @@ def tile_slide(
         n_duplicate = int((reason == "duplicate").sum())
         attrs: dict[str, Any] = {
             **spec.to_dict(),
-            "slide_path": str(slide.resolve()),
+            **slide_ids(slide, config),
             "slide_sha256": _slide_sha256(slide),
-            "slide_stem": slide.stem,
             "backend": reader.backend_name,
             "vendor": reader.vendor,
             "objective_power": reader.objective_power,
@@ -402,7 +461,7 @@ def _read_and_score(
 
 def finished_output(out_dir: Path, slide: Path, config: TilingConfig) -> CoordsFile | None:
     """The slide's verified tile file if it exists and was made with the same configuration."""
-    path = output_paths(out_dir, slide)["h5"]
+    path = output_paths(out_dir, slide, config)["h5"]
     if not path.is_file():
         return None
     try:
@@ -411,7 +470,8 @@ def finished_output(out_dir: Path, slide: Path, config: TilingConfig) -> CoordsF
         return None
     if existing.attrs.get("config_json") != config.result_key():
         return None
-    if existing.attrs.get("slide_path") != str(slide.resolve()):
+    ids = slide_ids(slide, config)
+    if any(existing.attrs.get(key, "") != value for key, value in ids.items()):
         return None
     return existing
 
@@ -508,18 +568,24 @@ def tile_slides(
 
     Raises:
         NoSlidesError: the inputs hold no slide (nothing is written).
+        ConfigError: anonymising (``config.anonymize``) with the salt or the mapping file
+            inside ``out_dir``.
     """
     config = config or TilingConfig()
     slides = find_slides(inputs)
     require_slides(inputs, slides)
     out_dir = Path(out_dir)
+    anonymizer = config.anonymizer()
+    if anonymizer is not None:
+        anonymizer.check_outside(out_dir)
+        anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
 
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
         return _tile_one(slide, out_dir, config, on_progress, overview)
 
-    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress)
+    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress, anonymizer=anonymizer)
 
 
 def _tile_one(
@@ -529,17 +595,21 @@ def _tile_one(
     on_progress: ProgressCallback,
     overview: OverviewRenderer | None,
 ) -> SlideResult:
-    remove_stale_temporaries(out_dir, names={p.name for p in output_paths(out_dir, slide).values()})
+    shown = slide_name(slide, config) if config.anonymize else str(slide)
+    finals = output_paths(out_dir, slide, config).values()
+    remove_stale_temporaries(out_dir, names={p.name for p in finals})
     existing = finished_output(out_dir, slide, config)
     if existing is None:
         try:
             result = tile_slide(slide, out_dir, config, on_progress=on_progress, overview=overview)
         except Exception as error:
-            logger.info("%s: tiling failed: %s", slide, error)
+            anonymizer = config.anonymizer()
+            why = anonymizer.scrub(str(error), slide) if anonymizer else error
+            logger.info("%s: tiling failed: %s", shown, why)
             raise
-        logger.info("%s: tiled, %d tiles", slide, result.n_tiles)
+        logger.info("%s: tiled, %d tiles", shown, result.n_tiles)
         return result
-    logger.info("%s: skipped, finished output with the same settings exists", slide)
+    logger.info("%s: skipped, finished output with the same settings exists", shown)
     first_error = str(existing.attrs.get("first_read_error", ""))
     n_unreadable = int(existing.attrs.get("n_unreadable_tiles", 0))
     n_constant = int(existing.attrs.get("n_constant_tiles", 0))
@@ -547,7 +617,7 @@ def _tile_one(
     return SlideResult(
         slide=slide,
         status="skipped",
-        output=output_paths(out_dir, slide)["h5"],
+        output=output_paths(out_dir, slide, config)["h5"],
         n_tiles=len(existing.coords),
         n_unreadable=n_unreadable,
         n_constant=n_constant,
@@ -564,4 +634,5 @@ def _slide_sha256(slide: Path) -> str:
 
 
 def _config_json(config: TilingConfig) -> str:
-    return json.dumps({"histoguard_version": __version__, **asdict(config)}, indent=2) + "\n"
+    values = {"histoguard_version": __version__, **config.public_dict()}
+    return json.dumps(values, indent=2, default=str) + "\n"
