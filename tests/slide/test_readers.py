@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from histoguard import (
@@ -200,3 +201,31 @@ def test_real_jpeg2000_slide_reads_identically_through_both_backends(wsi_dir: Pa
         )
         assert a.associated_image_names == b.associated_image_names == ("thumbnail",)
         assert a.read_associated_image("thumbnail").ndim == 3
+
+
+def test_a_thumbnail_is_never_drawn_from_a_gigapixel_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import histoguard.slide._reader as reader_module
+    from histoguard import SlideTooLargeError, tile_slides
+    from histoguard.slide import TilingConfig
+
+    flat = ArraySlide(np.zeros((300, 400, 3), np.uint8), mpp=0.5, min_level_size=10_000)
+    monkeypatch.setattr(reader_module, "MAX_THUMBNAIL_SOURCE_PIXELS", 100_000)
+    with pytest.raises(SlideTooLargeError, match="no pyramid"):
+        flat.get_thumbnail(64)
+    pyramid = ArraySlide(np.zeros((300, 400, 3), np.uint8), mpp=0.5, min_level_size=64)
+    assert pyramid.get_thumbnail(64).image.shape == (48, 64, 3)  # read from a coarse level
+    # In a batch, the refusal is the slide's typed failure.
+    path = tmp_path / "flat.tiff"
+
+    tifffile.imwrite(
+        path,
+        np.zeros((512, 512, 3), np.uint8),
+        tile=(256, 256),
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
+    report = tile_slides([path], tmp_path / "out", TilingConfig())
+    assert report.results[0].status == "failed"
+    assert "no pyramid" in report.results[0].message

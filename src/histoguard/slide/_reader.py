@@ -18,12 +18,21 @@ import numpy as np
 from PIL import Image
 
 from histoguard.core._image import composite_on_white
-from histoguard.errors import CorruptSlideError, MissingMppError, RegionReadError, SlideError
+from histoguard.errors import (
+    CorruptSlideError,
+    MissingMppError,
+    RegionReadError,
+    SlideError,
+    SlideTooLargeError,
+)
 from histoguard.slide._preflight import RECOPY
 
 #: Plausible microscope resolutions. Outside this range a metadata mpp is a file-format default
 #: (72 dpi = 352.8 µm/px is the classic) rather than a measurement, and is ignored.
 PLAUSIBLE_MPP_RANGE: tuple[float, float] = (0.01, 50.0)
+#: Largest level (pixels) a thumbnail is drawn from: about 65,000 x 65,000, a few minutes of
+#: decoding. A slide without a coarser level (no pyramid) is refused instead of read for hours.
+MAX_THUMBNAIL_SOURCE_PIXELS = 2**32
 
 #: Side of the blocks in which thumbnails are read, in pixels of the level read; damaged
 #: blocks are split down to the smaller size to isolate the damage.
@@ -286,6 +295,15 @@ class SlideReader(ABC):
         out_h = max(1, round(height0 / downsample))
         level = self.best_level_for_downsample(downsample)
         level_w, level_h = self.level_dimensions[level]
+        if level_w * level_h > MAX_THUMBNAIL_SOURCE_PIXELS:
+            raise SlideTooLargeError(
+                self.path,
+                f"its coarsest level usable for a thumbnail is {level_w} x {level_h} px "
+                f"({level_w * level_h / 1e9:.1f} gigapixels, above "
+                f"{MAX_THUMBNAIL_SOURCE_PIXELS / 1e9:.1f}): the slide has no pyramid, and a "
+                "thumbnail would decode all of it",
+                "Convert it to a pyramidal TIFF (vips tiffsave --tile --pyramid)",
+            )
         image = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
         unreadable = np.zeros((out_h, out_w), dtype=bool)
         errors: list[str] = []
