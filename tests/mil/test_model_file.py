@@ -144,3 +144,27 @@ def test_predict_reports_a_damaged_model_without_a_traceback(
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert str(saved) in result.output and "train" in result.output
+
+
+def test_predict_never_labels_a_non_finite_output(saved: Path, tmp_path: Path) -> None:
+    # Finite weights that overflow float32 on finite features: the slide fails, unlabelled.
+    state = load_file(str(saved / "model.safetensors"))
+    save_file({k: v * 1e30 if v.is_floating_point() else v for k, v in state.items()},
+              str(saved / "model.safetensors"))  # fmt: skip
+    rng = np.random.default_rng(0)
+    for name in ("s1", "s2"):
+        write_feature_file(
+            tmp_path / f"{name}.h5",
+            rng.normal(size=(5, 8)).astype(np.float32) * 1e6,
+            np.arange(10, dtype=np.int64).reshape(5, 2),
+            {"encoder": "x"},
+        )
+    out = tmp_path / "o"
+    result = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "s1.h5"), str(tmp_path / "s2.h5"),
+              "--model", str(saved), "--out", str(out), "--no-heatmaps"],
+    )  # fmt: skip
+    assert "Traceback" not in result.output
+    assert "NaN or infinite" in result.output
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["failed", "failed"]

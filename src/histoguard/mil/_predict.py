@@ -281,6 +281,15 @@ def predict(
         logits, attention = bag_output(ensemble, bag)
         if tta and data.views is not None:
             logits = _view_mean_logits(ensemble, bag, logits, data.views)
+        if not np.isfinite(logits).all():
+            # Finite features and weights can still overflow: never label a NaN.
+            failed[path.stem] = (
+                f"{path}: the model's output on this slide is NaN or infinite (its features "
+                "are finite: the model overflows on them); not predicted. Check that the "
+                "features come from the model's encoder, or retrain"
+            )
+            logger.warning("%s", failed[path.stem])
+            continue
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         measures, tiles, tile_probs = _slide_uncertainty(
