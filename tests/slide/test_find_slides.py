@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from histoguard.slide import TilingConfig, tile_slides
-from histoguard.slide._tile_job import find_slides
+from histoguard.slide._inputs import find_slides
 
 
 def test_a_folder_named_like_a_slide_is_kept_and_reported(tmp_path: Path) -> None:

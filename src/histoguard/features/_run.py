@@ -16,7 +16,7 @@ from histoguard.core._atomic import write_bytes_atomic
 from histoguard.core._batch import BatchReport
 from histoguard.features._extract import ExtractionConfig, check_stain_reference
 from histoguard.features._local import run_locally
-from histoguard.slide._tile_job import find_slides, require_slides
+from histoguard.slide._inputs import find_slides, require_slides
 
 SUMMARY_NAME = "extraction_summary.csv"
 CONFIG_NAME = "extraction_config.json"

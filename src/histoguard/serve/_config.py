@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from histoguard.errors import ConfigError, RequestError
-from histoguard.slide._tile_job import find_slides
+from histoguard.slide._inputs import find_slides
 
 logger = logging.getLogger(__name__)
 
