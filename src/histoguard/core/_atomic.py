@@ -140,7 +140,9 @@ def parse_temporary(name: str) -> tuple[str, Owner | int] | None:
     return None if owner is None else (final_name, owner)
 
 
-def remove_stale_temporaries(directory: Path, *, names: Collection[str] | None = None) -> int:
+def remove_stale_temporaries(
+    directory: Path, *, names: Collection[str] | None = None, recursive: bool = False
+) -> int:
     """Delete temporaries left in ``directory`` by writers that are provably gone.
 
     The final name and the owner are parsed out of each temporary's name (see
@@ -156,13 +158,15 @@ def remove_stale_temporaries(directory: Path, *, names: Collection[str] | None =
         directory: output folder to clean.
         names: if given, only consider temporaries of exactly these final file names (e.g. one
             slide's outputs: ``{"S1.h5", "S1.tissue.geojson"}``).
+        recursive: also clean every folder below ``directory`` (a training run's ``fold_i/``).
 
     Returns:
         The number of files removed.
     """
     removed = 0
     me = this_owner()
-    for tmp in directory.glob(f".*{_TMP_MARK}*"):
+    pattern = f".*{_TMP_MARK}*"
+    for tmp in directory.rglob(pattern) if recursive else directory.glob(pattern):
         parsed = parse_temporary(tmp.name)
         if parsed is None or (names is not None and parsed[0] not in names):
             continue

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from histoguard._version import __version__
-from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport
 from histoguard.features._extract import ExtractionConfig, check_stain_reference
 from histoguard.features._local import run_locally
@@ -70,6 +70,7 @@ def extract_features(
         anonymizer.check_outside(out_dir)
         anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, names={CONFIG_NAME, SUMMARY_NAME})  # a killed run's
     saved = {**asdict(config), "tiling": config.tiling.public_dict()}
     config_json = json.dumps({"histoguard_version": __version__, **saved}, indent=2, default=str)
     write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())

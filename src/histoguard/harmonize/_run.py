@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from histoguard._version import __version__
-from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
 from histoguard.core._tables import read_delimited, slide_id_problem
 from histoguard.errors import ConfigError, OutputError, TooFewSlidesError
@@ -179,6 +179,7 @@ def harmonize_feature_files(
                 "cohort": str(cohort), "apply": None if apply is None else str(apply),
                 "harmonizer_sha256": sha, "fitted_slides": list(fitted),
                 "new_centers": list(new_centers)}  # fmt: skip
+    remove_stale_temporaries(out, names={CONFIG_NAME, SUMMARY_NAME})  # a killed run's
     write_bytes_atomic(out / CONFIG_NAME, (json.dumps(settings, indent=1) + "\n").encode())
     kind = "parametric" if harmonizer.parametric else "non-parametric"
     tag = f"{harmonizer.method} ({kind}) sha256:{sha}"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histoguard.core._atomic import remove_stale_temporaries
 from histoguard.errors import ConfigError, ModelMismatchError, OutputError, SlideError
 from histoguard.features import FeatureFile, read_feature_file
 from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
@@ -240,6 +241,7 @@ def predict(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # left by a killed run into this folder
     ensemble, labels, directories = load_models(Path(model))
     trust = load_trust(Path(model))
     if trust is not None and list(trust.labels) != labels:

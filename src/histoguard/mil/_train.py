@@ -23,7 +23,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
+from histoguard.core._atomic import (
+    remove_stale_temporaries,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from histoguard.errors import ConfigError
 from histoguard.harmonize import FIT_TILES_PER_SLIDE, MIN_NEW_CENTER_SLIDES
 from histoguard.mil._bags import Bag, BagCache, bag_batch, load_bags, predict_bags
@@ -495,6 +499,7 @@ def train(
     say = log or (lambda message: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, recursive=True)  # left by a killed run of this folder
     write_json_atomic(out / "config.json", config.to_dict())
     cohort = load_cohort(config.cohort, features_dir=config.features)
     check_harmonize_cohort(cohort, config)

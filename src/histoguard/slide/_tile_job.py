@@ -511,6 +511,7 @@ def tile_slides(
         anonymizer.check_outside(out_dir)
         anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir, names={CONFIG_NAME, SUMMARY_NAME})  # a killed run's
     write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
 
     def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
