@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
+from histoguard.core._names import MAX_TEMP_FINAL_BYTES, bounded_part
 from histoguard.core._owner import Owner, owner_is_dead, pid_running, this_owner
 
 _TMP_MARK = ".tmp-"
@@ -116,16 +117,27 @@ def write_json_atomic(
     write_bytes_atomic(final, (json.dumps(value, indent=2, default=default) + "\n").encode())
 
 
+def temporary_final(final_name: str) -> str:
+    """How ``final_name`` is spelled inside its temporaries' names: unchanged up to
+    :data:`~histoguard.core._names.MAX_TEMP_FINAL_BYTES` (145) UTF-8 bytes, else a prefix +
+    ``~`` + 12 hex of its SHA-256 (:func:`~histoguard.core._names.bounded_part`), so a
+    temporary's name is at most 255 bytes (the host part is capped at 63 characters)."""
+    return bounded_part(final_name, MAX_TEMP_FINAL_BYTES)
+
+
 def temporary_name(final_name: str, owner: Owner) -> str:
-    """The hidden temporary name for ``final_name`` written by ``owner`` (random last part)."""
-    return f".{final_name}{_TMP_MARK}{owner.token}-{uuid.uuid4().hex[:8]}"
+    """The hidden temporary name for ``final_name`` written by ``owner`` (random last part):
+    ``.`` + :func:`temporary_final` + ``.tmp-HOST-PID-START-HEX8``, at most 255 bytes."""
+    return f".{temporary_final(final_name)}{_TMP_MARK}{owner.token}-{uuid.uuid4().hex[:8]}"
 
 
 def parse_temporary(name: str) -> tuple[str, Owner | int] | None:
-    """``(final_name, owner)`` from a temporary's file name; None if it is not one of ours.
+    """``(final_part, owner)`` from a temporary's file name; None if it is not one of ours.
 
-    The owner is an :class:`Owner` for ``.FINAL.tmp-HOST-PID-START-HEX8`` and a bare PID
-    (this host assumed) for the older ``.FINAL.tmp-PID-HEX8``.
+    ``final_part`` is the final name as :func:`temporary_final` spells it: the final name
+    itself unless that is over 145 bytes (compare with ``temporary_final(name)``). The owner
+    is an :class:`Owner` for ``.FINAL.tmp-HOST-PID-START-HEX8`` and a bare PID (this host
+    assumed) for the older ``.FINAL.tmp-PID-HEX8``.
     """
     if not name.startswith("."):
         return None
@@ -145,7 +157,8 @@ def remove_stale_temporaries(
 ) -> int:
     """Delete temporaries left in ``directory`` by writers that are provably gone.
 
-    The final name and the owner are parsed out of each temporary's name (see
+    The final name (its :func:`temporary_final` spelling, exact up to a SHA-256 collision for
+    names over 145 bytes) and the owner are parsed out of each temporary's name (see
     :func:`parse_temporary`), never matched by a glob, so cleaning ``S1.h5`` leaves
     ``S10.h5``'s and ``S1.v2.h5``'s alone. A temporary is removed only when its owner is dead
     by :func:`~histoguard.core._owner.owner_is_dead`: on this host, its PID is not running
@@ -165,10 +178,11 @@ def remove_stale_temporaries(
     """
     removed = 0
     me = this_owner()
+    wanted = None if names is None else {temporary_final(name) for name in names}
     pattern = f".*{_TMP_MARK}*"
     for tmp in directory.rglob(pattern) if recursive else directory.glob(pattern):
         parsed = parse_temporary(tmp.name)
-        if parsed is None or (names is not None and parsed[0] not in names):
+        if parsed is None or (wanted is not None and parsed[0] not in wanted):
             continue
         owner = parsed[1]
         try:

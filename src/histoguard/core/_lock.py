@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from histoguard.core._names import bounded_stem
 from histoguard.core._owner import Owner, owner_is_dead, this_owner
 
 #: A lock (or break file) whose content cannot be read is respected for this long (seconds since
@@ -77,8 +78,9 @@ class SlideLock:
 
 
 def lock_path(directory: Path, stem: str) -> Path:
-    """The lock file of slide ``stem`` in output folder ``directory``: ``.STEM.lock``."""
-    return directory / f".{stem}.lock"
+    """The lock file of slide ``stem`` in output folder ``directory``: ``.STEM.lock``, with
+    ``STEM`` bounded to 150 bytes (:func:`~histoguard.core._names.bounded_stem`)."""
+    return directory / f".{bounded_stem(stem)}.lock"
 
 
 def try_lock(path: Path) -> SlideLock | LockHolder:

@@ -44,7 +44,8 @@ MISSING_MARKERS = frozenset({"nan", "na", "n/a", "null", "none", "<na>"})
 def slide_id_problem(slide_id: str) -> str | None:
     """Why ``slide_id`` cannot become a file name, or None when it can.
 
-    Tables name files by slide id (``<folder>/<slide_id>.h5``); an id with a path separator,
+    Tables name files by slide id (``<folder>/<slide_id>.h5``, the id bounded by
+    :func:`~histoguard.core._names.feature_file`); an id with a path separator,
     ``..``, a drive or an absolute path would read or write outside the given folder.
     """
     if not slide_id:

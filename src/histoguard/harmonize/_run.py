@@ -31,6 +31,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._names import feature_file
 from histoguard.core._tables import read_delimited, slide_id_problem
 from histoguard.errors import ConfigError, OutputError, TooFewSlidesError
 from histoguard.features._feature_file import (
@@ -183,7 +184,7 @@ def harmonize_feature_files(
     write_bytes_atomic(out / CONFIG_NAME, (json.dumps(settings, indent=1) + "\n").encode())
     kind = "parametric" if harmonizer.parametric else "non-parametric"
     tag = f"{harmonizer.method} ({kind}) sha256:{sha}"
-    by_path = {features / f"{s.slide_id}.h5": s for s in slides}
+    by_path = {feature_file(features, s.slide_id): s for s in slides}
 
     def job(path: Path, on_progress: ProgressCallback) -> SlideResult:
         slide = by_path[path]
@@ -264,7 +265,7 @@ def _fit(
     parts, used = [], []
     for slide in train:
         try:
-            path = features / f"{slide.slide_id}.h5"
+            path = feature_file(features, slide.slide_id)
             parts.append(_sample(path, config.max_tiles_per_slide, rng))
         except OutputError as error:
             messages.append(f"slide {slide.slide_id!r} left out of the fit: {error}")
@@ -316,7 +317,7 @@ def _new_centers(
         parts, ids = [], []
         for s in members:
             try:
-                part = _sample(features / f"{s.slide_id}.h5", config.max_tiles_per_slide, rng)
+                part = _sample(feature_file(features, s.slide_id), config.max_tiles_per_slide, rng)
             except OutputError:
                 continue  # the slide's own job reports it
             parts.append(part)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from histoguard.core._names import feature_file
 from histoguard.errors import CohortError, ModelMismatchError, OutputError
 from histoguard.features import read_feature_file
 from histoguard.mil._base import MILModel
@@ -95,7 +96,7 @@ def load_bags(cohort: Cohort, features_dir: Path) -> dict[str, Bag]:
     bags = {}
     empty, non_finite = [], []
     for row in cohort.rows:
-        data = read_feature_file(features_dir / f"{row.slide_id}.h5")
+        data = read_feature_file(feature_file(features_dir, row.slide_id))
         if len(data.features) == 0:
             empty.append(row.slide_id)
             continue

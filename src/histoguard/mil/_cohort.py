@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from histoguard.core._names import feature_file
 from histoguard.core._tables import MISSING_MARKERS, read_delimited, slide_id_problem
 from histoguard.errors import CohortError
 
@@ -222,7 +223,7 @@ def load_cohort(
         if bad_id is not None:
             problems.append(f"{name}: {bad_id}")
         elif features_dir is not None and slide_id:
-            path = features_dir / f"{slide_id}.h5"
+            path = feature_file(features_dir, slide_id)
         elif raw_path:
             path = Path(raw_path) if Path(raw_path).is_absolute() else table.parent / raw_path
         if require_files:

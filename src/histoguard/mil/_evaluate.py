@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from histoguard.core._atomic import write_bytes_atomic, write_json_atomic
+from histoguard.core._names import feature_file
 from histoguard.errors import ModelMismatchError
 from histoguard.mil._trust import (
     REVIEW,
@@ -383,7 +384,7 @@ def evaluate(
     from histoguard.mil._predict import predict
 
     table = load_cohort(Path(cohort), features_dir=Path(features))
-    files = [Path(features) / f"{row.slide_id}.h5" for row in table.rows]
+    files = [feature_file(Path(features), row.slide_id) for row in table.rows]
     centers = {row.slide_id: row.center or "" for row in table.rows}
     out = Path(out_dir)
     model_dirs(Path(model))  # no model at all is said as such, not as "no calibration"

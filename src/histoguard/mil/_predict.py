@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from histoguard.core._atomic import remove_stale_temporaries
+from histoguard.core._names import bounded_stem, recorded_stem
 from histoguard.errors import ConfigError, ModelMismatchError, OutputError, SlideError
 from histoguard.features import FeatureFile, read_feature_file
 from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
@@ -251,7 +252,7 @@ def predict(
         )
     provenance = read_provenance(directories[0])
     trained_encoder = str(provenance["encoder"]) if provenance.get("encoder") else None
-    slide_of = {Path(s).stem: Path(s) for s in slides}
+    slide_of = {bounded_stem(Path(s).stem): Path(s) for s in slides}  # by file stem
     center_of = dict(centers or {})
     read = []
     failed: dict[str, str] = {}
@@ -272,8 +273,9 @@ def predict(
             )
         warnings = check_provenance(provenance, data.attrs, path, force=force)
         features = torch.from_numpy(data.features.copy())
-        center = center_of.get(path.stem) or None
-        bag = Bag(path.stem, features, data.coords, data.attrs, center)
+        slide_id = recorded_stem(path, data.attrs)  # the original stem of a bounded name
+        center = center_of.get(slide_id) or None
+        bag = Bag(slide_id, features, data.coords, data.attrs, center)
         read.append((path, data, bag, warnings))
     harmonized = _harmonize_new_centers(ensemble, {bag.slide_id: bag for _, _, bag, _ in read})
     parts: list[_Read] = []
@@ -306,7 +308,7 @@ def predict(
             trust,
             np.stack([part.logits for part in parts]),
             np.stack([slide_embedding(part.bag.features.numpy()) for part in parts]),
-            centers=[center_of.get(part.path.stem, "") for part in parts],
+            centers=[center_of.get(part.bag.slide_id, "") for part in parts],
             test_batch=batch_test,
         )
     if trust is None:
@@ -334,7 +336,7 @@ def predict(
         slide_path = _slide_for(path, data.attrs, slide_of)
         results.append(
             SlidePrediction(
-                slide=path.stem,
+                slide=part.bag.slide_id,
                 probabilities=calibrated,
                 predicted=labels[int(np.argmax(probs))],
                 attention=part.attention,

@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 
 from histoguard.core._atomic import write_bytes_atomic
+from histoguard.core._names import bounded_stem
 from histoguard.report._overlay import _BACKGROUND_RGB, Colormap, paint_tiles
 from histoguard.report._titles import prediction_title, uncertainty_title
 from histoguard.slide._geojson import tile_geojson
@@ -296,7 +297,8 @@ def write_heatmaps(
 
     Args:
         out_dir: output folder, created if missing.
-        slide_stem: file-name stem of the slide.
+        slide_stem: file-name stem of the slide (bounded to 150 bytes in the names,
+            :func:`~histoguard.core._names.bounded_stem`).
         thumbnail, downsample, coords, tile_size0, scores: as for :func:`attention_overlay`.
             Without a thumbnail (the slide could not be opened) the map is drawn on white,
             at a downsample raised so that its longest side is at most 2048 pixels.
@@ -320,16 +322,17 @@ def write_heatmaps(
     if tile_uncertainty is not None and n_classes is None:
         raise ValueError("tile_uncertainty needs n_classes: its colour scale runs 0..ln C")
     s = np.asarray(scores, dtype=np.float64)
+    stem = bounded_stem(slide_stem)
     paths = {
-        "attention": out_dir / f"{slide_stem}.attention.png",
-        "geojson": out_dir / f"{slide_stem}.attention.geojson",
+        "attention": out_dir / f"{stem}.attention.png",
+        "geojson": out_dir / f"{stem}.attention.geojson",
     }
     if thumbnail is None:
         thumbnail, downsample = _blank_canvas(coords, tile_size0, downsample)
     overlay = attention_overlay(thumbnail, downsample, coords, tile_size0, s, title=title)
     write_bytes_atomic(paths["attention"], _png_bytes(overlay))
     if tile_uncertainty is not None and n_classes is not None:
-        paths["uncertainty"] = out_dir / f"{slide_stem}.uncertainty.png"
+        paths["uncertainty"] = out_dir / f"{stem}.uncertainty.png"
         drawn = uncertainty_overlay(
             thumbnail, downsample, coords, tile_size0, tile_uncertainty, n_classes,
             title=uncertainty_title,
@@ -339,7 +342,7 @@ def write_heatmaps(
     if top_tiles is not None:
         k = len(top_tiles)
         gallery = top_tiles_gallery(top_tiles, s[top_tile_indices(s, k)], columns=8)
-        paths["top_tiles"] = out_dir / f"{slide_stem}.top_tiles.png"
+        paths["top_tiles"] = out_dir / f"{stem}.top_tiles.png"
         write_bytes_atomic(paths["top_tiles"], _png_bytes(gallery))
     return paths
 
@@ -459,7 +462,7 @@ def _tile_folder_galleries(
             problems.append(f"{source}: {key} gallery not drawn: {len(missing) + len(failures)} "
                             f"of its tiles are missing or unreadable in {folder.path}")  # fmt: skip
             continue
-        path = out / f"{prediction.slide}.{key}.png"
+        path = out / f"{bounded_stem(prediction.slide)}.{key}.png"
         write_bytes_atomic(path, _png_bytes(top_tiles_gallery(tiles, scores[rows], columns=8)))
         written[key] = path
     return written, problems
@@ -490,7 +493,7 @@ def _draw_prediction(
     coords, size0 = prediction.coords, prediction.tile_size0
     entropy, problems = _tile_uncertainty(prediction, len(scores), source)
     attrs = prediction.attrs
-    geojson = out / f"{prediction.slide}.attention.geojson"
+    geojson = out / f"{bounded_stem(prediction.slide)}.attention.geojson"
     slide_path = prediction.slide_path
     mpp = attrs.get("slide_mpp")
     try:

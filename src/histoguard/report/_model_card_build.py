@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from histoguard.core._names import feature_file
 from histoguard.errors import CohortError, ConfigError
 from histoguard.mil._cohort import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Cohort, load_cohort
 from histoguard.mil._metrics import bootstrap_ci, metrics_report
@@ -187,7 +188,7 @@ def _feature_records(cohort: Cohort, features: Path) -> list[FeatureFileRecord]:
 
     records = []
     for row in cohort.rows:
-        path = features / f"{row.slide_id}.h5"
+        path = feature_file(features, row.slide_id)
         attrs = attrs_of(path) if path.is_file() else {}
         tiles = Path(str(attrs["tiles_file"])) if attrs.get("tiles_file") else None
         tile_attrs = attrs_of(tiles) if tiles is not None and tiles.is_file() else {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from typing import TYPE_CHECKING
 
+from histoguard.core._names import feature_file
 from histoguard.errors import RequestError
 from histoguard.serve._config import inside
 from histoguard.serve._scores import SlideScores, from_prediction
@@ -46,7 +47,7 @@ def predict_slide(state: ServerState, slide_id: str, model: str) -> SlideScores:
     model_dir = inside(state.models_root, state.models_root / model)
     if not model_dir.is_dir():
         raise RequestError(404, f"no model {model!r}")
-    features = inside(state.features_root, state.features_root / f"{slide_path.stem}.h5")
+    features = inside(state.features_root, feature_file(state.features_root, slide_path.stem))
     with tempfile.TemporaryDirectory(prefix="histoguard-serve-") as out:
         try:
             (result,) = predict(model_dir, [features], out, slides=[slide_path])

@@ -21,6 +21,7 @@ import numpy as np
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
 from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._names import bounded_stem
 from histoguard.core._privacy import Anonymizer, default_map_path, default_salt_path
 from histoguard.core._weights import file_sha256
 from histoguard.errors import ConfigError, OutputError
@@ -172,10 +173,11 @@ class TilingConfig:
 
 
 def slide_name(slide: Path, config: TilingConfig | None = None) -> str:
-    """How outputs name the slide: its file stem, or its pseudonymous id when ``config``
-    anonymises."""
+    """How outputs name the slide: its file stem bounded to 150 UTF-8 bytes
+    (:func:`~histoguard.core._names.bounded_stem`; the original stays in the ``slide_stem``
+    attribute), or its pseudonymous id when ``config`` anonymises."""
     anonymizer = config.anonymizer() if config is not None else None
-    return anonymizer.id_for(slide) if anonymizer is not None else slide.stem
+    return anonymizer.id_for(slide) if anonymizer is not None else bounded_stem(slide.stem)
 
 
 def slide_ids(slide: Path, config: TilingConfig | None = None) -> dict[str, str]:
