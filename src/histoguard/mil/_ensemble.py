@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from histoguard.core._atomic import remove_stale_temporaries
 from histoguard.errors import ConfigError, ModelMismatchError
 from histoguard.mil._base import MILModel, MILOutput
 from histoguard.mil._checkpoint import load_model
@@ -32,6 +33,18 @@ def split_index(folder: Path) -> int | None:
     or None for a folder not named that way."""
     match = _FOLD_DIR.match(folder.name)
     return None if match is None else int(match.group(1))
+
+
+def remove_stale_run_temporaries(out: Path) -> int:
+    """Delete every provably dead temporary of a ``train`` output folder: in ``out``, in its
+    :func:`fold_dir_name` folders, and in the folders inside those (``harmonizer/``).
+
+    Returns:
+        The number of files removed.
+    """
+    folds = [d for d in out.iterdir() if d.is_dir() and split_index(d) is not None]
+    inner = [d for fold in folds for d in fold.iterdir() if d.is_dir()]
+    return sum(remove_stale_temporaries(folder) for folder in (out, *folds, *inner))
 
 
 def model_dirs(model: Path) -> list[Path]:

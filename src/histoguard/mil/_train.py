@@ -31,7 +31,7 @@ from histoguard.mil._base import MILModel, class_balanced_weights
 from histoguard.mil._checkpoint import save_model
 from histoguard.mil._cohort import Cohort, load_cohort
 from histoguard.mil._config_checks import check_model_settings, checked_type, did_you_mean
-from histoguard.mil._ensemble import FoldEnsemble, fold_dir_name
+from histoguard.mil._ensemble import FoldEnsemble, fold_dir_name, remove_stale_run_temporaries
 from histoguard.mil._harmonized import HarmonizedModel
 from histoguard.mil._harmonized_training import check_harmonize_cohort, split_harmonizer
 from histoguard.mil._metrics import format_table, metrics_report
@@ -495,6 +495,7 @@ def train(
     say = log or (lambda message: None)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_run_temporaries(out)  # a killed run's, in out and its fold folders
     write_json_atomic(out / "config.json", config.to_dict())
     cohort = load_cohort(config.cohort, features_dir=config.features)
     check_harmonize_cohort(cohort, config)
