@@ -9,8 +9,10 @@ rewritten summary table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -226,6 +228,37 @@ def write_summary(path: Path, results: Sequence[SlideResult]) -> None:
              r.n_duplicate, f"{r.seconds:.2f}", r.output or "", r.message, r.note]
         )  # fmt: skip
     write_bytes_atomic(path, buffer.getvalue().encode())
+
+
+def write_run_config(path: Path, values: dict[str, Any], key: str) -> None:
+    """Save a batch's settings as ``path`` (JSON, atomically), never hiding earlier ones.
+
+    ``values`` are saved with ``result_key`` = ``key`` (what decides the outputs). When the
+    file already names other settings (another key) and its folder holds finished outputs
+    (``*.h5``), those settings are kept, newest last, in ``earlier_settings``: outputs made
+    with them may remain (each ``.h5`` records its own settings, and a rerun re-makes those
+    that differ), so the file describes every settings set the folder's outputs may have.
+    """
+    earlier: list[Any] = []
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        old = json.loads(path.read_text(encoding="utf-8"))
+        earlier = list(old.pop("earlier_settings", []))
+        plain = json.loads(json.dumps(values, default=str))  # as the file holds them
+        if "result_key" in old:
+            same = old["result_key"] == key
+        else:  # written by an older version: compare what it saved
+            same = _unversioned(old) == _unversioned(plain)
+        if not same and any(path.parent.glob("*.h5")):
+            earlier.append(old)
+    record = {**values, "result_key": key}
+    if earlier:
+        record["earlier_settings"] = earlier
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    write_bytes_atomic(path, text.encode())
+
+
+def _unversioned(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in ("histoguard_version", "result_key")}
 
 
 def progress_bars(enabled: bool) -> Any:

@@ -6,15 +6,19 @@ one that chooses between them, and nothing it imports imports it back.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from histoguard._version import __version__
-from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard.core._batch import BatchReport
-from histoguard.features._extract import ExtractionConfig, check_stain_reference
+from histoguard.core._atomic import remove_stale_temporaries
+from histoguard.core._batch import BatchReport, write_run_config
+from histoguard.core._lock import run_lock
+from histoguard.features._extract import (
+    ExtractionConfig,
+    _weights_digest,
+    check_stain_reference,
+)
 from histoguard.features._local import run_locally
 from histoguard.slide._inputs import find_slides, require_slides
 
@@ -54,7 +58,8 @@ def extract_features(
         ConfigError: ``scheduler`` does not answer within 5 s, or the stain reference cannot
             be read or fitted on (nothing is written).
         ConfigError: anonymising (``config.tiling.anonymize``) with the salt or the mapping
-            inside ``out_dir``.
+            inside ``out_dir``; or a live run with other settings holds ``out_dir`` (its
+            ``.histoguard-run.lock``; nothing is written).
         EncoderError: the encoder cannot be loaded.
     """
     if scheduler is not None:
@@ -70,16 +75,20 @@ def extract_features(
         anonymizer.check_outside(out_dir)
         anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, names={CONFIG_NAME, SUMMARY_NAME})  # a killed run's
-    saved = {**asdict(config), "tiling": config.tiling.public_dict()}
-    config_json = json.dumps({"histoguard_version": __version__, **saved}, indent=2, default=str)
-    write_bytes_atomic(out_dir / CONFIG_NAME, (config_json + "\n").encode())
-    summary_path = out_dir / SUMMARY_NAME
-    if scheduler is not None or dask_workers:
-        from histoguard.features._dask import run_on_dask
+    key = config.result_key(_weights_digest(config.weights))
+    with run_lock(out_dir, key):  # ConfigError: a live run with other settings holds it
+        for folder in (out_dir, out_dir / "tiles"):  # on-the-fly tiles: under out_dir/tiles
+            if folder.is_dir():
+                remove_stale_temporaries(folder)  # every provably dead one
+        saved = {"histoguard_version": __version__, **asdict(config)}
+        saved["tiling"] = config.tiling.public_dict()
+        write_run_config(out_dir / CONFIG_NAME, saved, key)
+        summary_path = out_dir / SUMMARY_NAME
+        if scheduler is not None or dask_workers:
+            from histoguard.features._dask import run_on_dask
 
-        return run_on_dask(
-            slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
-            summary_path=summary_path, progress=progress,
-        )  # fmt: skip
-    return run_locally(slides, out_dir, config, summary_path=summary_path, progress=progress)
+            return run_on_dask(
+                slides, out_dir, config, scheduler=scheduler, n_workers=dask_workers or 2,
+                summary_path=summary_path, progress=progress,
+            )  # fmt: skip
+        return run_locally(slides, out_dir, config, summary_path=summary_path, progress=progress)

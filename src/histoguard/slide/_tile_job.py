@@ -20,7 +20,14 @@ import numpy as np
 
 from histoguard._version import __version__
 from histoguard.core._atomic import remove_stale_temporaries, write_bytes_atomic
-from histoguard.core._batch import BatchReport, ProgressCallback, SlideResult, run_batch
+from histoguard.core._batch import (
+    BatchReport,
+    ProgressCallback,
+    SlideResult,
+    run_batch,
+    write_run_config,
+)
+from histoguard.core._lock import run_lock
 from histoguard.core._names import bounded_stem
 from histoguard.core._privacy import Anonymizer, default_map_path, default_salt_path
 from histoguard.core._weights import file_sha256
@@ -502,7 +509,9 @@ def tile_slides(
     Raises:
         NoSlidesError: the inputs hold no slide (nothing is written).
         ConfigError: anonymising (``config.anonymize``) with the salt or the mapping file
-            inside ``out_dir``.
+            inside ``out_dir``; or a live run with other settings holds ``out_dir`` (its
+            ``.histoguard-run.lock``, see :func:`~histoguard.core._lock.run_lock`; nothing
+            is written).
     """
     config = config or TilingConfig()
     slides = find_slides(inputs)
@@ -512,14 +521,17 @@ def tile_slides(
     if anonymizer is not None:
         anonymizer.check_outside(out_dir)
         anonymizer.record(slides)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, names={CONFIG_NAME, SUMMARY_NAME})  # a killed run's
-    write_bytes_atomic(out_dir / CONFIG_NAME, _config_json(config).encode())
+    with run_lock(out_dir, config.result_key()) as lock:  # ConfigError: other settings
+        remove_stale_temporaries(out_dir)  # every provably dead one: summary, config too
+        values = {"histoguard_version": __version__, **config.public_dict()}
+        write_run_config(out_dir / CONFIG_NAME, values, config.result_key())
 
-    def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
-        return _tile_one(slide, out_dir, config, on_progress, overview)
+        def job(slide: Path, on_progress: ProgressCallback) -> SlideResult:
+            lock.refresh()
+            return _tile_one(slide, out_dir, config, on_progress, overview)
 
-    return run_batch(slides, out_dir / SUMMARY_NAME, job, progress=progress, anonymizer=anonymizer)
+        summary = out_dir / SUMMARY_NAME
+        return run_batch(slides, summary, job, progress=progress, anonymizer=anonymizer)
 
 
 def _tile_one(
@@ -565,8 +577,3 @@ def _slide_sha256(slide: Path) -> str:
     """The slide file's SHA-256 (for a folder format such as MRXS, the index file's only; ``""``
     for a folder), recorded so a report can name exactly which slide a model saw."""
     return file_sha256(slide) if slide.is_file() else ""
-
-
-def _config_json(config: TilingConfig) -> str:
-    values = {"histoguard_version": __version__, **config.public_dict()}
-    return json.dumps(values, indent=2, default=str) + "\n"
