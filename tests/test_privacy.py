@@ -132,62 +132,6 @@ def _leaks(
     return found
 
 
-def _untrained_model(folder: Path, in_dim: int) -> Path:
-    import torch
-
-    from histoguard.mil import build_model, save_model
-
-    torch.manual_seed(0)
-    save_model(
-        build_model("abmil", in_dim=in_dim, n_classes=2), folder, labels=["benign", "tumour"]
-    )
-    return folder
-
-
-def test_a_full_run_with_anonymize_names_no_patient(tmp_path: Path) -> None:
-    slide = _planted_slide(tmp_path / "in")
-    assert b"DOE^JOHN" in slide.read_bytes()  # the planted identifiers are there to find
-    secrets = tmp_path / "secrets"
-    out = tmp_path / "out"
-    private = ["--anonymize", "--anonymize-salt", str(secrets / "salt")]
-    private += ["--anonymize-map", str(secrets / "map.csv")]
-    tiling = ["--mpp", "0.5", "--tile-size", "224", "--min-tissue", "0.5", "-q"]
-    outputs = []
-    tile = runner.invoke(app, ["-v", "tile", str(slide), "--out", str(out / "tiles"), *tiling,
-                               *private])  # fmt: skip
-    assert tile.exit_code == 0, tile.output
-    extract = runner.invoke(app, [
-        "-v", "extract", str(slide.parent), "--encoder", "hg-handcrafted", "--readers", "0",
-        "--tiles-dir", str(out / "tiles"), "--out", str(out / "features"), *tiling, *private,
-    ])  # fmt: skip
-    assert extract.exit_code == 0, extract.output
-    outputs += [tile.output, extract.output]
-
-    anon = anonymous_id(STEM, (secrets / "salt").read_bytes())
-    assert {p.name for p in (out / "tiles").iterdir()} >= {
-        f"{anon}.h5", f"{anon}.thumbnail.png", f"{anon}.tissue.geojson",
-    }  # fmt: skip
-    features = out / "features" / f"{anon}.h5"
-    with h5py.File(features, "r") as h5:
-        in_dim = int(h5["features"].shape[1])
-        assert h5.attrs["slide_stem"] == anon and h5.attrs["slide_path"] == ""
-    model = _untrained_model(tmp_path / "model", in_dim)
-    predict = runner.invoke(app, ["-v", "predict", str(features), "--model", str(model),
-                                  "--out", str(out / "predictions"), "--force"])  # fmt: skip
-    assert predict.exit_code == 0, predict.output
-    outputs.append(predict.output)
-    assert (out / "predictions" / "predictions.csv").read_text().count(anon) == 1
-
-    assert _leaks(out, slide, outputs) == []
-    # The way back is with the user, outside the outputs, readable by them only.
-    for secret in (secrets / "salt", secrets / "map.csv"):
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-    with (secrets / "map.csv").open() as f:
-        assert list(csv.DictReader(f)) == [
-            {"anon_id": anon, "slide_stem": STEM, "slide_path": str(slide.resolve())}
-        ]
-
-
 def test_without_anonymize_the_same_check_finds_the_slide(tmp_path: Path) -> None:
     """The leak check can fail: a plain run names the slide everywhere."""
     slide = _planted_slide(tmp_path / "in")
@@ -263,22 +207,24 @@ def test_a_failing_slide_is_reported_by_its_id_only(tmp_path: Path) -> None:
 
 
 def _run(args: list[str], outputs: list[str]) -> str:
-    import time; t=time.perf_counter()
     result = runner.invoke(app, ["-v", *args])
-    print(args[0], time.perf_counter()-t)
     outputs.append(result.output)
     assert result.exit_code == 0, result.output
     return result.output
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_the_whole_pipeline_with_anonymize_names_no_patient(tmp_path: Path) -> None:
     """tile -> extract -> anonymize-table -> train -> predict --slide (heatmaps) -> report on six
     planted slides of two classes: every output names them by their anon ids only."""
     slides = [_planted_slide(tmp_path / "in", p, seed=i) for i, p in enumerate(PATIENTS)]
+    assert b"DOE^JOHN" in slides[0].read_bytes()  # the planted identifiers are there to find
     labels = ["benign", "tumour"] * 3
     cohort = tmp_path / "in" / "cohort.csv"  # what the hospital has: stems, MRNs, labels
+    given = zip(slides, PATIENTS, labels, strict=True)
     cohort.write_text("slide_id,patient_id,label\n" + "".join(
-        f"{s.stem},{mrn},{label}\n" for s, (_, _, mrn), label in zip(slides, PATIENTS, labels)
+        f"{s.stem},{mrn},{label}\n" for s, (_, _, mrn), label in given
     ))  # fmt: skip
     secrets, out = tmp_path / "secrets", tmp_path / "out"
     salt = ["--anonymize-salt", str(secrets / "salt")]
@@ -292,6 +238,11 @@ def test_the_whole_pipeline_with_anonymize_names_no_patient(tmp_path: Path) -> N
     _run(["anonymize-table", str(cohort), *salt, "--out", str(out / "cohort.csv")], outputs)
     key = (secrets / "salt").read_bytes()
     ids = [anonymous_id(s.stem, key) for s in slides]
+    assert {p.name for p in (out / "tiles").iterdir()} >= {
+        f"{ids[0]}.h5", f"{ids[0]}.thumbnail.png", f"{ids[0]}.tissue.geojson",
+    }  # fmt: skip
+    with h5py.File(out / "features" / f"{ids[0]}.h5", "r") as h5:
+        assert h5.attrs["slide_stem"] == ids[0] and h5.attrs["slide_path"] == ""
     with (out / "cohort.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["slide_id"] for r in rows] == ids and [r["label"] for r in rows] == labels
@@ -307,8 +258,94 @@ def test_the_whole_pipeline_with_anonymize_names_no_patient(tmp_path: Path) -> N
          outputs)  # fmt: skip
     drawn = {p.name for p in (out / "predictions").iterdir()}
     assert {f"{ids[0]}.attention.png", f"{ids[0]}.attention.geojson"} <= drawn  # overlays drawn
+    assert (out / "predictions" / "predictions.csv").read_text().count(ids[0]) == 1
     _run(["report", str(out / "run"), "--out", str(out / "report")], outputs)
     assert (out / "report" / "report.html").is_file()
 
     assert _leaks(out, slides, outputs, _secrets(PATIENTS)) == []
     assert _leaks(out, slides, [cohort.read_text()], _secrets(PATIENTS))  # the check can fail
+    # The way back is with the user, outside the outputs, readable by them only.
+    for secret in (secrets / "salt", secrets / "map.csv"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    with (secrets / "map.csv").open() as f:
+        assert sorted(map(dict, csv.DictReader(f)), key=lambda r: r["slide_stem"]) == sorted(
+            ({"anon_id": i, "slide_stem": s.stem, "slide_path": str(s.resolve())}
+             for i, s in zip(ids, slides, strict=True)), key=lambda r: r["slide_stem"],
+        )  # fmt: skip
+
+
+def test_anonymize_table_translates_slide_and_patient_ids(tmp_path: Path) -> None:
+    key = load_salt(tmp_path / "salt")
+    done = anonymous_id("s2", key)
+    table = tmp_path / "cohort.tsv"
+    table.write_text(f"slide_id\tpatient_id\tlabel\tcenter\n{STEM}\tMRN1234567\ttumour\tA\n"
+                     f"{done}\t\tbenign\tB\n")  # fmt: skip
+    salt = ["--salt", str(tmp_path / "salt")]
+    result = runner.invoke(
+        app, ["anonymize-table", str(table), *salt, "-o", str(tmp_path / "x.tsv")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x.tsv").read_text().splitlines() == [
+        "slide_id\tpatient_id\tlabel\tcenter",
+        f"{anonymous_id(STEM, key)}\t{anonymous_id('MRN1234567', key)}\ttumour\tA",
+        f"{done}\t\tbenign\tB",  # an id stays an id; an empty cell stays empty
+    ]
+    only = ["--column", "slide_id", "-o", str(tmp_path / "y.tsv")]
+    assert runner.invoke(app, ["anonymize-table", str(table), *salt, *only]).exit_code == 0
+    assert "MRN1234567" in (tmp_path / "y.tsv").read_text()  # only what was asked
+    for bad, why in (
+        ([*salt, "-o", str(table)], "overwrite the original"),
+        ([*salt, "--column", "mrn", "-o", str(tmp_path / "z.tsv")], "no column mrn"),
+        (["--salt", str(tmp_path / "absent"), "-o", str(tmp_path / "z.tsv")], "no such"),
+    ):
+        result = runner.invoke(app, ["anonymize-table", str(table), *bad])
+        assert result.exit_code == 2 and why in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "absent").exists()  # never made: a new salt would match nothing
+
+
+def test_a_heatmap_warning_names_an_anonymised_slide_by_its_id(tmp_path: Path) -> None:
+    from histoguard.mil._prediction import SlidePrediction
+    from histoguard.report import write_prediction_heatmaps
+
+    anon = anonymous_id(STEM, b"a salt of sixteen bytes")
+    gone = tmp_path / "moved" / f"{STEM}.tiff"
+    fields: dict[str, object] = {
+        "slide": anon, "probabilities": {"a": 0.4, "b": 0.6}, "predicted": "b",
+        "attention": np.ones(2), "coords": np.array([[0, 0], [256, 0]]), "tile_size0": 256.0,
+        "slide_path": gone,
+    }  # fmt: skip
+    plain = write_prediction_heatmaps([SlidePrediction(**fields)], tmp_path / "a")  # type: ignore[arg-type]
+    assert STEM in " ".join(plain.warnings)  # without anonymisation the path is the help
+    drawn = write_prediction_heatmaps(
+        [SlidePrediction(**fields, anonymized=True)],
+        tmp_path / "b",  # type: ignore[arg-type]
+    )
+    assert drawn.warnings and anon in drawn.warnings[0]
+    assert STEM not in " ".join(drawn.warnings) and str(tmp_path) not in drawn.warnings[0]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_extract_on_dask_with_anonymize_names_no_patient(tmp_path: Path) -> None:
+    """The Dask path, in a process of its own so that the workers' stderr is searched too."""
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+
+    slide = _planted_slide(tmp_path / "in")
+    bad = tmp_path / "in" / "ROE_JANETTE_MRNQ82K17X.svs"
+    bad.write_text("not a slide")
+    out, salt = tmp_path / "out", tmp_path / "secrets" / "salt"
+    done = subprocess.run(
+        [sys.executable, "-m", "histoguard", "-v", "extract", str(tmp_path / "in"), "--out",
+         str(out), "--encoder", "hg-handcrafted", "--workers", "1", "--mpp", "0.5",
+         "--tile-size", "224", "-q", "--anonymize", "--anonymize-salt", str(salt)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr  # the bad slide fails, alone
+    key = salt.read_bytes()
+    assert (out / f"{anonymous_id(STEM, key)}.h5").is_file()
+    summary = (out / "extraction_summary.csv").read_text()
+    assert f"{anonymous_id(bad.stem, key)},failed" in summary
+    texts = [done.stdout, done.stderr]
+    assert _leaks(out, [slide, bad], texts, _secrets(PATIENTS[:2])) == []

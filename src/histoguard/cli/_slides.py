@@ -92,8 +92,9 @@ def tile(
 def anonymize_table(
     table: Annotated[
         Path,
-        typer.Argument(help="Cohort or centers table (CSV/TSV) naming slides by file stem.",
-                       show_default=False),
+        typer.Argument(
+            help="Cohort or centers table (CSV/TSV) naming slides by file stem.", show_default=False
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="The translated table.", show_default=False)

@@ -460,9 +460,9 @@ def _tile_folder_galleries(
             [position[names[r]] for r in rows if names[r] in position], GALLERY_TILE_PX
         )
         if missing or failures or not len(tiles):
+            where = prediction.slide if prediction.anonymized else folder.path
             problems.append(f"{source}: {key} gallery not drawn: {len(missing) + len(failures)} "
-                            f"of its tiles are missing or unreadable in "
-                            f"{prediction.slide if prediction.anonymized else folder.path}")  # fmt: skip
+                            f"of its tiles are missing or unreadable in {where}")  # fmt: skip
             continue
         path = out / f"{prediction.slide}.{key}.png"
         write_bytes_atomic(path, _png_bytes(top_tiles_gallery(tiles, scores[rows], columns=8)))
