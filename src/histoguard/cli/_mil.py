@@ -261,7 +261,18 @@ def predict(
         typer.Option(
             "--slide",
             help="A slide, matched to its feature file by stem (repeatable): for heatmaps of "
-            "CLAM/TRIDENT files, which do not record their slide.",
+            "CLAM/TRIDENT files, which do not record their slide, and of --anonymize features "
+            "(matched by anon id, with --anonymize-salt).",
+        ),
+    ] = None,
+    anonymize_salt: Annotated[
+        Path | None,
+        typer.Option(
+            "--anonymize-salt",
+            help="The salt file of an --anonymize extraction (never created here): each "
+            "--slide is matched to its feature file by its anon id, and messages name it by "
+            "that id only.",
+            show_default=False,
         ),
     ] = None,
     top_k: Annotated[int, typer.Option(help="Tiles in the top-tile gallery.", min=0)] = 16,
@@ -301,13 +312,15 @@ def predict(
     attention and tile uncertainty (PNG overlays, top-tile gallery, QuPath GeoJSON measurement
     map; for tile folders galleries of the most and least attended tiles). Refuses features
     from another encoder or scale than the model's unless --force."""
+    from histoguard.core._privacy import Anonymizer
     from histoguard.core._tables import read_slide_centers
     from histoguard.mil import predict as run_prediction
 
+    anonymizer = Anonymizer.load(anonymize_salt, create=False) if anonymize_salt else None
     results = run_prediction(
         model, feature_files, out, force=force, slides=slide or (),
         centers=read_slide_centers(centers) if centers else None, mc_dropout=mc_dropout,
-        batch_test=batch_test, tta=tta,
+        batch_test=batch_test, tta=tta, anonymizer=anonymizer,
     )  # fmt: skip
     for r in results:
         typer.echo(f"{r.slide}: {r.summary()}")

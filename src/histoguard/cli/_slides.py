@@ -1,4 +1,4 @@
-"""Slide commands: ``tile`` and ``info``."""
+"""Slide commands: ``tile``, ``anonymize-table`` and ``info``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,45 @@ def tile(
     _print_report(report)
     if report.failed:
         raise typer.Exit(code=1)
+
+
+@app.command("anonymize-table")
+def anonymize_table(
+    table: Annotated[
+        Path,
+        typer.Argument(
+            help="Cohort or centers table (CSV/TSV) naming slides by file stem.", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The translated table.", show_default=False)
+    ],
+    anonymize_salt: Annotated[
+        Path | None,
+        typer.Option(
+            "--anonymize-salt",
+            "--salt",
+            help="The salt file of the --anonymize runs (never created here). Default: "
+            "$HISTOGUARD_ANON_SALT_FILE, else ~/.config/histoguard/anonymize.salt.",
+            show_default=False,
+        ),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A column to translate (repeatable). Default: slide_id, and patient_id when "
+            "the table has one."
+        ),
+    ] = None,
+) -> None:
+    """Translate a table's slide ids (and patient ids) to the anon ids of --anonymize outputs,
+    so that `train --cohort` joins anonymised feature files; other columns are copied."""
+    from histoguard.core._privacy import IDENTIFYING_COLUMNS, Anonymizer
+    from histoguard.core._privacy import anonymize_table as translate
+
+    anonymizer = Anonymizer.load(anonymize_salt, create=False)
+    n_rows = translate(table, out, anonymizer.salt, column or IDENTIFYING_COLUMNS)
+    typer.echo(f"anonymised: {n_rows} rows to {out}")
 
 
 @app.command(cls=RegistryHelpCommand)

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,13 +62,24 @@ def default_map_path(salt_path: Path) -> Path:
     return salt_path.with_suffix(".map.csv")
 
 
-def load_salt(path: Path) -> bytes:
+def load_salt(path: Path, *, create: bool = True) -> bytes:
     """The salt in ``path``, creating the file (32 random bytes, mode 0600) when it is absent.
 
+    Args:
+        path: the salt file.
+        create: make the file when absent; False: refuse (reading the ids of past outputs,
+            which a new salt would never match).
+
     Raises:
-        ConfigError: the file holds fewer than 16 bytes, or is not a regular file.
+        ConfigError: the file holds fewer than 16 bytes, or is not a regular file, or is
+            absent and not ``create``.
     """
     path = path.expanduser()
+    if not path.exists() and not create:
+        raise ConfigError(
+            f"{path}: no such anonymisation salt; give the --anonymize-salt the slides were "
+            "anonymised with"
+        )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -104,11 +115,15 @@ class Anonymizer:
     map_path: Path
 
     @classmethod
-    def load(cls, salt_path: Path | None = None, map_path: Path | None = None) -> Anonymizer:
-        """Read (or create) the salt; ``None`` paths take the defaults of the module docs."""
+    def load(
+        cls, salt_path: Path | None = None, map_path: Path | None = None, *, create: bool = True
+    ) -> Anonymizer:
+        """Read (or, with ``create``, make) the salt; ``None`` paths take the defaults of the
+        module docs."""
         salt_path = (salt_path or default_salt_path()).expanduser().absolute()
         map_path = (map_path or default_map_path(salt_path)).expanduser().absolute()
-        return cls(salt=load_salt(salt_path), salt_path=salt_path, map_path=map_path)
+        salt = load_salt(salt_path, create=create)
+        return cls(salt=salt, salt_path=salt_path, map_path=map_path)
 
     def id_for(self, slide: str | Path) -> str:
         """The slide's pseudonymous id (from its file stem)."""
@@ -162,13 +177,79 @@ class Anonymizer:
     def scrub(self, text: str, slide: str | Path) -> str:
         """``text`` with the slide's path (as given and resolved), file name and stem replaced by
         its id: for error messages that name the slide."""
-        slide = Path(slide)
-        anon = self.id_for(slide)
-        for known in sorted(
-            {str(slide.resolve()), str(slide.absolute()), str(slide), slide.name, slide.stem},
-            key=len,
-            reverse=True,
-        ):
-            if known:
-                text = text.replace(known, anon)
-        return text
+        return scrub_slide(text, slide, self.id_for(slide))
+
+
+def scrub_slide(text: str, slide: str | Path, name: str) -> str:
+    """``text`` with ``slide``'s path (as given, absolute and resolved), file name and stem
+    replaced by ``name`` (its pseudonymous id), longest first."""
+    slide = Path(slide)
+    for known in sorted(
+        {str(slide.resolve()), str(slide.absolute()), str(slide), slide.name, slide.stem},
+        key=len,
+        reverse=True,
+    ):
+        if known:
+            text = text.replace(known, name)
+    return text
+
+
+def is_anonymous_id(name: str) -> bool:
+    """Whether ``name`` has the form of :func:`anonymous_id` (``anon-`` + 16 hex digits)."""
+    hex_part = name.removeprefix(ID_PREFIX)
+    return (
+        name.startswith(ID_PREFIX)
+        and len(hex_part) == 16
+        and all(c in "0123456789abcdef" for c in hex_part)
+    )
+
+
+#: Columns of a cohort table that name a slide or a patient, translated by default.
+IDENTIFYING_COLUMNS = ("slide_id", "patient_id")
+
+
+def anonymize_table(
+    table: Path, out: Path, salt: bytes, columns: Sequence[str] = IDENTIFYING_COLUMNS
+) -> int:
+    """Write ``table`` (a cohort or centers CSV/TSV) to ``out`` with each cell of ``columns``
+    replaced by its :func:`anonymous_id` - the ids ``--anonymize`` outputs carry, so the table
+    joins the anonymised feature files. A ``slide_id`` must be the slide's file stem; cells
+    already of the ``anon-`` form and empty cells stay as they are. Other columns are copied.
+
+    Args:
+        table: the table to translate (``slide_id`` required among ``columns``' defaults).
+        out: the translated table (written atomically; same delimiter as ``table``).
+        salt: the salt of the ``--anonymize`` runs.
+        columns: the columns to translate; those of the defaults the table lacks are skipped,
+            a named one it lacks is an error.
+
+    Returns:
+        The number of data rows written.
+
+    Raises:
+        ConfigError: unreadable table, a missing column, or ``out`` is ``table``.
+    """
+    from histoguard.core._tables import read_delimited
+
+    if out.expanduser().resolve() == table.expanduser().resolve():
+        raise ConfigError(f"{out}: the translated table would overwrite the original; choose "
+                          "another --out")  # fmt: skip
+    header, rows = read_delimited(table, error=ConfigError, rows_are="slide")
+    wanted = [c for c in columns if c in header or tuple(columns) != IDENTIFYING_COLUMNS]
+    missing = [c for c in (*wanted, *(["slide_id"] if not wanted else [])) if c not in header]
+    if missing:
+        raise ConfigError(f"{table}: no column {', '.join(missing)} to anonymise (columns: "
+                          f"{', '.join(header)})")  # fmt: skip
+    positions = [header.index(c) for c in wanted]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t" if table.suffix.lower() == ".tsv" else ",")
+    writer.writerow(header)
+    for _, cells in rows:
+        cells = cells + [""] * (len(header) - len(cells))
+        for i in positions:
+            if cells[i] and not is_anonymous_id(cells[i]):
+                cells[i] = anonymous_id(cells[i], salt)
+        writer.writerow(cells)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, buffer.getvalue().encode())
+    return len(rows)

@@ -17,6 +17,7 @@ import torch
 
 from histoguard.core._atomic import remove_stale_temporaries
 from histoguard.core._names import bounded_stem, recorded_stem
+from histoguard.core._privacy import Anonymizer, is_anonymous_id
 from histoguard.errors import ConfigError, ModelMismatchError, OutputError, SlideError
 from histoguard.features import FeatureFile, read_feature_file
 from histoguard.harmonize import MIN_NEW_CENTER_SLIDES
@@ -93,6 +94,11 @@ def _slide_for(path: Path, attrs: Mapping[str, Any], slides: Mapping[str, Path])
         return slides[path.stem]
     recorded = str(attrs.get("slide_path", ""))
     return Path(recorded) if recorded else None
+
+
+def _is_anonymized(path: Path, attrs: Mapping[str, Any]) -> bool:
+    """An ``--anonymize`` extraction: named by a pseudonymous id, no slide path recorded."""
+    return is_anonymous_id(path.stem) and not attrs.get("slide_path")
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ def predict(
     mc_dropout: int = 0,
     batch_test: bool = True,
     tta: bool = False,
+    anonymizer: Anonymizer | None = None,
 ) -> list[SlidePrediction]:
     """Predict slides from their feature files with a trained model (or the ensemble of folds),
     saying for each whether its prediction can be trusted.
@@ -226,6 +233,9 @@ def predict(
             features and the K augmented views stored in its feature file (``extract --views K
             --views-mode store``; D4, stain jitter ...), each view scored as a bag; attention
             and the uncertainty measures stay those of the plain features.
+        anonymizer: the salt of an ``--anonymize`` extraction: ``slides`` are also matched to
+            feature files by their pseudonymous id (feature files named ``anon-<hex>.h5``), and
+            no warning names such a slide's path, only its id.
 
     Returns:
         One :class:`SlidePrediction` per feature file that could be predicted, in order. A file
@@ -253,6 +263,8 @@ def predict(
     provenance = read_provenance(directories[0])
     trained_encoder = str(provenance["encoder"]) if provenance.get("encoder") else None
     slide_of = {bounded_stem(Path(s).stem): Path(s) for s in slides}  # by file stem
+    if anonymizer is not None:
+        slide_of.update({anonymizer.id_for(s): Path(s) for s in slides})
     center_of = dict(centers or {})
     read = []
     failed: dict[str, str] = {}
@@ -344,6 +356,7 @@ def predict(
                 tile_size0=level0_tile_size(data.attrs, slide_path),
                 slide_path=slide_path,
                 feature_file=path,
+                anonymized=_is_anonymized(path, data.attrs),
                 attrs=data.attrs,
                 warnings=tuple(warnings),
                 raw_probabilities=raw,

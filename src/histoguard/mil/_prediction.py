@@ -45,6 +45,8 @@ class SlidePrediction:
         tile_size0: tile side in level-0 pixels, or None when the feature file does not say
             (see :func:`level0_tile_size`).
         slide_path: the slide the features came from, when known.
+        anonymized: the slide is named by its pseudonymous id (an ``--anonymize`` extraction):
+            no output or message may show ``slide_path``, only :attr:`slide`.
         feature_file: the feature file predicted from.
         attrs: the feature file's attributes (provenance, tiling).
         warnings: what could not be checked or was forced (also logged).
@@ -77,6 +79,7 @@ class SlidePrediction:
     tile_size0: float | None = None
     slide_path: Path | None = None
     feature_file: Path | None = None
+    anonymized: bool = False
     attrs: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     raw_probabilities: dict[str, float] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from histoguard.core._atomic import write_bytes_atomic
 from histoguard.core._names import bounded_stem
+from histoguard.core._privacy import scrub_slide
 from histoguard.report._overlay import _BACKGROUND_RGB, Colormap, paint_tiles
 from histoguard.report._titles import prediction_title, uncertainty_title
 from histoguard.slide._geojson import tile_geojson
@@ -448,7 +449,10 @@ def _tile_folder_galleries(
     try:
         folder = TileFolder.open(Path(prediction.slide_path or ""))
     except SlideError as error:
-        return {}, [f"{source}: no gallery: {error}"]
+        why = str(error)
+        if prediction.anonymized and prediction.slide_path is not None:
+            why = scrub_slide(why, prediction.slide_path, prediction.slide)
+        return {}, [f"{source}: no gallery: {why}"]
     position = {name: i for i, name in enumerate(folder.names)}
     written: dict[str, Path] = {}
     problems: list[str] = []
@@ -459,8 +463,9 @@ def _tile_folder_galleries(
             [position[names[r]] for r in rows if names[r] in position], GALLERY_TILE_PX
         )
         if missing or failures or not len(tiles):
+            where = prediction.slide if prediction.anonymized else folder.path
             problems.append(f"{source}: {key} gallery not drawn: {len(missing) + len(failures)} "
-                            f"of its tiles are missing or unreadable in {folder.path}")  # fmt: skip
+                            f"of its tiles are missing or unreadable in {where}")  # fmt: skip
             continue
         path = out / f"{bounded_stem(prediction.slide)}.{key}.png"
         write_bytes_atomic(path, _png_bytes(top_tiles_gallery(tiles, scores[rows], columns=8)))
@@ -517,11 +522,13 @@ def _draw_prediction(
                     top_tiles = np.stack(tiles)
     except (SlideError, OSError, ValueError) as error:
         _write_geojson(geojson, coords, size0, scores, entropy)
-        where = slide_path if slide_path is not None else "(unknown)"
+        where, why = slide_path if slide_path is not None else "(unknown)", str(error)
+        if prediction.anonymized and slide_path is not None:  # its id only, never its path
+            where, why = prediction.slide, scrub_slide(why, slide_path, prediction.slide)
         drawn = "attention and uncertainty overlays" if entropy is not None else "attention overlay"
         return {"geojson": geojson}, [
             *problems,
-            f"{source}: {drawn} not drawn: cannot reopen the slide {where} ({error}); "
+            f"{source}: {drawn} not drawn: cannot reopen the slide {where} ({why}); "
             f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay",
         ]
     written = write_heatmaps(
