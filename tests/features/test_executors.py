@@ -101,8 +101,10 @@ def test_a_local_cluster_run_prints_no_dask_lines(
 
     folder = tmp_path / "p1"
     folder.mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / f"t{i}.png")
+    rng = np.random.default_rng(0)
+    for i in range(3):  # not one colour: a blank tile is refused
+        tile = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(tile).save(folder / f"t{i}.png")
     config = ExtractionConfig(encoder="hg-handcrafted", readers=0)
     report = extract_features([folder], tmp_path / "out", config, dask_workers=1)
     assert [r.status for r in report.results] == ["done"]

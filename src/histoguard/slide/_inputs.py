@@ -52,7 +52,10 @@ def _unique(slides: list[Path]) -> list[Path]:
     seen: set[Path] = set()
     unique = []
     for slide in slides:
-        key = slide.resolve()
+        try:
+            key = slide.resolve()
+        except (OSError, RuntimeError):  # a link loop: kept, so the batch reports it
+            key = slide.absolute()
         if key in seen:
             logger.warning("%s: given more than once; processed once", slide)
             continue
