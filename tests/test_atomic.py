@@ -53,3 +53,13 @@ def test_stale_cleanup_for_one_slide_leaves_a_longer_named_slide_alone(tmp_path:
     assert s10.exists()
     assert remove_stale_temporaries(tmp_path, names={"other.h5"}) == 0
     assert s10.exists()
+
+
+def test_recursive_cleanup_reaches_sub_folders_only_when_asked(tmp_path: Path) -> None:
+    # A training run writes fold_i/model.safetensors: a killed run's temporary sits one down.
+    (tmp_path / "fold_0").mkdir()
+    nested = tmp_path / "fold_0" / ".model.json.tmp-999999999-abcd1234"
+    nested.write_bytes(b"")
+    assert remove_stale_temporaries(tmp_path) == 0 and nested.exists()
+    assert remove_stale_temporaries(tmp_path, recursive=True) == 1
+    assert not nested.exists()
