@@ -180,9 +180,8 @@ class TilingConfig:
 
 
 def slide_name(slide: Path, config: TilingConfig | None = None) -> str:
-    """How outputs name the slide: its file stem bounded to 150 UTF-8 bytes
-    (:func:`~histoguard.core._names.bounded_stem`; the original stays in the ``slide_stem``
-    attribute), or its pseudonymous id when ``config`` anonymises."""
+    """How outputs name the slide: its stem, bounded (``core._names.bounded_stem``; the attr
+    ``slide_stem`` keeps the original), or its pseudonymous id when ``config`` anonymises."""
     anonymizer = config.anonymizer() if config is not None else None
     return anonymizer.id_for(slide) if anonymizer is not None else bounded_stem(slide.stem)
 
