@@ -14,6 +14,7 @@ from histoguard.cli import app
 COMMANDS = (
     "tile",
     "extract",
+    "anonymize-table",
     "train-encoder",
     "harmonize",
     "train",
