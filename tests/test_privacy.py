@@ -321,6 +321,11 @@ def test_a_heatmap_warning_names_an_anonymised_slide_by_its_id(tmp_path: Path) -
         tmp_path / "b",  # type: ignore[arg-type]
     )
     assert drawn.warnings and anon in drawn.warnings[0]
+    unmatched = write_prediction_heatmaps(
+        [SlidePrediction(**{**fields, "slide_path": None}, anonymized=True)],
+        tmp_path / "c",  # type: ignore[arg-type]
+    )
+    assert "--anonymize-salt" in unmatched.warnings[0]  # how to have it drawn
     assert STEM not in " ".join(drawn.warnings) and str(tmp_path) not in drawn.warnings[0]
 
 

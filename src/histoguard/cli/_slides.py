@@ -117,8 +117,10 @@ def anonymize_table(
         ),
     ] = None,
 ) -> None:
-    """Translate a table's slide ids (and patient ids) to the anon ids of --anonymize outputs,
-    so that `train --cohort` joins anonymised feature files; other columns are copied."""
+    """Translate a table's slide and patient ids to the anon ids of --anonymize outputs.
+
+    The translated cohort joins the anonymised feature files (`train --cohort`, `predict
+    --centers`); other columns are copied. Needs the salt of the --anonymize runs."""
     from histoguard.core._privacy import IDENTIFYING_COLUMNS, Anonymizer
     from histoguard.core._privacy import anonymize_table as translate
 

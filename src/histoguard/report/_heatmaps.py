@@ -529,7 +529,12 @@ def _draw_prediction(
         return {"geojson": geojson}, [
             *problems,
             f"{source}: {drawn} not drawn: cannot reopen the slide {where} ({why}); "
-            f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay",
+            f"wrote {geojson.name} only. Pass the slide (--slide / slides=) to draw the overlay"
+            + (
+                " and the salt it was anonymised with (--anonymize-salt / anonymizer=)"
+                if prediction.anonymized
+                else ""
+            ),
         ]
     written = write_heatmaps(
         out, prediction.slide, thumbnail=thumbnail.image, downsample=thumbnail.downsample,
