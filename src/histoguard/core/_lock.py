@@ -65,21 +65,29 @@ class LockHolder:
         return f"{who} since {self.since}" if self.since else who
 
 
-class SlideLock:
-    """A held lock file; :meth:`release` removes it if it is still this holder's."""
+class _HeldFile:
+    """A lock file this run holds, kept fresh by :meth:`refresh`."""
 
-    def __init__(self, path: Path, content: bytes) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._content = content
         self._refreshed = time.monotonic()
 
     def refresh(self) -> None:
-        """Touch the lock file (at most once per :data:`REFRESH_SECONDS`)."""
+        """Touch the lock file (at most once per :data:`REFRESH_SECONDS`), so runs on other
+        hosts see its holder is alive."""
         now = time.monotonic()
         if now - self._refreshed >= REFRESH_SECONDS:
             self._refreshed = now
             with contextlib.suppress(OSError):
                 os.utime(self.path)
+
+
+class SlideLock(_HeldFile):
+    """A held lock file; :meth:`release` removes it if it is still this holder's."""
+
+    def __init__(self, path: Path, content: bytes) -> None:
+        super().__init__(path)
+        self._content = content
 
     def release(self) -> None:
         """Remove the lock file, unless another run has (wrongly) taken it over meanwhile."""
@@ -215,22 +223,12 @@ RUN_LOCK_NAME = ".histoguard-run.lock"
 MUTEX_WAIT_SECONDS = UNREADABLE_GRACE_SECONDS + 30.0
 
 
-class RunLock:
+class RunLock(_HeldFile):
     """This run's share of a folder's run lock; :meth:`release` gives it back."""
 
     def __init__(self, path: Path, nonce: str) -> None:
-        self.path = path
+        super().__init__(path)
         self._nonce = nonce
-        self._refreshed = time.monotonic()
-
-    def refresh(self) -> None:
-        """Touch the lock file (at most once per :data:`REFRESH_SECONDS`), so runs on other
-        hosts see a holder is alive."""
-        now = time.monotonic()
-        if now - self._refreshed >= REFRESH_SECONDS:
-            self._refreshed = now
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
 
     def release(self) -> None:
         """Drop this run from the record; the file is removed with its last holder."""
