@@ -12,6 +12,7 @@ threads instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -301,16 +302,27 @@ def check_stain_reference(config: ExtractionConfig) -> None:
         ) from None
 
 
-def _weights_digest(weights: Path | None) -> str:
-    """SHA-256 of a weights file, or of a model directory's files (names and contents)."""
-    from histoguard.core._weights import sha256_file
-
+def weights_digest(weights: Path | None) -> str:
+    """SHA-256 of a weights file, or of a model directory's files (names and contents); ``""``
+    without weights. Computed once per process for unchanged files (a batch asks for it per
+    slide, and a foundation model's weights are gigabytes)."""
     if weights is None:
         return ""
+    files = [weights] if weights.is_file() else sorted(p for p in weights.rglob("*") if p.is_file())
+    signature = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _digest(weights, signature)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(weights: Path, signature: tuple[tuple[str, int, int], ...]) -> str:
+    """:func:`weights_digest` of ``weights`` whose files have ``signature`` (path, size, mtime)."""
+    from histoguard.core._weights import sha256_file
+
     if weights.is_file():
         return sha256_file(weights)
     digest = hashlib.sha256()
-    for path in sorted(p for p in weights.rglob("*") if p.is_file()):
+    for name, _, _ in signature:
+        path = Path(name)
         digest.update(f"{path.relative_to(weights)}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
@@ -431,7 +443,7 @@ def extract_slide(
     slide, out_dir = Path(slide), Path(out_dir)
     out_path = feature_path(out_dir, slide, config.tiling)
     remove_stale_temporaries(out_dir, names={out_path.name})
-    weights_sha = _weights_digest(config.weights)
+    weights_sha = weights_digest(config.weights)
     key = config.result_key(weights_sha)
     ids = slide_ids(slide, config.tiling)
     expect = {"config_json": key, "slide_path": ids["slide_path"]}

@@ -16,8 +16,8 @@ from histoguard.core._batch import BatchReport, write_run_config
 from histoguard.core._lock import run_lock
 from histoguard.features._extract import (
     ExtractionConfig,
-    _weights_digest,
     check_stain_reference,
+    weights_digest,
 )
 from histoguard.features._local import run_locally
 from histoguard.slide._inputs import find_slides, require_slides
@@ -75,7 +75,7 @@ def extract_features(
         anonymizer.check_outside(out_dir)
         anonymizer.record(slides)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = config.result_key(_weights_digest(config.weights))
+    key = config.result_key(weights_digest(config.weights))
     with run_lock(out_dir, key):  # ConfigError: a live run with other settings holds it
         for folder in (out_dir, out_dir / "tiles"):  # on-the-fly tiles: under out_dir/tiles
             if folder.is_dir():
