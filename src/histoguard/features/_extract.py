@@ -37,6 +37,7 @@ from histoguard.slide._tile_job import (
     PRIVATE_FIELDS,
     finished_output,
     output_paths,
+    resumed_result,
     slide_ids,
     slide_name,
     tile_slide,
@@ -449,13 +450,7 @@ def extract_slide(
     expect = {"config_json": key, "slide_path": ids["slide_path"]}
     existing = finished_feature_file(out_path, expect=expect)
     if existing is not None:
-        # A resumed batch reports what the finished file holds, not an empty row.
-        first_error = str(existing.attrs.get("first_read_error", ""))
-        return SlideResult(
-            slide=slide, status="skipped", output=out_path, n_tiles=len(existing.features),
-            n_unreadable=int(existing.attrs.get("n_unreadable_tiles", 0)),
-            flagged=bool(first_error), message=first_error,
-        )  # fmt: skip
+        return resumed_result(slide, out_path, len(existing.features), existing.attrs)
     encoder = encoder or load_encoder(
         config.encoder,
         weights=config.weights,

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -555,15 +555,25 @@ def _tile_one(
         logger.info("%s: tiled, %d tiles", shown, result.n_tiles)
         return result
     logger.info("%s: skipped, finished output with the same settings exists", shown)
-    first_error = str(existing.attrs.get("first_read_error", ""))
-    n_unreadable = int(existing.attrs.get("n_unreadable_tiles", 0))
-    n_constant = int(existing.attrs.get("n_constant_tiles", 0))
-    n_duplicate = int(existing.attrs.get("n_duplicate_tiles", 0))
+    h5 = output_paths(out_dir, slide, config)["h5"]
+    return resumed_result(slide, h5, len(existing.coords), existing.attrs)
+
+
+def resumed_result(
+    slide: Path, output: Path, n_tiles: int, attrs: Mapping[str, Any]
+) -> SlideResult:
+    """The ``skipped`` result of a slide whose finished output (a tile or feature file with
+    ``n_tiles`` rows and attributes ``attrs``) is reused: a resumed batch reports what the file
+    holds - its unreadable, constant and duplicate tile counts and first read error."""
+    first_error = str(attrs.get("first_read_error", ""))
+    n_unreadable = int(attrs.get("n_unreadable_tiles", 0))
+    n_constant = int(attrs.get("n_constant_tiles", 0))
+    n_duplicate = int(attrs.get("n_duplicate_tiles", 0))
     return SlideResult(
         slide=slide,
         status="skipped",
-        output=output_paths(out_dir, slide, config)["h5"],
-        n_tiles=len(existing.coords),
+        output=output,
+        n_tiles=n_tiles,
         n_unreadable=n_unreadable,
         n_constant=n_constant,
         n_duplicate=n_duplicate,
