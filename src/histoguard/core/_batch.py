@@ -172,10 +172,10 @@ def run_batch(
             bars.update(inner, completed=done, total=total, visible=True)
 
         for slide in slides:
-            name = anonymizer.id_for(slide) if anonymizer else slide.name
-            bars.update(inner, description=name, completed=0, total=None)
-            # Under --anonymize the lock file, too, is named by the id, never by the stem.
+            # Under --anonymize the bar and the lock file, too, name the slide by its id.
             key = anonymizer.id_for(slide) if anonymizer else slide.stem
+            bars.update(inner, description=key if anonymizer else slide.name, completed=0,
+                        total=None)  # fmt: skip
             result = clashes.get(slide) or _run_locked(slide, key, job, lock_dir, on_progress)
             results.append(redact_result(result, anonymizer))
             write_summary(summary_path, results)
